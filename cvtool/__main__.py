@@ -1,0 +1,3 @@
+from cvtool.cli.main import main
+
+main()

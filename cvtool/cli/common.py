@@ -1,0 +1,61 @@
+"""Shared CLI pieces: error handling (one red line, exit 2), console, common options."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from cvtool.errors import CvtoolError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a recipe key, e.g. --set optim.lr=0.05 (repeatable)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; plain lines for log files.")]
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+ModelArg = Annotated[Path, typer.Argument(help="Run directory or checkpoint (.pt).", show_default=False)]
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]cvtool:[/] {message}", soft_wrap=True, markup=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn CvtoolError (and bad-input OS errors) into one red line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CvtoolError as exc:
+            fail(_escape(str(exc)), exc.exit_code)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            name = exc.filename or ""
+            fail(_escape(f"{name}: {exc.strerror or exc}"))
+        except KeyboardInterrupt:
+            err_console.print("[red]cvtool: interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,35 @@
+"""The `cvtool` app: it only assembles the per-command Typer apps (imports stay light)."""
+
+from __future__ import annotations
+
+import typer
+
+from cvtool import __version__
+from cvtool.cli import recipe
+
+app = typer.Typer(
+    name="cvtool",
+    help="Computer-vision training experiments from YAML recipes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cvtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Computer-vision training experiments from YAML recipes."""
+
+
+app.add_typer(recipe.app, name="recipe", help="Inspect recipes.")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,235 @@
+"""The recipe schema: every section validated once (unknown keys refused), then frozen.
+
+Sections are passed to the parts that use them (`build_model(recipe.model, ...)`), never the
+whole recipe. Values derived at run time (number of classes, stats) are not written back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TaskName = Literal["multiclass", "binary", "multilabel", "keypoints"]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NormStats(Section):
+    mean: list[float]
+    std: list[Annotated[float, Field(gt=0)]]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> NormStats:
+        if len(self.mean) != len(self.std):
+            raise ValueError("mean and std need the same number of channels")
+        return self
+
+
+TransformSpec = dict[str, dict[str, Any]]
+
+
+class DataConfig(Section):
+    format: Literal["folder", "csv", "tinyimagenet"] = "folder"
+    root: Path
+    train: str = "train"
+    val: str | None = "val"
+    test: str | None = None
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] | None = None
+    image_size: PosInt = 64
+    channels: Literal[1, 3] = 3
+    batch_size: PosInt = 32
+    eval_batch_size: PosInt | None = None
+    num_workers: NonNegInt = 0
+    normalize: Literal["auto", "imagenet", "none"] | NormStats = "auto"
+    # format: csv
+    images_dir: str = "images"
+    image_column: str = "image"
+    image_extension: str = ""
+    label_column: str = "label"
+    tags_column: str = "tags"
+    target_columns: list[str] | None = None
+    target_prefix: str | None = None
+    # keypoints: pairs of point indices swapped by a horizontal flip
+    flip_pairs: list[tuple[NonNegInt, NonNegInt]] = []
+    # decoded-image cache (uint8, at image_size)
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    cache_max_gb: PosFloat = 4.0
+    on_bad_image: Literal["fail", "skip"] = "fail"
+
+    @field_validator("image_extension")
+    @classmethod
+    def _dot(cls, value: str) -> str:
+        return value if not value or value.startswith(".") else "." + value
+
+
+class SmallInput(Section):
+    remove_maxpool: bool = True
+    stride1: NonNegInt = 0
+
+
+class ShakeDropConfig(Section):
+    p: Probability = 0.5
+    at: Literal["middle", "all"] = "middle"
+
+
+class FreezeConfig(Section):
+    backbone: bool = True
+    unfreeze_last: NonNegInt = 0
+    unfreeze_at_epoch: PosInt | None = None
+
+
+class ModelConfig(Section):
+    arch: str = "simplenet"
+    pretrained: Path | None = None
+    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    head: list[PosInt] = []
+    # simplenet only
+    blocks: list[PosInt] = [32, 64]
+    skip: bool = False
+    batch_norm: bool = False
+    activation: Literal["relu", "gelu", "silu", "leaky_relu", "elu", "tanh"] = "relu"
+    # surgery
+    small_input: SmallInput | None = None
+    shakedrop: ShakeDropConfig | None = None
+    freeze: FreezeConfig | None = None
+    sync_batchnorm: bool = False
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: PosFloat = 0.01
+    momentum: NonNegFloat = 0.9
+    nesterov: bool = False
+    weight_decay: NonNegFloat = 0.0
+    betas: tuple[Probability, Probability] = (0.9, 0.999)
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> OptimConfig:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optim.name sgd with momentum > 0")
+        return self
+
+
+class OptimPatch(Section):
+    """A phase's changes to the optimizer; unset keys keep their value."""
+
+    name: Literal["sgd", "adam", "adamw"] | None = None
+    lr: PosFloat | None = None
+    momentum: NonNegFloat | None = None
+    nesterov: bool | None = None
+    weight_decay: NonNegFloat | None = None
+    betas: tuple[Probability, Probability] | None = None
+
+
+class Phase(Section):
+    epoch: PosInt  # 1-based epoch at which the phase starts
+    optim: OptimPatch
+
+
+class ScheduleConfig(Section):
+    name: Literal["none", "cosine", "multistep", "step", "plateau", "exponential", "onecycle"] = "none"
+    T_max: PosInt | None = None  # cosine; default: epochs
+    eta_min: NonNegFloat = 0.0
+    milestones: list[PosInt] = []
+    step_size: PosInt = 10
+    gamma: PosFloat = 0.1
+    factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    patience: NonNegInt = 10
+    mode: Literal["min", "max"] | None = None  # plateau; default: the monitor's direction
+    max_lr: PosFloat | None = None  # onecycle; default: optim.lr
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    warmup_epochs: NonNegInt = 0
+
+
+class LossConfig(Section):
+    name: Literal["auto", "cross_entropy", "bce", "focal", "mse", "smooth_l1"] = "auto"
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    class_weights: Literal["none", "inverse", "sqrt_inverse"] | list[PosFloat] = "none"
+    pos_weight: PosFloat | Literal["auto"] | None = None
+    alpha: Probability | None = 0.25
+    gamma: NonNegFloat = 2.0
+    beta: PosFloat = 1.0
+
+
+class EarlyStop(Section):
+    patience: PosInt = 10
+    min_delta: NonNegFloat = 0.0
+
+
+class TrainConfig(Section):
+    epochs: PosInt = 10
+    monitor: str | None = None  # default: the task's main metric, e.g. val/accuracy
+    save_every: NonNegInt = 0
+    smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.6
+    early_stop: EarlyStop | None = None
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto"] | bool = "auto"
+    compile: bool = False
+    grad_clip: PosFloat | None = None
+    log_every: PosInt = 10
+
+    @field_validator("monitor")
+    @classmethod
+    def _split_prefix(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("val/", "train/")):
+            raise ValueError("monitor must look like val/<metric>, e.g. val/accuracy")
+        return value
+
+
+class EvalConfig(Section):
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    tune_metric: Literal["f1_macro", "f2"] = "f1_macro"
+
+
+class TTAConfig(Section):
+    passes: PosInt = 10
+    aggregate: Literal["vote", "mean"] = "vote"
+    transforms: list[TransformSpec] | None = None  # default: geometric part of `augment`
+
+
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    task: TaskName = "multiclass"
+    seed: int = 42
+    data: DataConfig
+    augment: list[TransformSpec] = []
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    phases: list[Phase] = []
+    schedule: ScheduleConfig = ScheduleConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+    tta: TTAConfig = TTAConfig()
+    sweep: dict[str, list[Any]] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        allowed = LOSSES_BY_TASK[self.task]
+        if self.loss.name != "auto" and self.loss.name not in allowed:
+            raise ValueError(f"loss.name {self.loss.name} does not fit task {self.task} (use {', '.join(allowed)})")
+        if self.data.val is None and self.data.val_fraction is None:
+            raise ValueError("data.val is null: set data.val_fraction to split off a validation set")
+        epochs = [phase.epoch for phase in self.phases]
+        if epochs != sorted(set(epochs)):
+            raise ValueError("phases must have increasing, distinct epochs")
+        return self
+
+
+LOSSES_BY_TASK: dict[str, tuple[str, ...]] = {
+    "multiclass": ("cross_entropy",),
+    "binary": ("bce", "focal"),
+    "multilabel": ("bce", "focal"),
+    "keypoints": ("mse", "smooth_l1"),
+}
