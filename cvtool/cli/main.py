@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cvtool import __version__
-from cvtool.cli import recipe
+from cvtool.cli import recipe, train
 
 app = typer.Typer(
     name="cvtool",
@@ -29,6 +29,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 app.add_typer(recipe.app, name="recipe", help="Inspect recipes.")
+app.add_typer(train.app)
 
 
 def main() -> None:

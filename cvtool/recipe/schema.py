@@ -61,7 +61,7 @@ class DataConfig(Section):
     # keypoints: pairs of point indices swapped by a horizontal flip
     flip_pairs: list[tuple[NonNegInt, NonNegInt]] = []
     # decoded-image cache (uint8, at image_size)
-    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    cache: Literal["auto", "memory", "disk"] = "auto"
     cache_max_gb: PosFloat = 4.0
     on_bad_image: Literal["fail", "skip"] = "fail"
 
@@ -221,6 +221,8 @@ class Recipe(Section):
             raise ValueError(f"loss.name {self.loss.name} does not fit task {self.task} (use {', '.join(allowed)})")
         if self.data.val is None and self.data.val_fraction is None:
             raise ValueError("data.val is null: set data.val_fraction to split off a validation set")
+        if self.schedule.name == "onecycle" and self.schedule.warmup_epochs:
+            raise ValueError("schedule.warmup_epochs: onecycle warms up by itself (schedule.pct_start)")
         epochs = [phase.epoch for phase in self.phases]
         if epochs != sorted(set(epochs)):
             raise ValueError("phases must have increasing, distinct epochs")

@@ -1,0 +1,42 @@
+"""Rich tables shared by several commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def metrics_table(title: str, columns: dict[str, dict[str, float] | None]) -> Table:
+    """One row per metric, one column per source (e.g. val / test, or plain / TTA)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    keys = list(dict.fromkeys(k for values in columns.values() if values for k in values))
+    for key in keys:
+        table.add_row(key, *(_fmt((values or {}).get(key)) for values in columns.values()))
+    return table
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    if summary.get("sweep"):
+        table = Table(title=f"sweep {summary['name']}: ranked by {summary['monitor']}")
+        for column in ("rank", "run", "best_epoch", "best_value", "smoothed_best_value", "test"):
+            table.add_column(column, justify="right" if column != "run" else "left")
+        for rank, row in enumerate(summary["runs"], 1):
+            table.add_row(str(rank), row["run"], str(row["best_epoch"]), _fmt(row["best_value"]),
+                          _fmt(row["smoothed_best_value"]), _fmt(row["test"]))
+        return table
+    title = (f"{summary['name']}: best {summary['monitor']} {_fmt(summary['best_value'])} at epoch "
+             f"{summary['best_epoch']} (smoothed {_fmt(summary['smoothed_best_value'])} at epoch "
+             f"{summary['smoothed_best_epoch']})")
+    return metrics_table(title, {"val (best epoch)": summary["val"], "test (best checkpoint)": summary["test"]})
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

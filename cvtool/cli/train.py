@@ -1,0 +1,55 @@
+"""`cvtool train RECIPE`: fit a recipe (or every point of its sweep) into a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cvtool.cli.common import QuietOpt, SetOpt, console, err_console, fail, handle_errors
+
+app = typer.Typer()
+
+
+@app.command("train")
+@handle_errors
+def train(
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML (optional with --resume).", show_default=False)] = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory [default: runs/<name>/<time>].")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR from its last.pt.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
+    detect_anomaly: Annotated[bool, typer.Option("--detect-anomaly", help="torch autograd anomaly detection (slow).")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
+    import torch
+
+    from cvtool.engine.distributed import from_environment
+    from cvtool.engine.loop import StopRequested
+    from cvtool.engine.signals import stop_on_signals
+    from cvtool.recipe.load import load_recipe
+    from cvtool.sweep import RECIPE_FILE, default_run_dir, run_recipe
+
+    if recipe is None and resume is None:
+        fail("give a RECIPE to train, or --resume DIR to continue a run")
+    source = resume / RECIPE_FILE if resume is not None and recipe is None else recipe
+    resolved = load_recipe(source, set_ or [])
+    run_dir = resume or out or default_run_dir(resolved)
+    dist = from_environment(resolved.train.device)
+    with stop_on_signals() as stop, torch.autograd.set_detect_anomaly(detect_anomaly):
+        try:
+            summary = run_recipe(resolved, run_dir, resume=resume is not None, overwrite=overwrite,
+                                 quiet=quiet, stop=stop, dist=dist)
+        except StopRequested:
+            err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
+            raise typer.Exit(stop.exit_code) from None
+        finally:
+            if dist is not None:
+                dist.close()
+    if dist is None or dist.rank == 0:
+        from cvtool.cli.render import summary_table
+
+        console.print(summary_table(summary))
+        console.print(f"run: {run_dir}")

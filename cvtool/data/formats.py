@@ -1,0 +1,265 @@
+"""Data formats -> sample tables: image paths, targets and class / target names per split.
+
+Formats are a table of reader functions (`READERS`); none of them decodes an image.
+Targets: int64 class index (multiclass, binary), float32 multi-hot (multilabel) or
+float32 keypoint coordinates in original-image pixels, x/y alternating (keypoints).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from cvtool.data.images import is_image_file
+from cvtool.errors import CvtoolError
+from cvtool.recipe.schema import DataConfig
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    paths: list[Path]
+    targets: np.ndarray | None  # None: a split without labels (e.g. a competition test set)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, index: np.ndarray | list[int], name: str | None = None) -> Split:
+        idx = np.asarray(index, dtype=np.int64)
+        targets = None if self.targets is None else self.targets[idx]
+        return Split(name or self.name, [self.paths[i] for i in idx], targets)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    task: str
+    class_names: list[str]
+    target_names: list[str] = field(default_factory=list)  # keypoint columns
+    splits: dict[str, Split] = field(default_factory=dict)
+
+    @property
+    def num_outputs(self) -> int:
+        if self.task == "keypoints":
+            return len(self.target_names)
+        if self.task == "binary":
+            return 1
+        return len(self.class_names)
+
+
+Reader = Callable[[DataConfig, str, str], tuple[list[Path], list[str] | np.ndarray | None, list[str]]]
+
+
+def read_dataset(cfg: DataConfig, task: str, seed: int) -> DatasetInfo:
+    """All splits of the recipe's data, with a seeded validation split when `val_fraction` is set."""
+    root = cfg.root
+    if not root.is_dir():
+        raise CvtoolError(f"data.root: folder not found: {root}")
+    reader = READERS[cfg.format]
+    names = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
+    raw: dict[str, tuple] = {}
+    for split, folder in names.items():
+        if folder is not None and not (split == "val" and cfg.val_fraction is not None):
+            raw[split] = reader(cfg, folder, task)
+    info = _encode(cfg, task, raw)
+    if cfg.val_fraction is not None:
+        train, val = split_off(info.splits["train"], cfg.val_fraction, seed, task)
+        info = replace(info, splits={**info.splits, "train": train, "val": val})
+    for split in info.splits.values():
+        if len(split) == 0:
+            raise CvtoolError(f"data: split '{split.name}' has no images under {root}")
+    return info
+
+
+def _encode(cfg: DataConfig, task: str, raw: dict[str, tuple]) -> DatasetInfo:
+    """Turn per-split raw labels into arrays with one shared class / target order."""
+    if task == "keypoints":
+        target_names = raw["train"][2]
+        splits = {}
+        for name, (paths, targets, columns) in raw.items():
+            if targets is not None and columns != target_names:
+                raise CvtoolError(f"data.{name}: keypoint columns differ from the train split")
+            splits[name] = Split(name, paths, targets)
+        return DatasetInfo(task, [], list(target_names), splits)
+    class_names = raw["train"][2]
+    index = {c: i for i, c in enumerate(class_names)}
+    splits = {}
+    for name, (paths, labels, _) in raw.items():
+        if labels is None:
+            splits[name] = Split(name, paths, None)
+            continue
+        try:
+            if task == "multilabel":
+                targets = np.zeros((len(paths), len(class_names)), np.float32)
+                for row, tags in enumerate(labels):
+                    for tag in tags.split():
+                        targets[row, index[tag]] = 1.0
+            else:
+                targets = np.asarray([index[label] for label in labels], np.int64)
+        except KeyError as exc:
+            raise CvtoolError(f"data.{name}: class {exc.args[0]!r} does not occur in the train split") from None
+        splits[name] = Split(name, paths, targets)
+    if task == "binary" and len(class_names) != 2:
+        raise CvtoolError(f"data: task binary needs exactly 2 classes, found {len(class_names)}: {class_names[:5]}")
+    return DatasetInfo(task, class_names, [], splits)
+
+
+def split_off(split: Split, fraction: float, seed: int, task: str) -> tuple[Split, Split]:
+    """A seeded (stratified for single-label tasks) train/val split."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(split))
+    stratify = split.targets if task in ("multiclass", "binary") and split.targets is not None else None
+    try:
+        train_idx, val_idx = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError:
+        train_idx, val_idx = train_test_split(index, test_size=fraction, random_state=seed)
+    return split.subset(np.sort(train_idx), "train"), split.subset(np.sort(val_idx), "val")
+
+
+def _sorted_classes(labels: list[str]) -> list[str]:
+    unique = set(labels)
+    try:
+        return sorted(unique, key=lambda c: (float(c), c))
+    except ValueError:
+        return sorted(unique)
+
+
+def read_folder(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], list[str], list[str]]:
+    if task in ("multilabel", "keypoints"):
+        raise CvtoolError(f"data.format: folder holds one label per image; task {task} needs format csv")
+    base = cfg.root / split
+    if not base.is_dir():
+        raise CvtoolError(f"data.{_key(cfg, split)}: folder not found: {base}")
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise CvtoolError(f"data.{_key(cfg, split)}: {base} has no class folders (<class>/<image>)")
+    paths, labels = [], []
+    for name in classes:
+        for path in sorted((base / name).rglob("*")):
+            if path.is_file() and is_image_file(path):
+                paths.append(path)
+                labels.append(name)
+    return paths, labels, _sorted_classes(labels) if labels else classes
+
+
+def read_csv_split(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], object, list[str]]:
+    csv_path = cfg.root / (split if split.endswith(".csv") else f"{split}.csv")
+    if not csv_path.is_file():
+        raise CvtoolError(f"data.{_key(cfg, split)}: CSV file not found: {csv_path}")
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+        columns = list(rows[0].keys()) if rows else []
+    if cfg.image_column not in columns:
+        raise CvtoolError(f"{csv_path}: no column '{cfg.image_column}' (data.image_column); columns: {columns[:8]}")
+    image_root = cfg.root / cfg.images_dir
+    paths = [safe_join(image_root, row[cfg.image_column] + cfg.image_extension, csv_path) for row in rows]
+    if task == "keypoints":
+        names = keypoint_columns(cfg, columns, csv_path)
+        if not all(name in columns for name in names):
+            return paths, None, names
+        try:
+            targets = np.asarray([[float(row[c]) for c in names] for row in rows], np.float32).reshape(len(rows), -1)
+        except ValueError as exc:
+            raise CvtoolError(f"{csv_path}: non-numeric keypoint value ({exc})") from None
+        return paths, targets, names
+    column = cfg.tags_column if task == "multilabel" else cfg.label_column
+    if column not in columns:
+        return paths, None, []
+    labels = [row[column].strip() for row in rows]
+    if task == "multilabel":
+        classes = sorted({tag for tags in labels for tag in tags.split()})
+    else:
+        classes = _sorted_classes(labels)
+    return paths, labels, classes
+
+
+def keypoint_columns(cfg: DataConfig, columns: list[str], source: Path) -> list[str]:
+    if cfg.target_columns:
+        return list(cfg.target_columns)
+    if cfg.target_prefix:
+        names = [c for c in columns if c.startswith(cfg.target_prefix)]
+    else:
+        names = [c for c in columns if c != cfg.image_column]
+    if not names or len(names) % 2:
+        raise CvtoolError(f"{source}: keypoints need an even number of x/y target columns (data.target_columns or data.target_prefix)")
+    return names
+
+
+def safe_join(root: Path, relative: str, source: Path) -> Path:
+    """root/relative, refusing absolute paths and '..' that leave the data root."""
+    candidate = (root / relative).resolve()
+    if not candidate.is_relative_to(root.resolve()):
+        raise CvtoolError(f"{source}: image path escapes the data root: {relative}")
+    return candidate
+
+
+def read_tinyimagenet(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], list[str] | None, list[str]]:
+    if task not in ("multiclass",):
+        raise CvtoolError(f"data.format: tinyimagenet is a multiclass dataset, not {task}")
+    root = cfg.root
+    wnids_file = root / "wnids.txt"
+    if wnids_file.is_file():
+        wnids = [line.strip() for line in wnids_file.read_text().splitlines() if line.strip()]
+    else:
+        wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    words = _read_words(root / "words.txt")
+    names = _unique_names([words.get(w, w) for w in wnids], wnids)
+    by_wnid = dict(zip(wnids, names, strict=True))
+    base = root / split
+    if not base.is_dir():
+        raise CvtoolError(f"data.{_key(cfg, split)}: folder not found: {base}")
+    annotations = base / f"{split}_annotations.txt"
+    paths: list[Path] = []
+    labels: list[str] | None = []
+    if annotations.is_file():
+        for line in annotations.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2:
+                paths.append(safe_join(base / "images", parts[0], annotations))
+                labels.append(by_wnid.get(parts[1], parts[1]))
+    elif all((base / w).is_dir() for w in wnids[:1]) and (base / wnids[0]).is_dir():
+        for wnid in wnids:
+            for path in sorted((base / wnid).rglob("*")):
+                if path.is_file() and is_image_file(path):
+                    paths.append(path)
+                    labels.append(by_wnid[wnid])
+    else:
+        paths = sorted(p for p in (base / "images").rglob("*") if is_image_file(p))
+        labels = None
+    return paths, labels, names
+
+
+def _read_words(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    words = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        wnid, _, text = line.partition("\t")
+        if text:
+            words[wnid] = text.split(",")[0].strip()
+    return words
+
+
+def _unique_names(names: list[str], ids: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+    return [f"{name} ({ident})" if seen[name] > 1 else name for name, ident in zip(names, ids, strict=True)]
+
+
+def _key(cfg: DataConfig, split: str) -> str:
+    for key in ("train", "val", "test"):
+        if getattr(cfg, key) == split:
+            return key
+    return split
+
+
+READERS: dict[str, Reader] = {
+    "folder": read_folder,
+    "csv": read_csv_split,
+    "tinyimagenet": read_tinyimagenet,
+}

@@ -1,0 +1,97 @@
+"""Decoding one image file into a uint8 array: PIL and numpy only (no torch).
+
+The ONNX predict path uses this module too, so it must stay importable without torch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from cvtool.errors import BadImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# A decompression-bomb guard: larger images are refused instead of exhausting memory.
+MAX_IMAGE_PIXELS = 64_000_000
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """The fully decoded PIL image, or BadImageError naming the file and the reason."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise BadImageError(path, "empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise BadImageError(path, f"{width}x{height} exceeds the {MAX_IMAGE_PIXELS} pixel limit")
+                img.load()
+                return img.copy() if img.mode != "P" else img.convert("RGBA")
+    except BadImageError:
+        raise
+    except FileNotFoundError:
+        raise BadImageError(path, "file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(path, f"decompression bomb guard: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise BadImageError(path, "not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """Grey, RGBA, palette, CMYK, 1-bit and 16-bit images as 8-bit 'L' or 'RGB'."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max() <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+    target = "L" if channels == 1 else "RGB"
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        if target == "L":
+            return img.convert("L")
+        return img.convert("RGB")
+    return img if img.mode == target else img.convert(target)
+
+
+def decode(path: str | Path, channels: int, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 array H x W x C, original (width, height)); resized to size x size when given."""
+    img = open_image(path)
+    original = img.size
+    img = to_channels(img, channels)
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return np.ascontiguousarray(arr), original
+
+
+def image_size_of(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header alone."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError) as exc:
+        raise BadImageError(path, str(exc) or type(exc).__name__) from None
+
+
+def normalize_batch(batch: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """uint8 N x H x W x C -> float32 N x C x H x W, scaled to [0, 1] then standardized."""
+    x = batch.astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

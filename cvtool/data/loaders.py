@@ -1,0 +1,111 @@
+"""Torch datasets and loaders over decoded splits.
+
+Augmentation is seeded per (seed, epoch, sample): a sample looks the same whatever the
+number of workers or ranks, and a resumed run repeats an uninterrupted one exactly.
+Images leave the loader as uint8; `Normalize` turns them into model inputs on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from cvtool.data.cache import DecodedSplit
+from cvtool.data.transforms import apply_with_points, mirrored, swap_pairs
+from cvtool.tasks import Task
+
+
+class Normalize(torch.nn.Module):
+    """uint8 N x C x H x W -> float, scaled to [0, 1], standardized per channel."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - 255.0 * self.mean) * self.scale
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields (epoch, index) pairs: a seeded permutation per epoch (or the plain order),
+    sharded over `world_size` ranks. `pad=False` gives uneven shards without duplicates."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1,
+                 pad: bool = True) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=gen).tolist()
+        else:
+            order = list(range(self.size))
+        if self.world_size > 1 and self.pad:
+            total = -(-self.size // self.world_size) * self.world_size
+            order += order[: total - len(order)]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, i) for i in self.indices()])
+
+    def __len__(self) -> int:
+        return len(self.indices())
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """(uint8 image C x H x W, target, index) for (epoch, index) keys."""
+
+    def __init__(self, split: DecodedSplit, task: Task, pipeline: Any | None, seed: int,
+                 flip_pairs: Sequence[tuple[int, int]] = ()) -> None:
+        self.split, self.task, self.pipeline, self.seed = split, task, pipeline, seed
+        self.flip_pairs = list(flip_pairs)
+        self.size = split.images.shape[1]
+        if split.targets is None:
+            self.targets = np.zeros((len(split), 1), np.float32)
+        else:
+            self.targets = task.encode_targets(split.targets, split.sizes)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        image = torch.from_numpy(np.array(self.split.images[index])).permute(2, 0, 1)
+        target = self.targets[index]
+        if self.pipeline is not None:
+            torch.manual_seed((self.seed * 1_000_003 + epoch * 10_007 + index) % (2**63))
+            if self.task.name == "keypoints":
+                image, target = self._with_points(image, target)
+            else:
+                image = self.pipeline(image)
+        return image.contiguous(), torch.as_tensor(target), index
+
+    def _with_points(self, image: torch.Tensor, target: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        points = (target.reshape(-1, 2) + 1.0) / 2.0 * self.size
+        image, moved, affine = apply_with_points(self.pipeline, image, points, self.size)
+        if mirrored(affine) and self.flip_pairs:
+            moved = swap_pairs(moved, self.flip_pairs)
+        return image, (moved / self.size * 2.0 - 1.0).reshape(-1).astype(np.float32)
+
+
+def make_loader(dataset: SampleDataset, batch_size: int, sampler: EpochSampler, workers: int,
+                device: torch.device, drop_last: bool = False) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )

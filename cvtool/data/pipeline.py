@@ -1,0 +1,58 @@
+"""From a recipe's data section to decoded splits and torch datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cvtool.data.cache import DecodedSplit, decode_split
+from cvtool.data.formats import DatasetInfo, read_dataset
+from cvtool.data.loaders import SampleDataset
+from cvtool.data.transforms import build_pipeline
+from cvtool.recipe.schema import DataConfig, Recipe
+from cvtool.tasks import Task
+
+
+@dataclass
+class DataBundle:
+    info: DatasetInfo
+    splits: dict[str, DecodedSplit]
+    mean: list[float]
+    std: list[float]
+
+
+def prepare_data(recipe: Recipe, splits: Iterable[str] = ("train", "val", "test"), progress: bool = True,
+                 normalization: tuple[list[float], list[float]] | None = None) -> DataBundle:
+    """Read the sample tables, resolve normalization and decode the requested splits."""
+    cfg = recipe.data
+    info = read_dataset(cfg, recipe.task, recipe.seed)
+    wanted = [s for s in splits if s in info.splits]
+    if normalization is None:
+        from cvtool.data.stats import resolve_normalization
+
+        normalization = resolve_normalization(cfg, recipe.task, recipe.seed)
+    mean, std = normalization
+    decoded = {name: _decode(info.splits[name], cfg, progress) for name in wanted}
+    return DataBundle(info, decoded, list(mean), list(std))
+
+
+def _decode(split, cfg: DataConfig, progress: bool) -> DecodedSplit:
+    if not progress:
+        return decode_split(split, cfg.image_size, cfg.channels, root=cfg.root, mode=cfg.cache,
+                            max_gb=cfg.cache_max_gb, on_bad_image=cfg.on_bad_image)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"decoding {split.name}", total=len(split))
+        return decode_split(split, cfg.image_size, cfg.channels, root=cfg.root, mode=cfg.cache,
+                            max_gb=cfg.cache_max_gb, on_bad_image=cfg.on_bad_image,
+                            progress=lambda n: bar.advance(task, n))
+
+
+def train_dataset(bundle: DataBundle, recipe: Recipe, task: Task) -> SampleDataset:
+    pipeline = build_pipeline(recipe.augment, "augment")
+    return SampleDataset(bundle.splits["train"], task, pipeline, recipe.seed, recipe.data.flip_pairs)
+
+
+def eval_dataset(bundle: DataBundle, split: str, task: Task, seed: int = 0) -> SampleDataset:
+    return SampleDataset(bundle.splits[split], task, None, seed)

@@ -1,0 +1,130 @@
+"""Recipe augmentations: torchvision.transforms.v2 class names with kwargs, built recursively.
+
+Images stay uint8 (0-255) through augmentation, so value parameters use that scale
+(RandomSolarize threshold 102 is 0.4 of the range). Keypoints ride along as
+tv_tensors.KeyPoints; three reference points reveal the affine map each call applied,
+which tells whether the image was mirrored (then `flip_pairs` are swapped) and lets TTA
+map predictions back to the original frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cvtool.errors import CvtoolError
+from cvtool.registry import suggest
+
+GEOMETRIC = {
+    "RandomHorizontalFlip", "RandomVerticalFlip", "RandomAffine", "RandomRotation", "RandomPerspective",
+    "RandomResizedCrop", "RandomCrop", "CenterCrop", "Pad", "RandomZoomOut", "ElasticTransform",
+    "RandomApply", "RandomChoice", "RandomOrder", "Compose", "Resize",
+}
+CONTAINERS = {"RandomApply", "RandomChoice", "RandomOrder", "Compose"}
+
+
+def _v2() -> Any:
+    from torchvision.transforms import v2
+
+    return v2
+
+
+def transform_names() -> list[str]:
+    v2 = _v2()
+    return sorted(n for n in dir(v2) if isinstance(getattr(v2, n), type) and issubclass(getattr(v2, n), v2.Transform))
+
+
+def build_transform(spec: Any, where: str) -> Any:
+    """One {ClassName: kwargs} mapping -> a v2 transform; nested `transforms:` lists are built too."""
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise CvtoolError(f"{where}: each transform is a one-key mapping, e.g. {{RandomHorizontalFlip: {{p: 0.5}}}}")
+    (name, kwargs), = spec.items()
+    names = transform_names()
+    if name not in names:
+        raise CvtoolError(f"{where}: unknown transform '{name}'{suggest(str(name), names)}")
+    kwargs = dict(kwargs or {})
+    if not isinstance(kwargs, dict):
+        raise CvtoolError(f"{where}.{name}: arguments must be a mapping")
+    if "transforms" in kwargs:
+        inner = kwargs["transforms"]
+        if not isinstance(inner, list):
+            raise CvtoolError(f"{where}.{name}.transforms: must be a list of transforms")
+        kwargs["transforms"] = [build_transform(t, f"{where}.{name}.transforms[{i}]") for i, t in enumerate(inner)]
+    kwargs = {k: tuple(v) if isinstance(v, list) and k != "transforms" else v for k, v in kwargs.items()}
+    try:
+        return getattr(_v2(), name)(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CvtoolError(f"{where}.{name}: {str(exc).splitlines()[0]}") from None
+
+
+def build_pipeline(specs: Sequence[Any], key: str = "augment") -> Any | None:
+    """A v2.Compose of the specs, or None when there are none."""
+    if not specs:
+        return None
+    return _v2().Compose([build_transform(s, f"{key}[{i}]") for i, s in enumerate(specs)])
+
+
+def check_transform_specs(specs: Sequence[Any], key: str) -> None:
+    build_pipeline(specs, key)
+
+
+def is_geometric(spec: dict[str, Any]) -> bool:
+    (name, kwargs), = spec.items()
+    if name in CONTAINERS:
+        return all(is_geometric(t) for t in (kwargs or {}).get("transforms", []))
+    return name in GEOMETRIC
+
+
+def geometric_part(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The geometric transforms of a train pipeline (the default TTA transforms)."""
+    return [s for s in specs if is_geometric(s)]
+
+
+def reference_points(size: int) -> np.ndarray:
+    """Three non-collinear points whose images reveal an affine map."""
+    return np.asarray([[0.0, 0.0], [size - 1.0, 0.0], [0.0, size - 1.0]], np.float32)
+
+
+def fit_affine(source: np.ndarray, moved: np.ndarray) -> np.ndarray:
+    """2x3 matrix A with moved = A @ [x, y, 1] for three point pairs."""
+    design = np.hstack([source, np.ones((3, 1))]).astype(np.float64)
+    return np.linalg.solve(design, moved.astype(np.float64)).T
+
+
+def invert_points(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Map N x 2 points back through the inverse of a 2x3 affine matrix."""
+    full = np.vstack([affine, [0.0, 0.0, 1.0]])
+    inverse = np.linalg.inv(full)
+    return points @ inverse[:2, :2].T + inverse[:2, 2]
+
+
+def swap_pairs(points: np.ndarray, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Exchange left/right point indices (a mirrored image swaps them)."""
+    out = points.copy()
+    for left, right in pairs:
+        out[..., [left, right], :] = points[..., [right, left], :]
+    return out
+
+
+def apply_with_points(pipeline: Any, image: Any, points: np.ndarray, size: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Run a pipeline on an image (uint8 C x H x W tensor) and its N x 2 points.
+
+    Points are in continuous pixel coordinates (the image spans [0, size]); torchvision
+    moves pixel indices (a flip maps x to size - 1 - x), hence the half-pixel shifts.
+    Returns the new image, the moved points and the 2x3 affine map the call applied."""
+    import torch
+    from torchvision import tv_tensors
+
+    refs = reference_points(size)
+    stacked = np.vstack([points.reshape(-1, 2) - 0.5, refs]).astype(np.float32)
+    kp = tv_tensors.KeyPoints(torch.from_numpy(stacked), canvas_size=(size, size))
+    out_image, out_kp = pipeline(tv_tensors.Image(image), kp)
+    moved = out_kp.as_subclass(torch.Tensor).numpy().astype(np.float64) + 0.5
+    affine = fit_affine(refs + 0.5, moved[-3:])
+    return out_image.as_subclass(torch.Tensor), moved[:-3], affine
+
+
+def mirrored(affine: np.ndarray) -> bool:
+    return float(np.linalg.det(affine[:, :2])) < 0

@@ -1,0 +1,144 @@
+"""Checkpoints: plain tensors and primitives only, written atomically, loaded with
+`torch.load(weights_only=True)` so a file carrying a malicious pickle runs nothing."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cvtool import __version__
+from cvtool.errors import CvtoolError
+from cvtool.fileio import atomic_open
+from cvtool.recipe.load import recipe_from_dict
+from cvtool.recipe.schema import Recipe
+from cvtool.tasks import Labels, Task, get_task
+
+FORMAT = "cvtool-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What inference needs besides the weights; stored in every checkpoint."""
+
+    task: str
+    class_names: list[str]
+    target_names: list[str]
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    channels: int
+    num_outputs: int
+    thresholds: list[float] | None = None  # multilabel/binary, tuned by `cvtool evaluate`
+    flip_pairs: list[list[int]] | None = None
+
+    def labels(self, default_threshold: float = 0.5) -> Labels:
+        thresholds = np.asarray(self.thresholds if self.thresholds is not None else default_threshold,
+                                dtype=np.float32)
+        return Labels(self.class_names, self.target_names, thresholds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """torch.save into a temp file beside `path`, fsync, rename: never a half-written file."""
+    payload = {"format": FORMAT, "cvtool_version": __version__, **payload}
+    with atomic_open(path, "wb") as handle:
+        torch.save(payload, handle)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CvtoolError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        raise CvtoolError(f"{path}: refused: not a plain-weights checkpoint ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CvtoolError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CvtoolError(f"{path}: not a cvtool checkpoint")
+    return payload
+
+
+def resolve_checkpoint(target: str | Path, which: str = "best") -> Path:
+    """A run dir means its checkpoints/<which>.pt (best, last, epoch_046 or 46); a file is itself."""
+    target = Path(target)
+    if target.is_file():
+        return target
+    if not target.is_dir():
+        raise CvtoolError(f"{target}: no such run directory or checkpoint")
+    name = f"epoch_{int(which):03d}" if which.isdigit() else which
+    path = target / "checkpoints" / f"{name}.pt"
+    if not path.is_file():
+        options = sorted(p.stem for p in (target / "checkpoints").glob("*.pt"))
+        raise CvtoolError(f"{target}: no checkpoint '{name}' (have: {', '.join(options) or 'none'})")
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    np_state = np.random.get_state()
+    state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
+    if torch.cuda.is_available():  # GPU only
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():  # GPU only
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    recipe: Recipe
+    task: Task
+    meta: ModelMeta
+    path: Path
+    epoch: int
+
+
+def load_model(target: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
+    """The model of a run dir or checkpoint, in eval mode, with its recipe and metadata."""
+    from cvtool.models import build_model
+
+    path = resolve_checkpoint(target, which)
+    payload = load_checkpoint(path)
+    recipe = recipe_from_dict(payload["recipe"], f"{path} (recipe)")
+    meta = ModelMeta(**payload["meta"])
+    cfg = recipe.model.model_copy(update={"pretrained": None})
+    model = build_model(cfg, meta.num_outputs, meta.channels, meta.image_size)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise CvtoolError(f"{path}: weights do not fit {recipe.model.arch}: {str(exc).splitlines()[0]}") from None
+    model.to(device).eval()
+    return LoadedModel(model, recipe, get_task(meta.task), meta, path, int(payload.get("epoch", 0)))
+
+
+def update_meta(path: str | Path, **changes: Any) -> None:
+    """Rewrite a checkpoint's metadata (e.g. tuned thresholds), atomically."""
+    payload = load_checkpoint(path)
+    payload["meta"] = {**payload["meta"], **changes}
+    payload.pop("format", None)
+    payload.pop("cvtool_version", None)
+    save_checkpoint(path, payload)

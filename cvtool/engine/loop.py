@@ -1,0 +1,158 @@
+"""The training loop as plain functions: one training epoch, one inference pass."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from cvtool.errors import CvtoolError
+from cvtool.recipe.schema import TrainConfig
+
+
+class NonFiniteLoss(CvtoolError):
+    def __init__(self, epoch: int, batch: int, value: float) -> None:
+        super().__init__(f"training stopped: loss is {value} at epoch {epoch}, batch {batch} "
+                         "(the last good checkpoint is kept; try a lower optim.lr or --detect-anomaly)")
+
+
+class StopRequested(Exception):
+    """Raised between batches when SIGINT/SIGTERM asked the run to stop."""
+
+
+def select_device(name: str) -> torch.device:
+    """auto: cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():  # GPU only
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CvtoolError("train.device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """Mixed precision on CUDA only: bf16 where supported (auto), else fp16."""
+    if device.type != "cuda" or amp == "none":
+        return None
+    if amp == "auto":  # GPU only
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)  # GPU only
+
+
+@dataclass
+class Stepper:
+    """Everything one optimization step needs."""
+
+    model: torch.nn.Module
+    normalize: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    device: torch.device
+    cfg: TrainConfig
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+    scaler: Any = None
+    stop: Callable[[], bool] = field(default=lambda: False)
+    after_train_mode: Callable[[torch.nn.Module], None] = field(default=lambda m: None)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(images.to(self.device, non_blocking=True))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    logits: np.ndarray
+    targets: np.ndarray
+    indices: np.ndarray
+    seconds: float
+    images: int
+
+
+def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None) -> EpochResult:
+    """One pass over the training loader; returns the mean loss and the batch outputs."""
+    step.model.train()
+    step.after_train_mode(step.model)
+    start, total_loss, count = time.perf_counter(), 0.0, 0
+    logits_all, targets_all, index_all = [], [], []
+    for batch, (images, targets, index) in enumerate(_with_progress(loader, progress)):
+        if step.stop():
+            raise StopRequested
+        x = step.inputs(images)
+        y = targets.to(step.device, non_blocking=True)
+        with autocast(step.device, step.dtype):
+            logits = step.model(x)
+            loss = step.loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(epoch, batch + 1, float(loss))
+        step.optimizer.zero_grad(set_to_none=True)
+        _backward_and_step(step, loss)
+        step.schedule.step_batch()
+        n = images.shape[0]
+        total_loss += float(loss.detach()) * n
+        count += n
+        logits_all.append(logits.detach().float().cpu())
+        targets_all.append(targets)
+        index_all.append(index)
+        if progress is not None:
+            progress.update(loss=total_loss / count, images=count, seconds=time.perf_counter() - start)
+    return EpochResult(total_loss / max(count, 1), torch.cat(logits_all).numpy(), torch.cat(targets_all).numpy(),
+                       torch.cat(index_all).numpy(), time.perf_counter() - start, count)
+
+
+def _backward_and_step(step: Stepper, loss: torch.Tensor) -> None:
+    if step.scaler is not None:  # GPU only: fp16 needs loss scaling
+        step.scaler.scale(loss).backward()
+        if step.cfg.grad_clip:
+            step.scaler.unscale_(step.optimizer)
+            torch.nn.utils.clip_grad_norm_(step.model.parameters(), step.cfg.grad_clip)
+        step.scaler.step(step.optimizer)
+        step.scaler.update()
+        return
+    loss.backward()
+    if step.cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(step.model.parameters(), step.cfg.grad_clip)
+    step.optimizer.step()
+
+
+@torch.no_grad()
+def run_inference(model: torch.nn.Module, normalize: torch.nn.Module, loader: Any, device: torch.device,
+                  dtype: torch.dtype | None = None, loss_fn: torch.nn.Module | None = None,
+                  channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(logits, targets, indices, mean loss) over a loader, model in eval mode."""
+    model.eval()
+    logits_all, targets_all, index_all, total_loss, count = [], [], [], 0.0, 0
+    for images, targets, index in loader:
+        x = normalize(images.to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, dtype):
+            logits = model(x).float()
+        if loss_fn is not None:
+            total_loss += float(loss_fn(logits, targets.to(device))) * images.shape[0]
+        count += images.shape[0]
+        logits_all.append(logits.cpu())
+        targets_all.append(targets)
+        index_all.append(index)
+    return (torch.cat(logits_all).numpy(), torch.cat(targets_all).numpy(), torch.cat(index_all).numpy(),
+            total_loss / max(count, 1))
+
+
+def _with_progress(loader: Any, progress: Any) -> Iterator:
+    return iter(loader) if progress is None else progress.track(loader)

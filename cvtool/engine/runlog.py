@@ -1,0 +1,110 @@
+"""What a run reports while it trains: metrics.csv, TensorBoard events, a console row per
+epoch and a progress bar per epoch (none with --quiet)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cvtool.fileio import write_csv
+
+FIXED_COLUMNS = ["epoch", "lr", "seconds", "train/loss", "val/loss"]
+
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: a debiased exponential moving average (weight 0.6 in seed 000)."""
+    smoothed, last, count = [], 0.0, 0
+    for value in values:
+        if not math.isfinite(value):
+            smoothed.append(value)
+            continue
+        count += 1
+        last = last * weight + (1 - weight) * value
+        smoothed.append(last / (1 - weight**count) if weight > 0 else value)
+    return smoothed
+
+
+class RunLog:
+    def __init__(self, run_dir: Path | None, quiet: bool, console: Console | None = None,
+                 history: list[dict[str, float]] | None = None) -> None:
+        self.run_dir = run_dir
+        self.quiet = quiet
+        self.console = console or Console(highlight=False)
+        self.history: list[dict[str, float]] = list(history or [])
+        self.writer = _tensorboard(run_dir / "tensorboard") if run_dir is not None else None
+
+    def columns(self) -> list[str]:
+        extra = sorted({k for row in self.history for k in row} - set(FIXED_COLUMNS),
+                       key=lambda k: (not k.startswith("train/"), k))
+        return FIXED_COLUMNS + extra
+
+    def add(self, row: dict[str, float], monitor: str, is_best: bool) -> None:
+        self.history.append(row)
+        if self.run_dir is not None:
+            columns = self.columns()
+            write_csv(self.run_dir / "metrics.csv", columns,
+                      [[_cell(r.get(c)) for c in columns] for r in self.history])
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.writer.add_scalar(key, value, int(row["epoch"]))
+            self.writer.flush()
+        self._print_row(row, monitor, is_best)
+
+    def _print_row(self, row: dict[str, float], monitor: str, is_best: bool) -> None:
+        shown = ["train/loss", "val/loss", monitor]
+        cells = [f"epoch {int(row['epoch']):>3}", f"lr {row['lr']:.2e}", f"{row['seconds']:.1f}s"]
+        cells += [f"{k} {row[k]:.4f}" for k in dict.fromkeys(shown) if k in row]
+        text = "  ".join(cells) + ("  *best*" if is_best else "")
+        if self.quiet:
+            print(text, flush=True)
+        else:
+            self.console.print(text.replace("*best*", "[bold green]best[/]"))
+
+    def progress(self, epoch: int, epochs: int, batches: int) -> EpochProgress | None:
+        return None if self.quiet else EpochProgress(self.console, epoch, epochs, batches)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if value != int(value) or abs(value) >= 1e15 else repr(value)
+    return str(value)
+
+
+def _tensorboard(folder: Path) -> Any:
+    """A SummaryWriter when the optional `tensorboard` extra is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(folder))
+
+
+class EpochProgress:
+    """A rich bar: batches, running loss, images/s, ETA."""
+
+    def __init__(self, console: Console, epoch: int, epochs: int, batches: int) -> None:
+        self.bar = Progress(
+            TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
+            TimeRemainingColumn(), console=console, transient=True,
+        )
+        self.task = self.bar.add_task("train", total=batches, loss=float("nan"), ips=0.0)
+
+    def track(self, loader: Any) -> Any:
+        with self.bar:
+            for item in loader:
+                yield item
+
+    def update(self, loss: float, images: int, seconds: float) -> None:
+        self.bar.update(self.task, advance=1, loss=loss, ips=images / max(seconds, 1e-9))

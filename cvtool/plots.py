@@ -1,0 +1,110 @@
+"""Matplotlib figures shared by train, evaluate and report (Agg backend, PNG files)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cvtool.fileio import atomic_open
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: Path) -> Path:
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, ylabel: str,
+           path: Path, smoothing: float | None = None, logy: bool = False) -> Path:
+    """Lines per label (x, y); with `smoothing`, raw lines faint and the EMA on top."""
+    from cvtool.engine.runlog import ema
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, (x, y) in series.items():
+        if smoothing:
+            line, = ax.plot(x, y, alpha=0.3)
+            ax.plot(x, ema(list(y), smoothing), color=line.get_color(), label=f"{label} (smoothed {smoothing})")
+        else:
+            ax.plot(x, y, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def confusion(matrix: np.ndarray, class_names: Sequence[str], title: str, path: Path,
+              normalize: bool = False) -> Path:
+    plt = _plt()
+    data = matrix.astype(np.float64)
+    if normalize:
+        data = data / np.maximum(data.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    size = min(4 + n * 0.35, 30)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    image = ax.imshow(data, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    if n <= 40:
+        ax.set_xticks(range(n), list(class_names), rotation=90, fontsize=7)
+        ax.set_yticks(range(n), list(class_names), fontsize=7)
+        if n <= 15:
+            for (i, j), value in np.ndenumerate(data):
+                ax.text(j, i, f"{value:.2f}" if normalize else f"{int(value)}", ha="center", va="center",
+                        fontsize=7, color="white" if value > data.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def roc(curves_by_label: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str, path: Path) -> Path:
+    """ROC curves: label -> (fpr, tpr, auc)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for label, (fpr, tpr, auc) in curves_by_label.items():
+        ax.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", alpha=0.4)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=6, loc="lower right")
+    return save(fig, path)
+
+
+def roc_curves(targets: np.ndarray, scores: np.ndarray, names: Sequence[str]) -> dict[str, tuple]:
+    """Per-column ROC data for binary (one column) or multi-label outputs (sklearn)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    truth = targets.reshape(len(targets), -1)
+    prob = scores.reshape(len(scores), -1)
+    result = {}
+    for column in range(prob.shape[1]):
+        if len(np.unique(truth[:, column])) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(truth[:, column], prob[:, column])
+        result[names[column]] = (fpr, tpr, float(roc_auc_score(truth[:, column], prob[:, column])))
+    return result
+
+
+def confusion_matrix(targets: np.ndarray, outputs: np.ndarray, classes: int, threshold: float = 0.5) -> np.ndarray:
+    """sklearn's confusion matrix of multiclass (argmax) or binary (score > threshold) outputs."""
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    predicted = (outputs.reshape(-1) > threshold).astype(int) if outputs.shape[1] == 1 else outputs.argmax(axis=1)
+    return sk_confusion(targets.reshape(-1), predicted, labels=list(range(classes)))

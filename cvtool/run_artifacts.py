@@ -1,0 +1,134 @@
+"""What a finished run leaves behind: split metrics, saved predictions, summary.json, plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cvtool.engine.runlog import ema
+from cvtool.fileio import atomic_open, write_json
+from cvtool.tasks import Task, higher_is_better
+
+if TYPE_CHECKING:
+    from cvtool.train import Session, TrainState
+
+
+def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool = True) -> dict[str, Any]:
+    """Loss and task metrics of the current model on one split (gathered over ranks)."""
+    from cvtool.data.loaders import EpochSampler, make_loader
+    from cvtool.engine.loop import run_inference
+
+    dist = session.dist
+    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
+    sampler = EpochSampler(len(dataset), 0, False, rank, world, pad=False)
+    batch = session.recipe.data.eval_batch_size or session.recipe.data.batch_size * 2
+    loader = make_loader(dataset, batch, sampler, session.recipe.data.num_workers, session.device)
+    step = session.step
+    logits, targets, indices, loss = run_inference(step.model, step.normalize, loader, session.device,
+                                                   step.dtype, step.loss_fn, step.channels_last)
+    if dist:
+        logits, targets, indices, loss = dist.gather(logits, targets, indices, loss)
+    order = np.argsort(indices)
+    logits, targets, indices = logits[order], targets[order], indices[order]
+    outputs = session.task.activate(logits)
+    sizes = dataset.split.sizes[indices]
+    if session.task.name == "multiclass" or session.task.name == "binary":
+        targets = targets.astype(np.int64)
+    metrics = session.task.metrics(targets, outputs, session.recipe.evaluate.threshold, sizes)
+    result = {"split": split, "loss": loss, "metrics": metrics}
+    if keep_outputs:
+        result.update(outputs=outputs, targets=targets, indices=indices, sizes=sizes)
+    return result
+
+
+def save_predictions(path: Path, result: dict[str, Any]) -> None:
+    with atomic_open(path, "wb") as handle:
+        np.savez_compressed(handle, outputs=result["outputs"], targets=result["targets"],
+                            indices=result["indices"], sizes=result["sizes"])
+
+
+def load_predictions(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def finish_run(session: Session, state: TrainState, run_dir: Path | None, quiet: bool) -> dict[str, Any]:
+    """Best checkpoint on the test split, summary.json and plots."""
+    from cvtool.data.pipeline import eval_dataset
+    from cvtool.engine.checkpoint import load_checkpoint
+    from cvtool.train import _raw
+
+    test = None
+    if run_dir is not None and "test" in session.bundle.splits and session.bundle.splits["test"].targets is not None:
+        best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+        _raw(session.step.model).load_state_dict(best["model"])
+        result = split_metrics(session, eval_dataset(session.bundle, "test", session.task), "test")
+        test = {"loss": result["loss"], **result["metrics"]}
+        save_predictions(run_dir / "predictions" / "test_best.npz", result)
+    summary = build_summary(session, state, test)
+    if run_dir is not None:
+        write_json(run_dir / "summary.json", summary)
+        write_plots(run_dir, state.history, session.task, session.meta.class_names, session.recipe.train.smoothing,
+                    session.recipe.evaluate.threshold)
+    return summary
+
+
+def build_summary(session: Session, state: TrainState, test: dict[str, float] | None) -> dict[str, Any]:
+    monitor = session.monitor
+    values = [row[monitor] for row in state.history]
+    smoothed = ema(values, session.recipe.train.smoothing)
+    pick = np.nanargmax if higher_is_better(monitor) else np.nanargmin
+    best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
+    s_index = int(pick(smoothed)) if smoothed else 0
+    return {
+        "name": session.recipe.name,
+        "task": session.task.name,
+        "monitor": monitor,
+        "best_epoch": state.best_epoch,
+        "best_value": state.best_value,
+        "smoothed_best_epoch": state.history[s_index]["epoch"] if smoothed else None,
+        "smoothed_best_value": smoothed[s_index] if smoothed else None,
+        "epochs_run": state.epoch,
+        "val": {k.removeprefix("val/"): v for k, v in best_row.items() if k.startswith("val/")},
+        "test": test,
+        "seconds": round(sum(r["seconds"] for r in state.history), 2),
+        "device": str(session.device),
+        "classes": len(session.meta.class_names),
+        "train_images": len(session.bundle.splits["train"]),
+    }
+
+
+def write_plots(run_dir: Path, history: list[dict[str, float]], task: Task, class_names: list[str],
+                smoothing: float, threshold: float) -> None:
+    """Loss, every metric (raw and smoothed), lr, confusion matrices and ROC curves."""
+    from cvtool import plots
+
+    if not history:
+        return
+    folder = run_dir / "plots"
+    epochs = [r["epoch"] for r in history]
+    series = lambda key: (epochs, [r.get(key, float("nan")) for r in history])  # noqa: E731
+    plots.curves({"train": series("train/loss"), "val": series("val/loss")}, "loss", "loss", folder / "loss.png")
+    for key in sorted(k for k in history[-1] if k.startswith("val/") and k != "val/loss"):
+        name = key.removeprefix("val/")
+        lines = {"val": series(key)}
+        if f"train/{name}" in history[-1]:
+            lines["train"] = series(f"train/{name}")
+        plots.curves(lines, name, name, folder / f"{name}.png", smoothing=smoothing)
+    plots.curves({"lr": series("lr")}, "learning rate", "lr", folder / "lr.png", logy=True)
+    predictions = run_dir / "predictions"
+    for label, file in (("first epoch", "val_epoch_001.npz"), ("best epoch", "val_best.npz")):
+        if not (predictions / file).is_file():
+            continue
+        data = load_predictions(predictions / file)
+        if task.confusion:
+            classes = len(class_names)
+            matrix = plots.confusion_matrix(data["targets"], data["outputs"], classes, threshold)
+            plots.confusion(matrix, class_names, f"confusion matrix, {label}", folder / f"confusion_{file[4:-4]}.png")
+        if task.roc and file == "val_best.npz":
+            names = class_names if data["outputs"].shape[1] > 1 else [class_names[-1] if class_names else "positive"]
+            curves = plots.roc_curves(data["targets"], data["outputs"], names)
+            if curves:
+                plots.roc(curves, "ROC, best epoch", folder / "roc_best.png")

@@ -1,0 +1,253 @@
+"""`cvtool train`: fit one recipe into a run directory (sweeps live in sweep.py)."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cvtool.data.loaders import EpochSampler, Normalize, make_loader
+from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
+from cvtool.engine.checkpoint import ModelMeta, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cvtool.engine.loop import Stepper, amp_dtype, run_inference, select_device, train_one_epoch
+from cvtool.engine.optim import OPTIMIZERS, Schedule, build_optimizer, current_lr, optim_for_epoch, phase_start, retune
+from cvtool.engine.runlog import RunLog
+from cvtool.errors import CvtoolError
+from cvtool.recipe.schema import Recipe
+from cvtool.run_artifacts import finish_run, split_metrics
+from cvtool.tasks import Task, get_task, higher_is_better
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # last completed epoch
+    best_value: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def improved(self, value: float, higher: bool, min_delta: float = 0.0) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value + min_delta if higher else value < self.best_value - min_delta
+
+
+@dataclass
+class Session:
+    """The live objects of one run (model, data, optimisation), built once."""
+
+    recipe: Recipe
+    task: Task
+    bundle: DataBundle
+    meta: ModelMeta
+    device: torch.device
+    step: Stepper
+    monitor: str
+    dist: Any = None  # cvtool.engine.distributed.Dist when launched with torchrun
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
+    from cvtool.data.stats import class_weights, pos_weight
+    from cvtool.models import build_model, frozen_batchnorm_eval
+
+    seed_everything(recipe.seed + (dist.rank if dist else 0))
+    task = get_task(recipe.task)
+    bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
+    info, cfg = bundle.info, recipe.data
+    meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
+                     cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None)
+    device = dist.device if dist else select_device(recipe.train.device)
+    model = build_model(recipe.model, info.num_outputs, cfg.channels, cfg.image_size)
+    channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    weights, positive = _loss_weights(recipe, task, bundle, class_weights, pos_weight)
+    loss_fn = task.build_loss(recipe.loss, weights, positive).to(device)
+    net = dist.wrap(model, recipe.model.sync_batchnorm) if dist else model
+    if recipe.train.compile:
+        net = torch.compile(net)
+    optimizer = build_optimizer(model.parameters(), recipe.optim)
+    monitor = recipe.train.monitor or task.default_monitor
+    dtype = amp_dtype(device, recipe.train.amp)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None  # GPU only
+    step = Stepper(net, Normalize(bundle.mean, bundle.std).to(device), loss_fn, optimizer, None, device,
+                   recipe.train, dtype, channels_last, scaler, after_train_mode=frozen_batchnorm_eval)
+    return Session(recipe, task, bundle, meta, device, step, monitor, dist)
+
+
+def _loss_weights(recipe: Recipe, task: Task, bundle: DataBundle, class_weights, pos_weight):
+    targets = bundle.splits["train"].targets
+    mode = recipe.loss.class_weights
+    weights = None
+    if isinstance(mode, list):
+        if len(mode) != bundle.info.num_outputs:
+            raise CvtoolError(f"loss.class_weights: {len(mode)} weights for {bundle.info.num_outputs} classes")
+        weights = np.asarray(mode, np.float32)
+    elif mode != "none" and task.name in ("multiclass", "multilabel"):
+        counts = (np.bincount(targets, minlength=bundle.info.num_outputs) if task.name == "multiclass"
+                  else targets.sum(axis=0))
+        weights = class_weights(counts, len(targets), mode)
+    positive = pos_weight(targets) if recipe.loss.pos_weight == "auto" else None
+    return weights, positive
+
+
+def make_schedule(session: Session, epoch: int, steps: int) -> Schedule:
+    """The schedule of the phase in force at `epoch`, spanning the epochs left in the run."""
+    recipe = session.recipe
+    start = phase_start(recipe.phases, epoch)
+    mode = "max" if higher_is_better(session.monitor) else "min"
+    return Schedule(session.step.optimizer, recipe.schedule, recipe.train.epochs - start + 1, steps, mode)
+
+
+def enter_phase(session: Session, epoch: int, steps: int) -> None:
+    """At a phase boundary switch (or retune) the optimizer and restart the schedule."""
+    recipe, step = session.recipe, session.step
+    cfg = optim_for_epoch(recipe.optim, recipe.phases, epoch)
+    if type(step.optimizer) is not OPTIMIZERS[cfg.name].opt_class:
+        step.optimizer = build_optimizer(_raw(step.model).parameters(), cfg)
+    else:
+        retune(step.optimizer, cfg)
+    step.schedule = make_schedule(session, epoch, steps)
+
+
+def _raw(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def checkpoint_payload(session: Session, state: TrainState) -> dict[str, Any]:
+    return {
+        "recipe": session.recipe.model_dump(mode="json"), "meta": session.meta.to_dict(), "epoch": state.epoch,
+        "model": _raw(session.step.model).state_dict(), "optimizer": session.step.optimizer.state_dict(),
+        "scheduler": session.step.schedule.state_dict(), "rng": rng_state(),
+        "train_state": {"best_value": state.best_value, "best_epoch": state.best_epoch,
+                        "bad_epochs": state.bad_epochs, "history": state.history},
+        "monitor": session.monitor,
+    }
+
+
+def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState:
+    """Continue from a last.pt: weights, optimizer, schedule, RNG and history."""
+    saved = payload["train_state"]
+    state = TrainState(int(payload["epoch"]), saved["best_value"], int(saved["best_epoch"]),
+                       int(saved["bad_epochs"]), list(saved["history"]))
+    _raw(session.step.model).load_state_dict(payload["model"])
+    next_epoch = state.epoch + 1
+    session.step.optimizer = build_optimizer(_raw(session.step.model).parameters(),
+                                             optim_for_epoch(session.recipe.optim, session.recipe.phases, next_epoch))
+    session.step.optimizer.load_state_dict(payload["optimizer"])
+    session.step.schedule = make_schedule(session, max(next_epoch - 1, 1), steps)
+    session.step.schedule.load_state_dict(payload["scheduler"])
+    set_rng_state(payload["rng"])
+    return state
+
+
+def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bool = False,
+        stop: Any = None, dist: Any = None) -> dict[str, Any]:
+    """Train `recipe`, writing the run into `run_dir`; returns the summary."""
+    session = build_session(recipe, quiet, dist)
+    lead = dist is None or dist.rank == 0
+    train_set = train_dataset(session.bundle, recipe, session.task)
+    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
+    sampler = EpochSampler(len(train_set), recipe.seed, True, rank, world)
+    batch = recipe.data.batch_size
+    loader = make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
+                         drop_last=len(sampler) % batch == 1)
+    steps = len(loader)
+    session.step.schedule = make_schedule(session, 1, steps)
+    if stop is not None:
+        session.step.stop = stop
+    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
+    if resume:
+        state = restore(session, load_checkpoint(ckpt_dir / "last.pt"), steps)
+    else:
+        state = TrainState()
+        if lead and ckpt_dir is not None:
+            save_checkpoint(ckpt_dir / "last.pt", checkpoint_payload(session, state))
+    log = RunLog(run_dir if lead else None, quiet or not lead, history=state.history)
+    try:
+        _epochs(session, state, loader, sampler, log, ckpt_dir, steps)
+    finally:
+        log.close()
+    if not lead:
+        return {}
+    return finish_run(session, state, run_dir, quiet)
+
+
+def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, ckpt_dir, steps: int) -> None:
+    from cvtool.models import set_trainable
+
+    recipe, step = session.recipe, session.step
+    higher = higher_is_better(session.monitor)
+    stopper = recipe.train.early_stop
+    lead = session.dist is None or session.dist.rank == 0
+    val_set = eval_dataset(session.bundle, "val", session.task, recipe.seed)
+    for epoch in range(state.epoch + 1, recipe.train.epochs + 1):
+        if epoch > 1 and epoch in {p.epoch for p in recipe.phases}:
+            enter_phase(session, epoch, steps)
+        set_trainable(_raw(step.model), recipe.model.freeze, epoch)
+        sampler.set_epoch(epoch)
+        lr = current_lr(step.optimizer)
+        start = time.perf_counter()
+        result = train_one_epoch(step, loader, epoch, log.progress(epoch, recipe.train.epochs, steps))
+        train_metrics = session.task.metrics(*_gather_train(session, result))
+        val = split_metrics(session, val_set, "val", keep_outputs=lead)
+        row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - start, 3),
+               "train/loss": result.loss, "val/loss": val["loss"],
+               **{f"train/{k}": v for k, v in train_metrics.items()},
+               **{f"val/{k}": v for k, v in val["metrics"].items()}}
+        if session.monitor not in row:
+            raise CvtoolError(f"train.monitor: {session.monitor} is not reported (have: "
+                              f"{', '.join(k for k in row if k.startswith('val/'))})")
+        value = row[session.monitor]
+        step.schedule.step_epoch(value)
+        is_best = state.improved(value, higher, stopper.min_delta if stopper else 0.0)
+        state.bad_epochs = 0 if is_best else state.bad_epochs + 1
+        if is_best:
+            state.best_value, state.best_epoch = value, epoch
+        state.epoch = epoch
+        state.history.append(row)
+        log.history = state.history[:-1]
+        log.add(row, session.monitor, is_best)
+        if lead and ckpt_dir is not None:
+            _save_epoch(session, state, ckpt_dir, is_best, val)
+        if stopper and state.bad_epochs >= stopper.patience:
+            log.console.print(f"early stop: no {session.monitor} gain for {stopper.patience} epochs")
+            break
+
+
+def _gather_train(session: Session, result) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
+    """Train-batch outputs as the task's metrics want them (keypoints need image sizes)."""
+    outputs = session.task.activate(result.logits)
+    sizes = session.bundle.splits["train"].sizes[result.indices]
+    targets = result.targets if session.task.name != "multiclass" else result.targets.astype(np.int64)
+    return targets, outputs, session.recipe.evaluate.threshold, sizes
+
+
+def _save_epoch(session: Session, state: TrainState, ckpt_dir: Path, is_best: bool, val: dict) -> None:
+    from cvtool.run_artifacts import save_predictions
+
+    payload = checkpoint_payload(session, state)
+    run_dir = ckpt_dir.parent
+    if state.epoch == 1:
+        save_predictions(run_dir / "predictions" / "val_epoch_001.npz", val)
+    if is_best:
+        save_checkpoint(ckpt_dir / "best.pt", payload)
+        save_predictions(run_dir / "predictions" / "val_best.npz", val)
+    every = session.recipe.train.save_every
+    if every and state.epoch % every == 0:
+        save_checkpoint(ckpt_dir / f"epoch_{state.epoch:03d}.pt", payload)
+    save_checkpoint(ckpt_dir / "last.pt", payload)
