@@ -108,3 +108,26 @@ def confusion_matrix(targets: np.ndarray, outputs: np.ndarray, classes: int, thr
 
     predicted = (outputs.reshape(-1) > threshold).astype(int) if outputs.shape[1] == 1 else outputs.argmax(axis=1)
     return sk_confusion(targets.reshape(-1), predicted, labels=list(range(classes)))
+
+
+def keypoint_grid(panels: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str]], title: str,
+                  path: Path, columns: int = 4) -> Path:
+    """Images with true (o) and predicted (x) points: panels of (H x W x C image,
+    true N x 2, predicted N x 2, caption); points in continuous pixel coordinates."""
+    plt = _plt()
+    rows = max(1, -(-len(panels) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (image, truth, predicted, caption) in zip(axes.ravel(), panels, strict=False):
+        height, width = image.shape[:2]
+        ax.imshow(image, extent=(0, width, height, 0), interpolation="nearest")
+        for (tx, ty), (px, py) in zip(truth, predicted, strict=True):
+            ax.plot([tx, px], [ty, py], color="yellow", linewidth=0.8)
+        ax.scatter(truth[:, 0], truth[:, 1], s=40, facecolors="none", edgecolors="lime", linewidths=1.5)
+        ax.scatter(predicted[:, 0], predicted[:, 1], s=40, marker="x", color="red", linewidths=1.5)
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path)

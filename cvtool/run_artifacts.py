@@ -64,7 +64,12 @@ def finish_run(session: Session, state: TrainState, run_dir: Path | None, quiet:
     if run_dir is not None and "test" in session.bundle.splits and session.bundle.splits["test"].targets is not None:
         best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
         _raw(session.step.model).load_state_dict(best["model"])
-        result = split_metrics(session, eval_dataset(session.bundle, "test", session.task), "test")
+        evaluator = session
+        if session.dist is not None:  # only rank 0 gets here: evaluate alone (no DDP wrapper, no gather)
+            from dataclasses import replace
+
+            evaluator = replace(session, dist=None, step=replace(session.step, model=_raw(session.step.model)))
+        result = split_metrics(evaluator, eval_dataset(session.bundle, "test", session.task), "test")
         test = {"loss": result["loss"], **result["metrics"]}
         save_predictions(run_dir / "predictions" / "test_best.npz", result)
     summary = build_summary(session, state, test)
@@ -76,6 +81,8 @@ def finish_run(session: Session, state: TrainState, run_dir: Path | None, quiet:
 
 
 def build_summary(session: Session, state: TrainState, test: dict[str, float] | None) -> dict[str, Any]:
+    from cvtool.data.pipeline import skipped_counts
+
     monitor = session.monitor
     values = [row[monitor] for row in state.history]
     smoothed = ema(values, session.recipe.train.smoothing)
@@ -97,6 +104,7 @@ def build_summary(session: Session, state: TrainState, test: dict[str, float] | 
         "device": str(session.device),
         "classes": len(session.meta.class_names),
         "train_images": len(session.bundle.splits["train"]),
+        "skipped_images": skipped_counts(session.bundle),
     }
 
 

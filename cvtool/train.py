@@ -76,7 +76,8 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     weights, positive = _loss_weights(recipe, task, bundle, class_weights, pos_weight)
     loss_fn = task.build_loss(recipe.loss, weights, positive).to(device)
-    net = dist.wrap(model, recipe.model.sync_batchnorm) if dist else model
+    # model.freeze sets requires_grad=False after wrapping: DDP must then expect gradient-less parameters
+    net = dist.wrap(model, recipe.model.sync_batchnorm, find_unused=recipe.model.freeze is not None) if dist else model
     if recipe.train.compile:
         net = torch.compile(net)
     optimizer = build_optimizer(model.parameters(), recipe.optim)
@@ -166,7 +167,7 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     batch = recipe.data.batch_size
     loader = make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
                          drop_last=len(sampler) % batch == 1)
-    steps = len(loader)
+    steps = min(len(loader), recipe.train.max_batches or len(loader))
     session.step.schedule = make_schedule(session, 1, steps)
     if stop is not None:
         session.step.stop = stop

@@ -33,7 +33,17 @@ def prepare_data(recipe: Recipe, splits: Iterable[str] = ("train", "val", "test"
         normalization = resolve_normalization(cfg, recipe.task, recipe.seed)
     mean, std = normalization
     decoded = {name: _decode(info.splits[name], cfg, progress) for name in wanted}
+    for split in decoded.values():
+        if split.skipped:
+            import sys
+
+            print(f"cvtool: {split.name}: skipped {len(split.skipped)} unreadable images "
+                  f"(data.on_bad_image: skip), e.g. {split.skipped[0][0]}: {split.skipped[0][1]}", file=sys.stderr)
     return DataBundle(info, decoded, list(mean), list(std))
+
+
+def skipped_counts(bundle: DataBundle) -> dict[str, int]:
+    return {name: len(split.skipped) for name, split in bundle.splits.items()}
 
 
 def _decode(split, cfg: DataConfig, progress: bool) -> DecodedSplit:

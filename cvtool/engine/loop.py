@@ -94,6 +94,8 @@ def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None
     for batch, (images, targets, index) in enumerate(_with_progress(loader, progress)):
         if step.stop():
             raise StopRequested
+        if step.cfg.max_batches is not None and batch >= step.cfg.max_batches:
+            break
         x = step.inputs(images)
         y = targets.to(step.device, non_blocking=True)
         with autocast(step.device, step.dtype):

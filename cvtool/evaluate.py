@@ -1,0 +1,214 @@
+"""`cvtool evaluate`: a checkpoint on one split of the data its recipe describes.
+
+The data pipeline is rebuilt from the recipe stored in the checkpoint and normalized with the
+checkpoint's own mean/std (never recomputed), so `--data` can point at another root of the
+same layout. Decision thresholds come from the checkpoint (tuned ones when stored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cvtool.errors import CvtoolError
+from cvtool.recipe.schema import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from cvtool.data.loaders import SampleDataset
+    from cvtool.data.pipeline import DataBundle
+    from cvtool.engine.checkpoint import LoadedModel
+    from cvtool.thresholds import TunedThresholds
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class EvalResult:
+    """Outputs of one split in its order: activated outputs, targets as the task's metrics
+    take them (None without labels), original (width, height) sizes and image paths."""
+
+    split: str
+    outputs: np.ndarray
+    targets: np.ndarray | None
+    sizes: np.ndarray
+    paths: list[Path]
+    metrics: dict[str, float]
+    loss: float | None
+    threshold: np.ndarray | float
+
+
+@dataclass
+class Tuning:
+    """--tune-thresholds: the search on val and the same thresholds on test (if labelled)."""
+
+    tuned: TunedThresholds
+    test: dict[str, float] | None  # metric at default / global / per-class thresholds
+    stored_in: Path
+
+
+@dataclass
+class EvalReport:
+    result: EvalResult
+    per_class: Any  # cvtool.eval_reports.ClassTable
+    out_dir: Path
+    files: list[Path]
+    checkpoint: Path
+    epoch: int
+    tuning: Tuning | None = None
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise CvtoolError(f"--split: unknown split '{split}' (use {', '.join(SPLITS)})")
+
+
+def recipe_for(loaded: LoadedModel, data_root: str | Path | None = None) -> Recipe:
+    """The checkpoint's recipe, with data.root replaced by `data_root` when given."""
+    recipe = loaded.recipe
+    if data_root is None:
+        return recipe
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"root": Path(data_root)})})
+
+
+def load_splits(loaded: LoadedModel, splits: tuple[str, ...], data_root: str | Path | None = None,
+                progress: bool = False) -> DataBundle:
+    """Decode the wanted splits (those that exist) with the checkpoint's normalization."""
+    from cvtool.data.pipeline import prepare_data
+
+    for split in splits:
+        check_split(split)
+    meta = loaded.meta
+    bundle = prepare_data(recipe_for(loaded, data_root), splits, progress, normalization=(meta.mean, meta.std))
+    names = list(bundle.info.target_names or bundle.info.class_names)
+    expected = list(meta.target_names or meta.class_names)
+    if names != expected:
+        raise CvtoolError(f"data: classes {names[:6]} do not match the checkpoint's {expected[:6]}")
+    return bundle
+
+
+def require_split(bundle: DataBundle, split: str, labelled: bool = True) -> None:
+    if split not in bundle.splits:
+        have = ", ".join(bundle.splits) or "none"
+        raise CvtoolError(f"--split {split}: the recipe's data has no {split} split (decoded: {have})")
+    if labelled and bundle.splits[split].targets is None:
+        raise CvtoolError(f"--split {split}: the split has no labels, nothing to evaluate (use cvtool predict)")
+
+
+def model_device(loaded: LoadedModel) -> torch.device:
+    return next(loaded.model.parameters()).device
+
+
+def eval_batch_size(recipe: Recipe) -> int:
+    return recipe.data.eval_batch_size or recipe.data.batch_size * 2
+
+
+def default_threshold(loaded: LoadedModel) -> np.ndarray:
+    """The stored (tuned) thresholds, else the recipe's evaluate.threshold."""
+    return np.asarray(loaded.meta.labels(loaded.recipe.evaluate.threshold).thresholds)
+
+
+def dataset_for(loaded: LoadedModel, bundle: DataBundle, split: str) -> SampleDataset:
+    from cvtool.data.pipeline import eval_dataset
+
+    return eval_dataset(bundle, split, loaded.task)
+
+
+def evaluate_split(loaded: LoadedModel, split: str, data_root: str | Path | None = None,
+                   bundle: DataBundle | None = None, progress: bool = False) -> EvalResult:
+    """Plain inference of the checkpoint on one split, with the task's sklearn metrics."""
+    from cvtool.data.loaders import EpochSampler, Normalize, make_loader
+    from cvtool.engine.loop import run_inference
+
+    bundle = bundle if bundle is not None else load_splits(loaded, (split,), data_root, progress)
+    require_split(bundle, split, labelled=False)
+    dataset = dataset_for(loaded, bundle, split)
+    device = model_device(loaded)
+    recipe, task = loaded.recipe, loaded.task
+    labelled = dataset.split.targets is not None
+    loader = make_loader(dataset, eval_batch_size(recipe), EpochSampler(len(dataset), 0, False),
+                         recipe.data.num_workers, device)
+    normalize = Normalize(loaded.meta.mean, loaded.meta.std).to(device)
+    loss_fn = task.build_loss(recipe.loss).to(device) if labelled else None  # unweighted criterion
+    logits, _, indices, loss = run_inference(loaded.model, normalize, loader, device, loss_fn=loss_fn)
+    order = np.argsort(indices, kind="stable")
+    outputs, indices = task.activate(logits[order]), indices[order]
+    targets = dataset.targets[indices] if labelled else None
+    result = EvalResult(split, outputs, targets, dataset.split.sizes[indices],
+                        [dataset.split.paths[i] for i in indices], {}, loss if labelled else None,
+                        default_threshold(loaded))
+    return rescore(loaded, result, result.threshold)
+
+
+def rescore(loaded: LoadedModel, result: EvalResult, threshold: np.ndarray | float) -> EvalResult:
+    """The same outputs scored with other decision thresholds."""
+    metrics = ({} if result.targets is None
+               else loaded.task.metrics(result.targets, result.outputs, threshold, result.sizes))
+    return dataclasses.replace(result, metrics=metrics, threshold=threshold)
+
+
+def tune_and_store(loaded: LoadedModel, val: EvalResult, test: EvalResult | None) -> Tuning:
+    """Tune thresholds on val, score them on test, store the per-class ones in the checkpoint."""
+    from cvtool.engine.checkpoint import update_meta
+    from cvtool.thresholds import check_tunable, score, tune_thresholds
+
+    metric = loaded.recipe.evaluate.tune_metric
+    check_tunable(loaded.task.name, metric)
+    if val.targets is None:
+        raise CvtoolError("--tune-thresholds: the validation split has no labels")
+    tuned = tune_thresholds(val.targets, val.outputs, metric, loaded.recipe.evaluate.threshold)
+    test_scores = None
+    if test is not None and test.targets is not None:
+        test_scores = {name: score(metric, test.targets, test.outputs, threshold) for name, threshold in
+                       (("default", tuned.default), ("global", tuned.global_threshold),
+                        ("per_class", tuned.per_class))}
+    thresholds = [float(t) for t in tuned.per_class]
+    update_meta(loaded.path, thresholds=thresholds)
+    loaded.meta = dataclasses.replace(loaded.meta, thresholds=thresholds)
+    return Tuning(tuned, test_scores, loaded.path)
+
+
+def default_out_dir(checkpoint: Path, split: str) -> Path:
+    """<run_dir>/eval/<split>-<checkpoint name> (a loose .pt: beside it)."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return run_dir / "eval" / f"{split}-{checkpoint.stem}"
+
+
+def run_evaluation(target: str | Path, split: str = "test", which: str = "best",
+                   data_root: str | Path | None = None, out_dir: str | Path | None = None,
+                   predictions_csv: str | Path | None = None, tune: bool = False,
+                   progress: bool = False) -> EvalReport:
+    """Everything `cvtool evaluate` does: (tune), evaluate, write metrics, tables and plots."""
+    from cvtool.engine.checkpoint import load_model
+    from cvtool.engine.loop import select_device
+    from cvtool.eval_reports import per_class_table, write_predictions_csv, write_reports
+    from cvtool.thresholds import check_tunable
+
+    check_split(split)
+    loaded = load_model(target, which, select_device("auto"))
+    if tune:
+        check_tunable(loaded.task.name, loaded.recipe.evaluate.tune_metric)
+    wanted = tuple(dict.fromkeys((split, "val", "test") if tune else (split,)))
+    bundle = load_splits(loaded, wanted, data_root, progress)
+    require_split(bundle, split)
+    tuning, result = None, None
+    if tune:
+        require_split(bundle, "val")
+        val = evaluate_split(loaded, "val", bundle=bundle)
+        test = evaluate_split(loaded, "test", bundle=bundle) if "test" in bundle.splits else None
+        tuning = tune_and_store(loaded, val, test)
+        cached = {"val": val, "test": test}.get(split)
+        result = rescore(loaded, cached, default_threshold(loaded)) if cached is not None else None
+    if result is None:
+        result = evaluate_split(loaded, split, bundle=bundle)
+    folder = Path(out_dir) if out_dir is not None else default_out_dir(loaded.path, split)
+    table = per_class_table(loaded.task, loaded.meta, result)
+    files = write_reports(loaded, result, table, folder, tuning)
+    if predictions_csv is not None:
+        files.append(write_predictions_csv(Path(predictions_csv), loaded.task, loaded.meta, result))
+    return EvalReport(result, table, folder, files, loaded.path, loaded.epoch, tuning)

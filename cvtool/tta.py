@@ -1,0 +1,176 @@
+"""Test-time augmentation: N stochastic passes of the recipe's `tta.transforms` (default: the
+geometric part of `augment`), aggregated by the Task (majority vote or mean probability;
+keypoints: median or mean of the coordinates mapped back to the original frame).
+
+Each batch is decoded once and augmented per pass, so the cost is about N plain passes.
+Pass p of sample i is seeded from (seed, p, i) like SampleDataset seeds (epoch, index): the
+result does not depend on the batch size, and the caller's torch RNG is left untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cvtool.errors import CvtoolError
+from cvtool.recipe.schema import Recipe
+from cvtool.tasks import Keypoints
+
+if TYPE_CHECKING:
+    import torch
+
+    from cvtool.data.cache import DecodedSplit
+    from cvtool.engine.checkpoint import LoadedModel
+
+AGGREGATES = ("vote", "mean")
+
+
+@dataclass
+class TTAComparison:
+    split: str
+    passes: int
+    aggregate: str
+    plain: dict[str, float]
+    tta: dict[str, float]
+    gain: dict[str, float]
+    outputs: np.ndarray  # aggregated TTA outputs in split order
+    seconds: tuple[float, float]  # plain, TTA
+
+
+def tta_transforms(recipe: Recipe) -> list[dict[str, Any]]:
+    """The recipe's tta.transforms, or the geometric part of its train augmentations."""
+    from cvtool.data.transforms import geometric_part
+
+    return list(recipe.tta.transforms) if recipe.tta.transforms is not None else geometric_part(recipe.augment)
+
+
+def pass_seed(seed: int, pass_index: int, sample: int) -> int:
+    return (seed * 1_000_003 + pass_index * 10_007 + sample) % (2**63)
+
+
+def check_options(passes: int, aggregate: str) -> None:
+    if passes < 1:
+        raise CvtoolError(f"--passes: needs at least 1 pass, got {passes}")
+    if aggregate not in AGGREGATES:
+        raise CvtoolError(f"--aggregate: unknown mode '{aggregate}' (use {', '.join(AGGREGATES)})")
+
+
+def _augment(pipeline: Any, batch: torch.Tensor, seeds: Sequence[int],
+             points: bool) -> tuple[torch.Tensor, list[np.ndarray] | None]:
+    """Each image through the pipeline under its own seed; with `points`, the affine maps too."""
+    import torch
+
+    from cvtool.data.transforms import apply_with_points
+
+    size = batch.shape[-1]
+    images, affines = [], []
+    for image, sample_seed in zip(batch, seeds, strict=True):
+        torch.default_generator.manual_seed(sample_seed)  # CPU stream only: transforms draw from it
+        if points:
+            image, _, affine = apply_with_points(pipeline, image, np.zeros((0, 2), np.float32), size)
+            affines.append(affine)
+        else:
+            image = pipeline(image)
+        images.append(image.contiguous())
+    return torch.stack(images), affines if points else None
+
+
+def restore_points(outputs: np.ndarray, affines: Sequence[np.ndarray], out_size: int, size: int,
+                   flip_pairs: Sequence[Sequence[int]]) -> np.ndarray:
+    """Normalized coordinates predicted on transformed images -> the original frame: through
+    each image's inverse affine map, with left/right pairs swapped back when it was mirrored."""
+    from cvtool.data.transforms import invert_points, mirrored, swap_pairs
+
+    pixels = (outputs.reshape(len(outputs), -1, 2).astype(np.float64) + 1.0) / 2.0 * out_size
+    restored = np.empty_like(pixels)
+    for i, affine in enumerate(affines):
+        back = invert_points(pixels[i], affine)
+        restored[i] = swap_pairs(back, [tuple(p) for p in flip_pairs]) if mirrored(affine) and flip_pairs else back
+    return (restored / size * 2.0 - 1.0).reshape(len(outputs), -1).astype(np.float32)
+
+
+def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: int, aggregate: str = "vote",
+                seed: int = 0, transforms: Sequence[dict[str, Any]] | None = None,
+                batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Aggregated TTA outputs (activated; keypoints normalized to [-1, 1] of the original frame).
+
+    `images`: N x H x W x C uint8 at the checkpoint's image size (or a DecodedSplit).
+    `transforms`: None -> the recipe's TTA transforms; [] -> none (one pass = plain inference).
+    `progress(n)` is called after each pass over n images."""
+    import torch
+
+    from cvtool.data.loaders import Normalize
+    from cvtool.data.transforms import build_pipeline
+    from cvtool.evaluate import default_threshold, eval_batch_size, model_device
+
+    check_options(passes, aggregate)
+    array = getattr(images, "images", images)
+    task, meta, model = loaded.task, loaded.meta, loaded.model
+    pipeline = build_pipeline(tta_transforms(loaded.recipe) if transforms is None else transforms, "tta.transforms")
+    device = model_device(loaded)
+    normalize = Normalize(meta.mean, meta.std).to(device)
+    batch_size = batch_size or eval_batch_size(loaded.recipe)
+    points = isinstance(task, Keypoints) and pipeline is not None
+    threshold = default_threshold(loaded)
+    model.eval()
+    chunks = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        for start in range(0, len(array), batch_size):
+            batch = torch.from_numpy(np.array(array[start:start + batch_size])).permute(0, 3, 1, 2).contiguous()
+            stack = []
+            for p in range(passes):
+                x, affines = batch, None
+                if pipeline is not None:
+                    seeds = [pass_seed(seed, p, start + i) for i in range(len(batch))]
+                    x, affines = _augment(pipeline, batch, seeds, points)
+                logits = model(normalize(x.to(device))).float().cpu().numpy()
+                out = task.activate(logits)
+                if affines is not None:
+                    out = restore_points(out, affines, x.shape[-1], batch.shape[-1], meta.flip_pairs or [])
+                stack.append(out)
+                if progress is not None:
+                    progress(len(batch))
+            chunks.append(task.aggregate(np.stack(stack), aggregate, threshold).astype(np.float32))
+    return np.concatenate(chunks) if chunks else np.zeros((0, meta.num_outputs), np.float32)
+
+
+def compare_tta(target: str | Path, split: str = "test", passes: int | None = None, aggregate: str | None = None,
+                seed: int = 0, which: str = "best", data_root: str | Path | None = None,
+                no_transforms: bool = False, progress: bool = False) -> TTAComparison:
+    """`cvtool tta`: plain and TTA metrics of a checkpoint on one labelled split."""
+    from cvtool.engine.checkpoint import load_model
+    from cvtool.engine.loop import select_device
+    from cvtool.evaluate import check_split, evaluate_split, load_splits, require_split
+
+    check_split(split)
+    loaded = load_model(target, which, select_device("auto"))
+    passes = passes if passes is not None else loaded.recipe.tta.passes
+    aggregate = aggregate or loaded.recipe.tta.aggregate
+    check_options(passes, aggregate)
+    bundle = load_splits(loaded, (split,), data_root, progress)
+    require_split(bundle, split)
+    start = time.perf_counter()
+    plain = evaluate_split(loaded, split, bundle=bundle)
+    middle = time.perf_counter()
+    decoded = bundle.splits[split]
+    outputs = _with_bar(progress, passes * len(decoded), f"TTA x{passes}", lambda advance: tta_outputs(
+        loaded, decoded, passes, aggregate, seed, [] if no_transforms else None, progress=advance))
+    seconds = (middle - start, time.perf_counter() - middle)
+    metrics = loaded.task.metrics(plain.targets, outputs, plain.threshold, plain.sizes)
+    gain = {k: metrics[k] - plain.metrics[k] for k in metrics if k in plain.metrics}
+    return TTAComparison(split, passes, aggregate, plain.metrics, metrics, gain, outputs, seconds)
+
+
+def _with_bar(show: bool, total: int, label: str, work: Callable[[Callable[[int], None] | None], Any]) -> Any:
+    if not show:
+        return work(None)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        return work(lambda n: bar.advance(task, n))
