@@ -33,10 +33,10 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def improved(self, value: float, higher: bool, min_delta: float = 0.0) -> bool:
+        if self.best_value is None or not math.isfinite(self.best_value):
+            return True  # the first epoch is the best so far, even with an undefined metric
         if not math.isfinite(value):
             return False
-        if self.best_value is None:
-            return True
         return value > self.best_value + min_delta if higher else value < self.best_value - min_delta
 
 

@@ -18,7 +18,8 @@ def show(recipe: RecipeArg, set_: SetOpt = None) -> None:
     from cvtool.recipe.load import expand_sweep, load_recipe, recipe_to_yaml
 
     resolved = load_recipe(recipe, set_ or [])
-    console.print(Syntax(recipe_to_yaml(resolved), "yaml", theme="ansi_dark", background_color="default"))
+    console.print(Syntax(recipe_to_yaml(resolved), "yaml", theme="ansi_dark", background_color="default"),
+                  soft_wrap=True)
     if resolved.sweep:
         points = expand_sweep(resolved, str(recipe))
         console.print(f"[bold]sweep:[/] {len(points)} runs: " + ", ".join(name for name, _ in points))

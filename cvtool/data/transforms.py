@@ -33,7 +33,9 @@ def _v2() -> Any:
 
 def transform_names() -> list[str]:
     v2 = _v2()
-    return sorted(n for n in dir(v2) if isinstance(getattr(v2, n), type) and issubclass(getattr(v2, n), v2.Transform))
+    hidden = {"Transform", "Lambda"}  # arbitrary code has no place in a recipe
+    return sorted(n for n in dir(v2) if n not in hidden and isinstance(getattr(v2, n), type)
+                  and issubclass(getattr(v2, n), v2.Transform))
 
 
 def build_transform(spec: Any, where: str) -> Any:
@@ -44,9 +46,9 @@ def build_transform(spec: Any, where: str) -> Any:
     names = transform_names()
     if name not in names:
         raise CvtoolError(f"{where}: unknown transform '{name}'{suggest(str(name), names)}")
-    kwargs = dict(kwargs or {})
-    if not isinstance(kwargs, dict):
+    if kwargs is not None and not isinstance(kwargs, dict):
         raise CvtoolError(f"{where}.{name}: arguments must be a mapping")
+    kwargs = dict(kwargs or {})
     if "transforms" in kwargs:
         inner = kwargs["transforms"]
         if not isinstance(inner, list):

@@ -102,7 +102,7 @@ def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None
             logits = step.model(x)
             loss = step.loss_fn(logits.float(), y)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(epoch, batch + 1, float(loss))
+            raise NonFiniteLoss(epoch, batch + 1, float(loss.detach()))
         step.optimizer.zero_grad(set_to_none=True)
         _backward_and_step(step, loss)
         step.schedule.step_batch()

@@ -76,9 +76,7 @@ class RunLog:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, float):
-        return repr(value) if value != int(value) or abs(value) >= 1e15 else repr(value)
-    return str(value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _tensorboard(folder: Path) -> Any:

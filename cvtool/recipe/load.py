@@ -1,42 +1,84 @@
 """YAML -> `base:` merge -> `--set` overrides -> one validated, frozen `Recipe`.
 
-Every user mistake becomes one `CvtoolError` line naming the file and the dotted key.
+Every user mistake becomes one `CvtoolError` line naming the file (or `--set`) and the
+dotted key, e.g. `recipes/x.yaml: optim.lrr: unknown key (did you mean optim.lr?)`.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterable, Sequence
+import math
+import re
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from cvtool.errors import CvtoolError
+from cvtool.recipe.messages import _from_set, _kind, _one_line, _show, format_validation_error
 from cvtool.recipe.schema import Recipe
 from cvtool.registry import suggest
+
+MAX_SWEEP_POINTS = 1000  # a bigger grid is a typo, not a plan: each point is a training run
+
+
+class _RecipeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when built
+    """SafeLoader that refuses repeated keys (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass: builds no Python objects
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """One YAML mapping from `path`, or a one-line error naming it."""
+    if path.is_dir():
+        raise CvtoolError(f"{path}: is a folder, not a recipe file")
     if not path.is_file():
         raise CvtoolError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8-sig")
+        data = _parse_yaml(text)
+    except UnicodeDecodeError as exc:
+        raise CvtoolError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+    except OSError as exc:
+        raise CvtoolError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise CvtoolError(f"{path}: invalid YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise CvtoolError(f"{path}: not a UTF-8 text file") from None
+        raise CvtoolError(_one_line(f"{path}: invalid YAML{_yaml_where(exc, text)}")) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise CvtoolError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+        raise CvtoolError(f"{path}: a recipe must be a YAML mapping of keys, got {_kind(data)}")
     return data
+
+
+def _yaml_where(exc: yaml.YAMLError, text: str) -> str:
+    """' at line 3, column 7: <problem>' from a PyYAML error."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text[: exc.position].count("\n") + 1
+        return f" at line {line}: {exc.reason} (#x{exc.character:04x})"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    message = f"{where}: {getattr(exc, 'problem', None) or 'cannot parse'}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None and (mark is None or start.line != mark.line):
+        message += f" ({context} at line {start.line + 1})"  # e.g. where an unclosed bracket opened
+    return message
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -50,12 +92,13 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def resolve_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def resolve_bases(path: Path, chain: tuple[Path, ...] = (), top: Path | None = None) -> dict[str, Any]:
     """The raw mapping of `path` with its `base:` files merged underneath (relative to it)."""
-    path = path.resolve()
-    if path in chain:
-        cycle = " -> ".join(p.name for p in (*chain, path))
-        raise CvtoolError(f"{chain[0]}: circular base: {cycle}")
+    top = top or path
+    real = path.resolve()
+    if real in chain:
+        cycle = " -> ".join(p.name for p in (*chain, real))
+        raise CvtoolError(f"{top}: circular base: {cycle}")
     data = read_yaml(path)
     base_ref = data.pop("base", None)
     if base_ref is None:
@@ -63,12 +106,12 @@ def resolve_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     refs = base_ref if isinstance(base_ref, list) else [base_ref]
     merged: dict[str, Any] = {}
     for ref in refs:
-        if not isinstance(ref, str):
-            raise CvtoolError(f"{path}: base: must be a file path or a list of them")
-        base_path = (path.parent / ref)
+        if not isinstance(ref, str) or not ref.strip():
+            raise CvtoolError(f"{path}: base: expected a file path or a list of them, got {_show(ref)}")
+        base_path = path.parent / ref
         if not base_path.is_file():
             raise CvtoolError(f"{path}: base: file not found: {ref}")
-        merged = deep_merge(merged, resolve_bases(base_path, (*chain, path)))
+        merged = deep_merge(merged, resolve_bases(base_path, (*chain, real), top))
     return deep_merge(merged, data)
 
 
@@ -77,9 +120,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise CvtoolError(f"--set {text}: expected key=value, e.g. --set optim.lr=0.05")
+        raise CvtoolError(_one_line(f"--set {text}: expected key=value, e.g. --set optim.lr=0.05"))
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -88,6 +131,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 def set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
     """Set `a.b.c` in nested dicts, creating sections as needed."""
     parts = key.split(".")
+    if not all(part.strip() for part in parts):
+        raise CvtoolError(_one_line(f"{source}: {key}: expected a dotted key such as optim.lr"))
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -95,108 +140,91 @@ def set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
             child = node[part] = {}
         if not isinstance(child, dict):
             where = ".".join(parts[: depth + 1])
-            raise CvtoolError(f"{source}: {key}: {where} is not a section")
+            raise CvtoolError(_one_line(f"{source}: {key}: {where} is {_kind(child)}, not a section"))
         node = child
     node[parts[-1]] = value
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> tuple[dict[str, Any], set[str]]:
+    """A copy of `data` with each 'key=value' set, and the keys that were set."""
     result = copy.deepcopy(data)
     keys: set[str] = set()
     for text in overrides:
         key, value = parse_override(text)
+        if key.split(".")[0] == "base":
+            raise CvtoolError(_one_line(f"--set {text}: bases are merged before --set; put base: in the recipe"))
         set_dotted(result, key, value, "--set")
         keys.add(key)
     return result, keys
 
 
-def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
-    """Field names of the section that `loc` points into (for 'did you mean')."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
-            current = _section_type(current.model_fields[part].annotation)
-        else:
-            return []
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _section_type(annotation: Any) -> Any:
-    """The BaseModel inside `X | None`-style annotations, or the annotation itself."""
-    for arg in getattr(annotation, "__args__", ()) or ():
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return annotation
-
-
-def format_validation_error(exc: ValidationError, source: str, set_keys: set[str]) -> str:
-    # In a union (normalize: auto | {mean, std}) the deepest error is the informative one.
-    err = max(exc.errors(), key=lambda e: (len(e["loc"]), e["type"] == "extra_forbidden"))
-    loc = [part for part in err["loc"] if not _is_union_tag(part)]
-    dotted = _dotted(loc)
-    from_set = any(_dotted_prefix(dotted, k) for k in set_keys)
-    origin = f"{source}: --set" if from_set else source
-    if err["type"] == "extra_forbidden":
-        options = _fields_at(Recipe, loc)
-        prefix = ".".join(str(p) for p in loc[:-1])
-        hint = suggest(str(loc[-1]), options)
-        if hint and prefix:
-            hint = hint.replace("mean ", f"mean {prefix}.")
-        return f"{origin}: {dotted}: unknown key{hint}"
-    if err["type"] == "missing":
-        what = "value" if isinstance(loc[-1], int) else "key"
-        return f"{origin}: {dotted}: required {what} is missing"
-    message = err["msg"].removeprefix("Value error, ")
-    if "input" in err and err["type"] not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
-        message += f" (got {err['input']!r})"
-    return f"{origin}: {dotted or '<recipe>'}: {message}"
-
-
-def _is_union_tag(part: Any) -> bool:
-    """pydantic names union branches in error locations ('NormStats', "literal['auto',...]")."""
-    return isinstance(part, str) and (part[:1].isupper() or part.startswith(_TAG_PREFIXES))
-
-
-_TAG_PREFIXES = ("literal[", "function-", "list[", "tuple[", "dict[", "float", "int", "str", "bool")
-
-
-def _dotted_prefix(dotted: str, key: str) -> bool:
-    return dotted == key or dotted.startswith((key + ".", key + "["))
-
-
-def _dotted(loc: Sequence[Any]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + str(part)
-    return text
-
-
-def validate(data: dict[str, Any], source: str, set_keys: set[str] = frozenset()) -> Recipe:
+def validate(data: dict[str, Any], source: str, set_keys: Collection[str] = frozenset()) -> Recipe:
     """The frozen `Recipe` for a raw mapping, or one error line naming source and key."""
+    if not isinstance(data, dict):
+        raise CvtoolError(f"{source}: a recipe must be a mapping of keys, got {_kind(data)}")
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise CvtoolError(format_validation_error(exc, source, set(set_keys))) from None
-    _check_names(recipe, source)
+        raise CvtoolError(format_validation_error(exc, source, set_keys, data)) from None
+    _check_names(recipe, source, set_keys)
     return recipe
 
 
-def _check_names(recipe: Recipe, source: str) -> None:
-    """Names that need torchvision to check: transforms and model architectures."""
-    from cvtool.data.transforms import check_transform_specs
+def _check_names(recipe: Recipe, source: str, set_keys: Collection[str] = ()) -> None:
+    """Names that need torchvision to check: transforms (built once) and model architectures."""
+    from cvtool.data.transforms import build_transform
     from cvtool.models.registry import check_arch
 
     for key, specs in (("augment", recipe.augment), ("tta.transforms", recipe.tta.transforms or [])):
-        try:
-            check_transform_specs(specs, key)
-        except CvtoolError as exc:
-            raise CvtoolError(f"{source}: {exc}") from None
+        origin = f"{source}: --set" if _from_set(key, "", set_keys) else source
+        for index, spec in enumerate(specs):
+            where = f"{key}[{index}]"
+            try:
+                _check_transform_args(spec, where)
+                build_transform(spec, where)
+            except CvtoolError as exc:
+                raise CvtoolError(_one_line(f"{origin}: {exc}")) from None
+            except Exception as exc:  # torchvision refusing user-given arguments
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise CvtoolError(_one_line(f"{origin}: {where}: cannot build this transform: {reason}")) from None
     try:
         check_arch(recipe.model.arch)
     except CvtoolError as exc:
-        raise CvtoolError(f"{source}: model.arch: {exc}") from None
+        origin = f"{source}: --set" if _from_set("model.arch", "", set_keys) else source
+        raise CvtoolError(_one_line(f"{origin}: model.arch: {exc}")) from None
+
+
+def _check_transform_args(spec: Any, where: str) -> None:
+    """Argument names of one {Transform: {arg: value}} spec and its nested `transforms:` lists.
+
+    Checked here so that a typo reads like an unknown recipe key, not like a Python TypeError."""
+    import inspect
+
+    from torchvision.transforms import v2
+
+    from cvtool.data.transforms import transform_names
+
+    if not isinstance(spec, dict) or len(spec) != 1:
+        return  # build_transform explains the expected shape
+    (name, kwargs), = spec.items()
+    if kwargs is None or name not in transform_names():
+        return
+    if not isinstance(kwargs, dict):
+        raise CvtoolError(f"{where}.{name}: expected a mapping of arguments such as {{p: 0.5}}; got {_show(kwargs)}")
+    params = inspect.signature(getattr(v2, name)).parameters
+    named = {key: p for key, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        for arg in kwargs:
+            if arg not in named:
+                close = suggest(str(arg), list(named)).replace("mean ", f"mean {where}.{name}.")
+                close = close or f" ({name} takes {', '.join(named) or 'no arguments'})"
+                raise CvtoolError(f"{where}.{name}.{arg}: unknown argument{close}")
+    for key, param in named.items():
+        if param.default is param.empty and key not in kwargs:
+            raise CvtoolError(f"{where}.{name}.{key}: required argument is missing")
+    inner = kwargs.get("transforms")
+    for index, item in enumerate(inner if isinstance(inner, list) else []):
+        _check_transform_args(item, f"{where}.{name}.transforms[{index}]")
 
 
 def load_raw(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict[str, Any], set[str]]:
@@ -215,6 +243,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a mapping that did not come from a file (e.g. the recipe stored in a checkpoint)."""
     return validate(copy.deepcopy(data), source)
 
 
@@ -222,7 +251,8 @@ def sweep_point_name(point: dict[str, Any]) -> str:
     """A folder name for one grid point: 'dropout=0.4_lr=0.01'."""
     parts = []
     for key, value in point.items():
-        text = str(value).replace("/", "-").replace(" ", "")
+        text = str(value).replace("/", "-").replace("\\", "-")
+        text = re.sub(r"[\s:*?\"'<>|]+", "", text)
         parts.append(f"{key.split('.')[-1]}={text}")
     return "_".join(parts) or "point"
 
@@ -231,27 +261,46 @@ def expand_sweep(recipe: Recipe, source: str = "<recipe>") -> list[tuple[str, Re
     """One (name, recipe) per grid point; each point is validated as a whole recipe."""
     if not recipe.sweep:
         return [("", recipe)]
+    for key, values in recipe.sweep.items():
+        head = key.split(".")[0]
+        if head in ("sweep", "name", "base"):
+            raise CvtoolError(_one_line(f"{source}: sweep.{key}: cannot sweep over {head}"))
+        if not values:
+            raise CvtoolError(_one_line(f"{source}: sweep.{key}: needs at least one value"))
+    count = math.prod(len(values) for values in recipe.sweep.values())
+    if count > MAX_SWEEP_POINTS:
+        raise CvtoolError(f"{source}: sweep: {count} grid points (more than {MAX_SWEEP_POINTS} runs)")
     base = recipe.model_dump(mode="json", exclude={"sweep"})
     keys = list(recipe.sweep)
-    for key, values in recipe.sweep.items():
-        if not values:
-            raise CvtoolError(f"{source}: sweep.{key}: needs at least one value")
-    points = []
+    points: list[tuple[str, Recipe]] = []
+    seen: set[str] = set()
     for combo in itertools.product(*(recipe.sweep[k] for k in keys)):
         point = dict(zip(keys, combo, strict=True))
         data = copy.deepcopy(base)
         for key, value in point.items():
-            if key.split(".")[0] in ("sweep", "name"):
-                raise CvtoolError(f"{source}: sweep.{key}: cannot sweep over {key.split('.')[0]}")
             set_dotted(data, key, value, f"{source}: sweep")
-        try:
-            point_recipe = Recipe.model_validate(data)
-        except ValidationError as exc:
-            line = format_validation_error(exc, source, set())
-            raise CvtoolError(line.replace(f"{source}: ", f"{source}: sweep: ", 1)) from None
-        points.append((sweep_point_name(point), point_recipe))
+        name = sweep_point_name(point)
+        if name in seen:
+            raise CvtoolError(_one_line(f"{source}: sweep: two grid points are both named {name}"
+                                        " (a value is repeated)"))
+        seen.add(name)
+        points.append((name, validate(data, f"{source}: sweep")))
     return points
 
 
+class _RecipeDumper(yaml.SafeDumper):
+    """Block-style sections (short lines, one key each); lists of plain values on one line."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.SequenceNode:
+    flow = all(not isinstance(item, dict | list) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_RecipeDumper.add_representer(list, _represent_list)
+
+
 def recipe_to_yaml(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    """The resolved recipe as YAML; loading it again gives an equal recipe."""
+    return yaml.dump(recipe.model_dump(mode="json"), Dumper=_RecipeDumper, sort_keys=False,
+                     default_flow_style=False)  # ASCII: any text file encoding can hold it

@@ -9,18 +9,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+
+def _no_bool(value: Any) -> Any:
+    """YAML's true/false are not numbers (pydantic would read them as 1/0)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+NoBool = BeforeValidator(_no_bool)
 TaskName = Literal["multiclass", "binary", "multilabel", "keypoints"]
-PosFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-Probability = Annotated[float, Field(ge=0, le=1)]
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0), NoBool]
+NonNegFloat = Annotated[float, Field(ge=0), NoBool]
+Probability = Annotated[float, Field(ge=0, le=1), NoBool]
+PosInt = Annotated[int, Field(gt=0), NoBool]
+NonNegInt = Annotated[int, Field(ge=0), NoBool]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NormStats(Section):
@@ -34,7 +43,7 @@ class NormStats(Section):
         return self
 
 
-TransformSpec = dict[str, dict[str, Any]]
+TransformSpec = dict[str, dict[str, Any] | None]
 
 
 class DataConfig(Section):
@@ -43,7 +52,7 @@ class DataConfig(Section):
     train: str = "train"
     val: str | None = "val"
     test: str | None = None
-    val_fraction: Annotated[float, Field(gt=0, lt=1)] | None = None
+    val_fraction: Annotated[float, Field(gt=0, lt=1), NoBool] | None = None
     image_size: PosInt = 64
     channels: Literal[1, 3] = 3
     batch_size: PosInt = 32
@@ -90,7 +99,7 @@ class FreezeConfig(Section):
 class ModelConfig(Section):
     arch: str = "simplenet"
     pretrained: Path | None = None
-    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    dropout: Annotated[float, Field(ge=0, lt=1), NoBool] | None = None
     head: list[PosInt] = []
     # simplenet only
     blocks: list[PosInt] = [32, 64]
@@ -142,17 +151,17 @@ class ScheduleConfig(Section):
     milestones: list[PosInt] = []
     step_size: PosInt = 10
     gamma: PosFloat = 0.1
-    factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    factor: Annotated[float, Field(gt=0, lt=1), NoBool] = 0.1
     patience: NonNegInt = 10
     mode: Literal["min", "max"] | None = None  # plateau; default: the monitor's direction
     max_lr: PosFloat | None = None  # onecycle; default: optim.lr
-    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    pct_start: Annotated[float, Field(gt=0, lt=1), NoBool] = 0.3
     warmup_epochs: NonNegInt = 0
 
 
 class LossConfig(Section):
     name: Literal["auto", "cross_entropy", "bce", "focal", "mse", "smooth_l1"] = "auto"
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=1), NoBool] = 0.0
     class_weights: Literal["none", "inverse", "sqrt_inverse"] | list[PosFloat] = "none"
     pos_weight: PosFloat | Literal["auto"] | None = None
     alpha: Probability | None = 0.25
@@ -169,14 +178,14 @@ class TrainConfig(Section):
     epochs: PosInt = 10
     monitor: str | None = None  # default: the task's main metric, e.g. val/accuracy
     save_every: NonNegInt = 0
-    smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.6
+    smoothing: Annotated[float, Field(ge=0, lt=1), NoBool] = 0.6
     early_stop: EarlyStop | None = None
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto"] | bool = "auto"
     compile: bool = False
     grad_clip: PosFloat | None = None
-    log_every: PosInt = 10
+    max_batches: PosInt | None = None  # cut each training epoch short (smoke tests, benchmarks)
 
     @field_validator("monitor")
     @classmethod
@@ -187,7 +196,7 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    threshold: Annotated[float, Field(gt=0, lt=1), NoBool] = 0.5
     tune_metric: Literal["f1_macro", "f2"] = "f1_macro"
 
 
@@ -201,7 +210,7 @@ class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     task: TaskName = "multiclass"
-    seed: int = 42
+    seed: Annotated[int, NoBool] = 42
     data: DataConfig
     augment: list[TransformSpec] = []
     model: ModelConfig = ModelConfig()
