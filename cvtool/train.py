@@ -146,11 +146,13 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
     state = TrainState(int(payload["epoch"]), saved["best_value"], int(saved["best_epoch"]),
                        int(saved["bad_epochs"]), list(saved["history"]))
     _raw(session.step.model).load_state_dict(payload["model"])
-    next_epoch = state.epoch + 1
+    # The optimizer and schedule as they were when the checkpoint was taken; a phase that
+    # starts at the next epoch is entered by the loop, exactly as in an uninterrupted run.
+    saved_epoch = max(state.epoch, 1)
     session.step.optimizer = build_optimizer(_raw(session.step.model).parameters(),
-                                             optim_for_epoch(session.recipe.optim, session.recipe.phases, next_epoch))
+                                             optim_for_epoch(session.recipe.optim, session.recipe.phases, saved_epoch))
     session.step.optimizer.load_state_dict(payload["optimizer"])
-    session.step.schedule = make_schedule(session, max(next_epoch - 1, 1), steps)
+    session.step.schedule = make_schedule(session, saved_epoch, steps)
     session.step.schedule.load_state_dict(payload["scheduler"])
     set_rng_state(payload["rng"])
     return state

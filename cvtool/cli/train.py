@@ -26,7 +26,7 @@ def train(
     """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
     import torch
 
-    from cvtool.engine.distributed import from_environment
+    from cvtool.engine.distributed import failure_guard, from_environment
     from cvtool.engine.loop import StopRequested
     from cvtool.engine.signals import stop_on_signals
     from cvtool.recipe.load import load_recipe
@@ -40,8 +40,9 @@ def train(
     dist = from_environment(resolved.train.device)
     with stop_on_signals() as stop, torch.autograd.set_detect_anomaly(detect_anomaly):
         try:
-            summary = run_recipe(resolved, run_dir, resume=resume is not None, overwrite=overwrite,
-                                 quiet=quiet, stop=stop, dist=dist)
+            with failure_guard(dist):  # one rank's failure is reported once; the others exit quietly
+                summary = run_recipe(resolved, run_dir, resume=resume is not None, overwrite=overwrite,
+                                     quiet=quiet, stop=stop, dist=dist)
         except StopRequested:
             err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
             raise typer.Exit(stop.exit_code) from None

@@ -113,13 +113,14 @@ def _allocate(folder: Path, key: str, count: int, size: int, channels: int, disk
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CvtoolError(f"data.cache: cannot create {folder}: {exc.strerror}") from None
-    return np.lib.format.open_memmap(folder / f"{key}.npy.tmp", mode="w+", dtype=np.uint8, shape=shape)
+    # one temp file per process: DDP ranks may build the same cache at once
+    return np.lib.format.open_memmap(folder / f"{key}.npy.{os.getpid()}.tmp", mode="w+", dtype=np.uint8, shape=shape)
 
 
 def _finish_disk(folder: Path, key: str, images: np.ndarray, sizes: np.ndarray, ok: np.ndarray,
                  skipped: list[tuple[str, str]]) -> None:
     del images
-    os.replace(folder / f"{key}.npy.tmp", folder / f"{key}.npy")
+    os.replace(folder / f"{key}.npy.{os.getpid()}.tmp", folder / f"{key}.npy")
     with atomic_open(folder / f"{key}.meta.npz", "wb") as handle:
         np.savez(handle, sizes=sizes, ok=ok)
     write_json(folder / f"{key}.skipped.json", skipped)

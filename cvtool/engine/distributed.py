@@ -1,15 +1,180 @@
-"""Distributed training with torchrun (DDP). Single-process runs get None."""
+"""Distributed training under torchrun (DDP); a single process gets no Dist at all.
+
+torchrun starts one process per device and exports RANK, LOCAL_RANK, WORLD_SIZE and
+MASTER_ADDR/MASTER_PORT; `from_environment` joins them into one process group (nccl on
+CUDA, gloo on CPU). The recipe's batch size is per process, so the global batch is
+`data.batch_size x WORLD_SIZE`. Ranks other than 0 print nothing on stdout: their epoch
+rows would repeat rank 0's (errors still reach stderr).
+
+Failures: when a worker exits non-zero, torchrun sends SIGTERM to the others (SIGKILL 30 s
+later); a rank blocked in a collective with the dead one gets an error at once (gloo) or
+when the process-group timeout expires (CVTOOL_DIST_TIMEOUT seconds, default 30 min).
+`failure_guard` makes the first failing rank report its error as usual and the ranks
+failing after it (on the broken collective) exit quietly, so the user reads one message.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+
+from cvtool.errors import CvtoolError
+
+TIMEOUT_ENV = "CVTOOL_DIST_TIMEOUT"  # seconds a collective may wait for the slowest rank
+DEFAULT_TIMEOUT = 1800.0
+STORE_TIMEOUT = timedelta(seconds=10)  # failure bookkeeping must never hold up an exit for long
 
 
-def from_environment(device: str) -> Any:
-    """A Dist handle when launched by torchrun with WORLD_SIZE > 1, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+@dataclass
+class Dist:
+    """This process's place in the process group, and the collectives cvtool uses."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    store: Any = None  # torch.distributed.Store shared by all ranks (failure bookkeeping)
+    failure_key: str = "cvtool/failures/0"
+    stdout: TextIO | None = None  # the real stdout of a silenced rank, restored by close()
+
+    def wrap(self, model: nn.Module, sync_batchnorm: bool, find_unused: bool = False) -> nn.Module:
+        """DistributedDataParallel around `model` (already on `self.device`).
+
+        sync_batchnorm: BatchNorm statistics over the global batch (CUDA only; the layers are
+        converted in place, so `model` keeps its parameters and state-dict keys).
+        find_unused: some parameters may get no gradient in a step; needed when `model.freeze`
+        sets requires_grad=False after wrapping, since DDP otherwise waits for their gradients.
+        """
+        if sync_batchnorm and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            if self.device.type != "cuda":
+                raise CvtoolError(f"model.sync_batchnorm: SyncBatchNorm runs on CUDA only, not on "
+                                  f"{self.device.type}; set it to false for this run")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # GPU only
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
+
+    def gather(self, logits: np.ndarray, targets: np.ndarray, indices: np.ndarray,
+               loss: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Every rank's outputs concatenated in rank order (on every rank), and the
+        sample-weighted mean of the ranks' mean losses. Shards must not overlap (eval
+        samplers do not pad), or samples would count twice."""
+        parts: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, (logits, targets, indices, float(loss)))
+        counts = [len(part[2]) for part in parts]
+        mean = sum(part[3] * count for part, count in zip(parts, counts, strict=True)) / max(sum(counts), 1)
+        return (np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts]),
+                np.concatenate([part[2] for part in parts]), float(mean))
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    def close(self) -> None:
+        """Leave the process group (and give a silenced rank its stdout back)."""
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        if self.stdout is not None:
+            sys.stdout.flush()
+            sys.stdout, self.stdout = self.stdout, None
+
+    def claim_first_failure(self) -> bool:
+        """True for the first rank to fail in this run (and when nobody can tell)."""
+        if self.store is None:
+            return True
+        try:
+            return int(self.store.add(self.failure_key, 1)) == 1
+        except Exception:  # the store's host is gone: better a second message than none
+            return True
+
+
+@contextlib.contextmanager
+def failure_guard(dist: Dist | None) -> Iterator[None]:
+    """Around a distributed run: the first rank to fail re-raises (the CLI prints its one red
+    line, or a traceback for a bug); ranks failing after it exit quietly with a non-zero code."""
+    if dist is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as exc:
+        code = _exit_code(exc)
+        if code == 0 or dist.claim_first_failure():
+            raise
+        raise SystemExit(code) from None
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, SystemExit):  # sys.exit(): None is success, a message is failure
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+    code = getattr(exc, "exit_code", 1)  # CvtoolError, typer.Exit
+    return code if isinstance(code, int) else 1
+
+
+def from_environment(device: str) -> Dist | None:
+    """A Dist when launched by torchrun with WORLD_SIZE > 1 (joins the process group), else None.
+
+    device: the recipe's train.device; "auto" means CUDA (nccl) when available, else CPU (gloo).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
         return None
-    from cvtool.errors import CvtoolError
+    if "RANK" not in os.environ:
+        raise CvtoolError(f"WORLD_SIZE={world_size} but RANK is not set: start the processes with torchrun")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    target = _device(device, local_rank)
+    if target.type == "cuda":  # GPU only
+        torch.cuda.set_device(target)
+    torch.distributed.init_process_group("nccl" if target.type == "cuda" else "gloo", timeout=_timeout(),
+                                         device_id=target if target.type == "cuda" else None)
+    store = _failure_store()
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    stdout = None
+    if rank != 0:
+        stdout, sys.stdout = sys.stdout, open(os.devnull, "w")  # noqa: SIM115 (closed with the process)
+    return Dist(rank, local_rank, world_size, target, store, f"cvtool/failures/{restart}", stdout)
 
-    raise CvtoolError("distributed training (WORLD_SIZE > 1) is not available in this build")
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "mps":
+        raise CvtoolError("train.device: mps cannot train distributed; use cpu (gloo) or cuda (nccl)")
+    if name == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count()  # GPU only from here
+    if count == 0:
+        raise CvtoolError("train.device: cuda requested but no CUDA device is available")
+    if local_rank >= count:
+        raise CvtoolError(f"LOCAL_RANK {local_rank} but this node has {count} visible CUDA device(s); "
+                          "start at most that many processes per node (--nproc_per_node)")
+    return torch.device("cuda", local_rank)
+
+
+def _timeout() -> timedelta:
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT
+    except ValueError:
+        raise CvtoolError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds") from None
+    if not seconds > 0:
+        raise CvtoolError(f"{TIMEOUT_ENV}={text!r}: must be a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+def _failure_store() -> Any:
+    """A client of the rendezvous store (torchrun's agent, or rank 0 for a plain env:// launch)."""
+    address, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not address or not port:
+        return None
+    try:
+        return torch.distributed.TCPStore(address, int(port), is_master=False, timeout=STORE_TIMEOUT)
+    except (RuntimeError, ValueError):
+        return None

@@ -152,6 +152,8 @@ def run_inference(model: torch.nn.Module, normalize: torch.nn.Module, loader: An
         logits_all.append(logits.cpu())
         targets_all.append(targets)
         index_all.append(index)
+    if not logits_all:  # an empty shard (more ranks than samples)
+        return np.zeros((0, 0), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64), 0.0
     return (torch.cat(logits_all).numpy(), torch.cat(targets_all).numpy(), torch.cat(index_all).numpy(),
             total_loss / max(count, 1))
 

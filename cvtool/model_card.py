@@ -1,0 +1,105 @@
+"""What inference needs to know about a model, from a checkpoint or from an .onnx file.
+
+An exported .onnx file carries its card in `metadata_props` (one key per field, JSON-encoded
+values), so it describes itself: a client needs onnxruntime and these keys, nothing else.
+Torch-free: the ONNX predict path imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from cvtool import __version__
+from cvtool.errors import CvtoolError
+from cvtool.tasks import Labels
+
+FORMAT = "cvtool-onnx/1"
+# Input layouts: `images` is either ready for the network or raw pixels the graph prepares itself.
+NORMALIZED = "NCHW float32, normalized (x / 255 - mean) / std, H = W = image_size"
+RAW = "NHWC uint8, any H x W; resized (bilinear, antialiased) to image_size and normalized in the graph"
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+OUTPUT_DOC = "raw model outputs; apply the task's activation (multiclass softmax, binary/multilabel sigmoid, keypoints none: x/y in [-1, 1] of the image extent)"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Task, labels, preprocessing and provenance of one model."""
+
+    task: str
+    class_names: list[str]
+    target_names: list[str]
+    image_size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+    num_outputs: int
+    thresholds: list[float] | None  # per class, tuned by `cvtool evaluate --tune-thresholds`
+    default_threshold: float  # used when `thresholds` is None
+    flip_pairs: list[list[int]] | None
+    recipe_name: str
+    image_column: str = "image"  # the training CSV's image column (a default for predict)
+    image_extension: str = ""
+    images_dir: str = "images"  # the training CSV's image folder, relative to the CSV
+    input_layout: str = NORMALIZED
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    output_doc: str = OUTPUT_DOC
+    cvtool_version: str = __version__
+    source: str = ""  # checkpoint the model came from, with its epoch
+    format: str = FORMAT
+
+    @property
+    def raw_input(self) -> bool:
+        return self.input_layout == RAW
+
+    def labels(self) -> Labels:
+        """What the task needs to turn outputs into submission cells."""
+        values = self.thresholds if self.thresholds is not None else self.default_threshold
+        return Labels(list(self.class_names), list(self.target_names), np.asarray(values, dtype=np.float32))
+
+    def with_export(self, image_size: int | None, raw_input: bool) -> ModelCard:
+        """The card of an export at `image_size` with the chosen input layout."""
+        return replace(self, image_size=image_size or self.image_size, input_layout=RAW if raw_input else NORMALIZED)
+
+    def to_metadata(self) -> dict[str, str]:
+        """metadata_props: every field under its own key, values JSON-encoded."""
+        return {key: json.dumps(value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str], source: str) -> ModelCard:
+        """Parse metadata_props written by `to_metadata`; CvtoolError when they are not cvtool's."""
+        if "format" not in props:
+            raise CvtoolError(f"{source}: no cvtool metadata in this .onnx file (export it with `cvtool export`)")
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            if field.name not in props:
+                if field.default is not MISSING:  # optional key: keep its default
+                    continue
+                raise CvtoolError(f"{source}: metadata key '{field.name}' is missing")
+            try:
+                values[field.name] = json.loads(props[field.name])
+            except json.JSONDecodeError:
+                raise CvtoolError(f"{source}: metadata key '{field.name}' is not JSON: {props[field.name][:60]!r}") from None
+        if values["format"] != FORMAT:
+            raise CvtoolError(f"{source}: metadata format {values['format']!r}; this cvtool reads {FORMAT!r}")
+        return cls(**values)
+
+
+def card_from_checkpoint(meta: Any, recipe: Any, source: str = "") -> ModelCard:
+    """The card of a loaded checkpoint (`ModelMeta` + its `Recipe`); reads attributes only."""
+    return ModelCard(
+        task=meta.task, class_names=list(meta.class_names), target_names=list(meta.target_names),
+        image_size=int(meta.image_size), channels=int(meta.channels), mean=[float(v) for v in meta.mean],
+        std=[float(v) for v in meta.std], num_outputs=int(meta.num_outputs),
+        thresholds=None if meta.thresholds is None else [float(v) for v in meta.thresholds],
+        default_threshold=float(recipe.evaluate.threshold),
+        flip_pairs=None if not meta.flip_pairs else [list(p) for p in meta.flip_pairs],
+        recipe_name=recipe.name, image_column=recipe.data.image_column,
+        image_extension=recipe.data.image_extension, images_dir=recipe.data.images_dir, source=source,
+    )
