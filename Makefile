@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(CVTOOL) data digits data/digits
-	$(CVTOOL) stats data/digits
+	$(CVTOOL) stats data/digits --recipe recipes/digits.yaml
 	$(CVTOOL) train recipes/digits.yaml --out $(DEMO_DIR) --overwrite
 
 test: install

@@ -17,7 +17,7 @@ app = typer.Typer()
 def train(
     recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML (optional with --resume).", show_default=False)] = None,
     set_: SetOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory [default: runs/<name>/<time>].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<name>/<time>).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR from its last.pt.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
     detect_anomaly: Annotated[bool, typer.Option("--detect-anomaly", help="torch autograd anomaly detection (slow).")] = False,

@@ -1,0 +1,78 @@
+"""Shared fixtures: small datasets written once per test session, and a recipe writer.
+
+- `digits_dir` (Path): scikit-learn's real digits as a `folder` dataset, 1797 grey 8x8 PNGs in
+  train/val/test (about 70/15/15, stratified), via `cvtool.data.generate.write_digits`.
+- `synthetic(task, format=None, n=80, size=16, seed=0)` -> dict: a tiny learnable dataset in the
+  task's real layout (`write_synthetic`), written once per argument set. The dict has `root`,
+  `task`, `format`, `splits` (image counts), `classes` or `targets`, and `data`: a recipe-ready
+  data section (format, root, splits, columns, image_size, channels).
+- `make_recipe(tmp_path, data_root, task=None, **sections)` -> Path: writes a small valid recipe
+  YAML (simplenet, 1 epoch on cpu, normalize none) for `data_root`: a folder or a dataset dict
+  from `synthetic`; sections deep-merge over the defaults, e.g. data={"normalize": "auto"}.
+
+Session datasets are shared: treat them as read-only (copy with shutil.copytree to change one).
+`cvtool stats` writes DATA/cvtool-stats.json unless given --out, and `normalize: auto` writes it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cvtool.data.generate import write_digits, write_synthetic
+from cvtool.recipe.load import deep_merge
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real digits dataset in `folder` layout (root/{train,val,test}/<digit>/<index>.png)."""
+    root = tmp_path_factory.mktemp("digits") / "digits"
+    write_digits(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[str, Any]]:
+    """Factory: synthetic(task, format=None, n=80, size=16, seed=0) -> dataset dict (cached)."""
+    cache: dict[tuple, dict[str, Any]] = {}
+
+    def make(task: str, format: str | None = None, n: int = 80, size: int = 16, seed: int = 0) -> dict[str, Any]:
+        key = (task, format, n, size, seed)
+        if key not in cache:
+            root = tmp_path_factory.mktemp("synthetic") / f"{task}-{format or 'default'}-{n}-{size}-{seed}"
+            cache[key] = write_synthetic(root, task, n=n, size=size, seed=seed, format=format)
+        return cache[key]
+
+    return make
+
+
+def write_recipe(tmp_path: Path, data_root: Path | str | dict[str, Any], /, task: str | None = None,
+                 **sections: Any) -> Path:
+    """tmp_path/<name>.yaml for `data_root` (a root folder, or a dataset dict from `synthetic`).
+
+    `sections` are deep-merged over the defaults, e.g. `optim={"lr": 0.1}`, `train={"epochs": 2}`,
+    `data={"normalize": "auto"}`, `name="run2"`.
+    """
+    info = data_root if isinstance(data_root, dict) else {"data": {"root": str(data_root)}}
+    recipe: dict[str, Any] = {
+        "name": "test",
+        "task": task or info.get("task", "multiclass"),
+        "seed": 0,
+        "data": {"image_size": 16, "batch_size": 16, "num_workers": 0, "normalize": "none", **info["data"]},
+        "model": {"arch": "simplenet", "blocks": [8, 16]},
+        "train": {"epochs": 1, "device": "cpu"},
+    }
+    recipe = deep_merge(recipe, sections)
+    path = tmp_path / f"{recipe['name']}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_recipe() -> Callable[..., Path]:
+    """`write_recipe` as a fixture: make_recipe(tmp_path, data_root, task=None, **sections) -> Path."""
+    return write_recipe
