@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cvtool import __version__
-from cvtool.cli import recipe, train
+from cvtool.cli import data, evaluate, export, predict, recipe, stats, train, tta
 
 app = typer.Typer(
     name="cvtool",
@@ -29,7 +29,13 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 app.add_typer(recipe.app, name="recipe", help="Inspect recipes.")
+app.add_typer(data.app, name="data", help="Write example datasets: real digits, synthetic sets per task.")
+app.add_typer(stats.app)
 app.add_typer(train.app)
+app.add_typer(evaluate.app)
+app.add_typer(tta.app)
+app.add_typer(export.app)
+app.add_typer(predict.app)
 
 
 def main() -> None:
