@@ -98,7 +98,7 @@ def test_each_task_trains_and_metrics_equal_sklearn(task: str, synthetic, make_r
 def test_keypoints_learn_better_than_the_mean(synthetic, make_recipe, tmp_path: Path) -> None:
     """RMSE in original pixels beats predicting the training mean (a real signal is learned)."""
     data = synthetic("keypoints", n=160, size=24)
-    recipe = make_recipe(tmp_path, data, data={"image_size": 24}, model={"arch": "simplenet", "blocks": [16, 32]},
+    recipe = make_recipe(tmp_path, data, data={"image_size": 24}, model={"arch": "simplenet", "blocks": [16, 32], "pool": "flatten"},
                          optim={"name": "adam", "lr": 0.003}, train={"epochs": 12, "device": "cpu"})
     run = tmp_path / "kp"
     train(str(recipe), "--out", str(run))

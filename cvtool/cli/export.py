@@ -17,8 +17,8 @@ app = typer.Typer()
 def export(
     model: ModelArg,
     onnx: Annotated[Path, typer.Option("--onnx", help="Output .onnx file.", show_default=False)],
-    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset [default: the exporter's].")] = None,
-    image_size: Annotated[int | None, typer.Option("--image-size", help="Input size S [default: the recipe's].")] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (default: the exporter's).")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Input size S (default: the recipe's).")] = None,
     raw_input: Annotated[bool, typer.Option(
         "--raw-input", help="Input uint8 N x H x W x C of any size; resize + normalize inside the graph.")] = False,
     tolerance: Annotated[float, typer.Option(

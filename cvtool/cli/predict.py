@@ -28,9 +28,9 @@ def predict(
     probs: Annotated[bool, typer.Option("--probs", help="Also one probability column per class.")] = False,
     on_bad_image: Annotated[str, typer.Option("--on-bad-image", help="Unreadable image: fail (naming it) or skip.")] = "fail",
     image_column: Annotated[str | None, typer.Option(
-        "--image-column", help="The CSV's image column [default: the training CSV's, else 'image'].")] = None,
+        "--image-column", help="The CSV's image column (default: the training CSV's, else 'image').")] = None,
     images_dir: Annotated[Path | None, typer.Option(
-        "--images-dir", help="Folder the CSV's image paths are relative to [default: the CSV's folder].")] = None,
+        "--images-dir", help="Folder the CSV's image paths are relative to (default: the CSV's folder).")] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")] = "best",
     quiet: QuietOpt = False,
 ) -> None:

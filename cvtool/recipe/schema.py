@@ -106,6 +106,7 @@ class ModelConfig(Section):
     skip: bool = False
     batch_norm: bool = False
     activation: Literal["relu", "gelu", "silu", "leaky_relu", "elu", "tanh"] = "relu"
+    pool: Literal["avg", "flatten"] = "avg"  # flatten keeps where things are (keypoint regression)
     # surgery
     small_input: SmallInput | None = None
     shakedrop: ShakeDropConfig | None = None

@@ -1,0 +1,46 @@
+"""`build_model`: architecture → local pretrained weights → head → input channels → surgery."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from cvtool.models.heads import replace_head
+from cvtool.models.pretrained import load_pretrained
+from cvtool.models.registry import OWN_ARCHS, check_arch
+from cvtool.models.shakedrop import apply_shakedrop
+from cvtool.models.simplenet import build_simplenet
+from cvtool.models.surgery import adapt_input_channels, apply_small_input, check_input_size
+from cvtool.models.torchvision import build_torchvision
+from cvtool.recipe.schema import ModelConfig
+
+OwnBuilder = Callable[[ModelConfig, int, int, int], nn.Module]
+OWN_BUILDERS: dict[str, OwnBuilder] = {"simplenet": build_simplenet}
+assert set(OWN_BUILDERS) == set(OWN_ARCHS), "registry.OWN_ARCHS and OWN_BUILDERS disagree"
+
+
+def build_model(cfg: ModelConfig, num_outputs: int, channels: int, image_size: int) -> nn.Module:
+    """The model for the `model` recipe section, with `num_outputs` outputs.
+
+    Order: architecture (torchvision's by name, weights=None, or cvtool's own) → `pretrained`
+    (a local state-dict file) → new head (`dropout`, `head`) → first conv for `channels` →
+    `small_input` → `shakedrop` → a shape check at `image_size`. The head's module names are
+    recorded for `set_trainable`, which the engine calls each epoch for `model.freeze`;
+    `sync_batchnorm` is the engine's job too.
+    """
+    check_arch(cfg.arch)
+    if cfg.arch in OWN_BUILDERS:
+        model = OWN_BUILDERS[cfg.arch](cfg, num_outputs, channels, image_size)
+    else:
+        model = build_torchvision(cfg.arch, image_size)
+    if cfg.pretrained is not None:
+        load_pretrained(model, cfg.pretrained, cfg.arch)
+    replace_head(model, num_outputs, cfg.head, cfg.dropout, cfg.activation)
+    adapt_input_channels(model, channels)
+    if cfg.small_input is not None:
+        apply_small_input(model, cfg.small_input, cfg.arch)
+    if cfg.shakedrop is not None:
+        apply_shakedrop(model, cfg.shakedrop, cfg.arch)
+    check_input_size(model, cfg.arch, channels, image_size, num_outputs)
+    return model

@@ -1,0 +1,73 @@
+"""Local pretrained weights: a state-dict file loaded safely (`weights_only=True`), never downloaded."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cvtool.errors import CvtoolError
+
+# Old torchvision DenseNet files name layers "norm.1" where the modules are now "norm1".
+_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors in `path`: a raw state dict, or one nested under "state_dict" or "model"."""
+    if not path.is_file():
+        raise CvtoolError(f"model.pretrained: file not found: {path}")
+    try:
+        loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable or unsafe file is the user's input problem
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CvtoolError(f"model.pretrained: cannot read {path}: {reason}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CvtoolError(f"model.pretrained: {path} holds no state dict (a mapping of names to tensors)")
+    state = dict(loaded)
+    if state and all(key.startswith("module.") for key in state):  # saved from DataParallel / DDP
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return {_DENSENET_KEY.sub(r"\1\2", key): value for key, value in state.items()}
+
+
+def _drop_disabled(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Leave out weights of submodules the model switched off (inception/googlenet aux heads = None)."""
+    attributes = {**vars(model), **model._modules}
+    disabled = {name for name, value in attributes.items() if value is None and not name.startswith("_")}
+    return {key: value for key, value in state.items() if key.split(".", 1)[0] not in disabled}
+
+
+def _fit_report(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -> str | None:
+    """One line describing why `state` does not fit `model`, or None when it fits."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [
+        f"{key} {list(state[key].shape)} vs {list(expected[key].shape)}"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    if not (missing or unexpected or reshaped):
+        return None
+
+    def count(items: list[str], noun: str) -> str:
+        return f"{len(items)} {noun}" + (f" (e.g. {items[0]})" if items else "")
+
+    line = f"weights do not fit {arch}: {count(missing, 'missing keys')}, {count(unexpected, 'unexpected')}"
+    return line + (f", {count(reshaped, 'with another shape')}" if reshaped else "")
+
+
+def load_pretrained(model: nn.Module, path: Path, arch: str) -> None:
+    """Load a local state-dict file into `model` (before its head is replaced); strict on keys and shapes."""
+    state = _drop_disabled(model, read_state_dict(Path(path)))
+    problem = _fit_report(model, state, arch)
+    if problem:
+        raise CvtoolError(f"model.pretrained: {problem}")
+    model.load_state_dict(state)
