@@ -15,8 +15,16 @@ import torch
 from cvtool.data.loaders import EpochSampler, Normalize, make_loader
 from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
 from cvtool.engine.checkpoint import ModelMeta, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from cvtool.engine.loop import Stepper, amp_dtype, run_inference, select_device, train_one_epoch
-from cvtool.engine.optim import OPTIMIZERS, Schedule, build_optimizer, current_lr, optim_for_epoch, phase_start, retune
+from cvtool.engine.loop import Stepper, amp_dtype, select_device, train_one_epoch
+from cvtool.engine.optim import (
+    OPTIMIZERS,
+    Schedule,
+    build_optimizer,
+    current_lr,
+    optim_for_epoch,
+    phase_start,
+    retune,
+)
 from cvtool.engine.runlog import RunLog
 from cvtool.errors import CvtoolError
 from cvtool.recipe.schema import Recipe

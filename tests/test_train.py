@@ -8,8 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import (accuracy_score, f1_score, fbeta_score, mean_squared_error, roc_auc_score,
-                             top_k_accuracy_score)
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    fbeta_score,
+    mean_squared_error,
+    roc_auc_score,
+    top_k_accuracy_score,
+)
 from typer.testing import CliRunner
 
 from cvtool.cli.main import app

@@ -101,8 +101,7 @@ class EpochProgress:
 
     def track(self, loader: Any) -> Any:
         with self.bar:
-            for item in loader:
-                yield item
+            yield from loader
 
     def update(self, loss: float, images: int, seconds: float) -> None:
         self.bar.update(self.task, advance=1, loss=loss, ips=images / max(seconds, 1e-9))
