@@ -118,7 +118,8 @@ def make_schedule(session: Session, epoch: int, steps: int) -> Schedule:
     recipe = session.recipe
     start = phase_start(recipe.phases, epoch)
     mode = "max" if higher_is_better(session.monitor) else "min"
-    return Schedule(session.step.optimizer, recipe.schedule, recipe.train.epochs - start + 1, steps, mode)
+    cfg = recipe.schedule if start == 1 else recipe.schedule.model_copy(update={"warmup_epochs": 0})
+    return Schedule(session.step.optimizer, cfg, recipe.train.epochs - start + 1, steps, mode)
 
 
 def enter_phase(session: Session, epoch: int, steps: int) -> None:
