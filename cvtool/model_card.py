@@ -28,21 +28,35 @@ OUTPUT_DOC = "raw model outputs; apply the task's activation (multiclass softmax
 
 
 @dataclass(frozen=True)
-class ModelCard:
-    """Task, labels, preprocessing and provenance of one model."""
+class ModelMeta:
+    """What inference needs besides the weights; stored in every checkpoint."""
 
     task: str
     class_names: list[str]
     target_names: list[str]
-    image_size: int
-    channels: int
     mean: list[float]
     std: list[float]
+    image_size: int
+    channels: int
     num_outputs: int
-    thresholds: list[float] | None  # per class, tuned by `cvtool evaluate --tune-thresholds`
-    default_threshold: float  # used when `thresholds` is None
-    flip_pairs: list[list[int]] | None
-    recipe_name: str
+    thresholds: list[float] | None = None  # multilabel/binary, tuned by `cvtool evaluate`
+    flip_pairs: list[list[int]] | None = None
+
+    def labels(self, default_threshold: float = 0.5) -> Labels:
+        """What the task needs to turn outputs into decisions and submission cells."""
+        values = self.thresholds if self.thresholds is not None else default_threshold
+        return Labels(list(self.class_names), list(self.target_names), np.asarray(values, dtype=np.float32))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ModelCard(ModelMeta):
+    """A checkpoint's ModelMeta plus what a client of the exported file needs."""
+
+    default_threshold: float = 0.5  # used when `thresholds` is None
+    recipe_name: str = ""
     image_column: str = "image"  # the training CSV's image column (a default for predict)
     image_extension: str = ""
     images_dir: str = "images"  # the training CSV's image folder, relative to the CSV
@@ -58,10 +72,9 @@ class ModelCard:
     def raw_input(self) -> bool:
         return self.input_layout == RAW
 
-    def labels(self) -> Labels:
-        """What the task needs to turn outputs into submission cells."""
-        values = self.thresholds if self.thresholds is not None else self.default_threshold
-        return Labels(list(self.class_names), list(self.target_names), np.asarray(values, dtype=np.float32))
+    def labels(self, default_threshold: float | None = None) -> Labels:
+        """Labels with the stored thresholds, else this card's default threshold."""
+        return super().labels(self.default_threshold if default_threshold is None else default_threshold)
 
     def with_export(self, image_size: int | None, raw_input: bool) -> ModelCard:
         """The card of an export at `image_size` with the chosen input layout."""
@@ -92,14 +105,10 @@ class ModelCard:
 
 
 def card_from_checkpoint(meta: Any, recipe: Any, source: str = "") -> ModelCard:
-    """The card of a loaded checkpoint (`ModelMeta` + its `Recipe`); reads attributes only."""
+    """The card of a loaded checkpoint: its ModelMeta plus what its Recipe says about inputs."""
     return ModelCard(
-        task=meta.task, class_names=list(meta.class_names), target_names=list(meta.target_names),
-        image_size=int(meta.image_size), channels=int(meta.channels), mean=[float(v) for v in meta.mean],
-        std=[float(v) for v in meta.std], num_outputs=int(meta.num_outputs),
-        thresholds=None if meta.thresholds is None else [float(v) for v in meta.thresholds],
+        **meta.to_dict(),
         default_threshold=float(recipe.evaluate.threshold),
-        flip_pairs=None if not meta.flip_pairs else [list(p) for p in meta.flip_pairs],
         recipe_name=recipe.name, image_column=recipe.data.image_column,
         image_extension=recipe.data.image_extension, images_dir=recipe.data.images_dir, source=source,
     )

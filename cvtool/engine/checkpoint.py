@@ -16,35 +16,12 @@ import torch
 from cvtool import __version__
 from cvtool.errors import CvtoolError
 from cvtool.fileio import atomic_open
+from cvtool.model_card import ModelMeta
 from cvtool.recipe.load import recipe_from_dict
 from cvtool.recipe.schema import Recipe
-from cvtool.tasks import Labels, Task, get_task
+from cvtool.tasks import Task, get_task
 
 FORMAT = "cvtool-checkpoint/1"
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    """What inference needs besides the weights; stored in every checkpoint."""
-
-    task: str
-    class_names: list[str]
-    target_names: list[str]
-    mean: list[float]
-    std: list[float]
-    image_size: int
-    channels: int
-    num_outputs: int
-    thresholds: list[float] | None = None  # multilabel/binary, tuned by `cvtool evaluate`
-    flip_pairs: list[list[int]] | None = None
-
-    def labels(self, default_threshold: float = 0.5) -> Labels:
-        thresholds = np.asarray(self.thresholds if self.thresholds is not None else default_threshold,
-                                dtype=np.float32)
-        return Labels(self.class_names, self.target_names, thresholds)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
