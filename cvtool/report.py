@@ -1,0 +1,307 @@
+"""`cvtool report`: the comparison document the seed authors wrote by hand.
+
+Runs (or a sweep's points) are ranked by a metric; each row says what differs from the first
+run's recipe. Figures overlay the metric across runs (raw faint, smoothed on top, as seeds 000
+and 002 compared runs in TensorBoard), the validation loss and the learning rate; each run's
+confusion matrix or ROC is copied from its plots/. Markdown and a self-contained HTML page are
+written side by side (cvtool/report_render.py), PNGs into `<stem>_files/` beside them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cvtool.errors import CvtoolError
+from cvtool.fileio import atomic_open, write_text
+from cvtool.report_data import read_history, read_summary
+from cvtool.tasks import higher_is_better
+
+IGNORED_KEYS = ("name", "description", "sweep")  # differ between runs without changing the experiment
+RUN_PLOTS = ("confusion_best.png", "roc_best.png")  # copied from each run's plots/
+DEFAULT_SMOOTHING = 0.6  # TensorBoard's weight the seeds read their smoothed values with
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run directory, read back."""
+
+    label: str
+    path: Path
+    summary: dict[str, Any]
+    history: list[dict[str, float]]
+    settings: dict[str, Any]  # the resolved recipe as dotted keys
+
+    @property
+    def smoothing(self) -> float:
+        return float(self.settings.get("train.smoothing", DEFAULT_SMOOTHING))
+
+
+@dataclass(frozen=True)
+class Row:
+    rank: int
+    run: Run
+    differs: str
+    best_epoch: int | None
+    best: float | None
+    smoothed_epoch: int | None
+    smoothed: float | None
+    test: float | None
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    path: Path  # inside the files folder
+    run: str | None = None  # the run a per-run figure belongs to
+
+
+@dataclass
+class Report:
+    metric: str
+    higher: bool
+    sources: list[Path]
+    rows: list[Row]
+    varying: list[str]
+    reference: str  # label of the first run, which "differs" compares against
+    smoothing: float
+    markdown: Path
+    html: Path
+    files_dir: Path
+    figures: list[Figure] = field(default_factory=list)
+
+
+def write_report(run_dirs: Sequence[Path], out: Path, metric: str | None = None) -> Report:
+    """Rank the runs in `run_dirs` (run or sweep directories) and write `out` (.md) and its .html."""
+    from cvtool.report_render import render_html, render_markdown
+
+    runs = collect_runs(run_dirs)
+    metric = _metric_name(metric or runs[0].summary.get("monitor") or "val/loss", runs)
+    markdown, html = out.with_suffix(".md"), out.with_suffix(".html")
+    files_dir = out.parent / f"{out.stem}_files"
+    report = Report(metric, higher_is_better(metric), [Path(p) for p in run_dirs], rank_runs(runs, metric),
+                    varying_keys(runs), runs[0].label, runs[0].smoothing, markdown, html, files_dir)
+    report.figures = draw_figures(runs, metric, files_dir)
+    write_text(markdown, render_markdown(report))
+    write_text(html, render_html(report))
+    return report
+
+
+# ---- reading runs ----------------------------------------------------------------------------
+
+def collect_runs(run_dirs: Sequence[Path]) -> list[Run]:
+    """Every run in `run_dirs`, in the order given; a sweep directory contributes its points."""
+    if not run_dirs:
+        raise CvtoolError("report: give at least one run directory")
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for given in run_dirs:
+        folder = Path(given)
+        if not folder.is_dir():
+            raise CvtoolError(f"{folder}: {'not a directory' if folder.exists() else 'no such directory'}")
+        if (folder / "sweep.json").is_file():
+            points = [(f"{_sweep_name(folder)}/{p.name}", p) for p in sweep_points(folder)]
+        elif (folder / "summary.json").is_file():
+            points = [(None, folder)]
+        else:
+            raise CvtoolError(f"{folder}: not a cvtool run (no summary.json) or sweep (no sweep.json)")
+        for label, path in points:
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                runs.append(read_run(path, label))
+    return _unique_labels(runs)
+
+
+def sweep_points(sweep_dir: Path) -> list[Path]:
+    """A sweep's finished points, in grid order (the order `cvtool train` ran them)."""
+    done = {p.name: p for p in sorted(sweep_dir.iterdir()) if (p / "summary.json").is_file()}
+    if not done:
+        raise CvtoolError(f"{sweep_dir}: a sweep without any finished run")
+    order: list[str] = []
+    try:
+        grid = (yaml.safe_load((sweep_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}).get("sweep") or {}
+        from cvtool.recipe.load import sweep_point_name
+
+        keys = list(grid)
+        order = [sweep_point_name(dict(zip(keys, combo, strict=True)))
+                 for combo in itertools.product(*(grid[k] for k in keys))]
+    except (OSError, yaml.YAMLError, AttributeError, TypeError):
+        order = []  # fall back to name order
+    ordered = [done.pop(name) for name in order if name in done]
+    return ordered + list(done.values())
+
+
+def read_run(path: Path, label: str | None = None) -> Run:
+    summary = read_summary(path)
+    history = read_history(path)
+    settings: dict[str, Any] = {}
+    recipe_file = path / "recipe.yaml"
+    if recipe_file.is_file():
+        try:
+            settings = flatten(yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {})
+        except yaml.YAMLError as exc:
+            raise CvtoolError(f"{recipe_file}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    return Run(label or str(summary.get("name") or path.name), path, summary, history, settings)
+
+
+def _sweep_name(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "sweep.json").read_text(encoding="utf-8")).get("name") or folder.name)
+    except (OSError, json.JSONDecodeError):
+        return folder.name
+
+
+def _unique_labels(runs: list[Run]) -> list[Run]:
+    """Runs of the same recipe get their directory name appended."""
+    counts = Counter(run.label for run in runs)
+    return [Run(f"{r.label} ({r.path.name})", r.path, r.summary, r.history, r.settings) if counts[r.label] > 1 else r
+            for r in runs]
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}; lists stay whole values."""
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+# ---- ranking ---------------------------------------------------------------------------------
+
+def _metric_name(metric: str, runs: list[Run]) -> str:
+    """'auc' -> 'val/auc'; refuses a metric no run recorded."""
+    name = metric if metric.startswith(("val/", "train/")) else f"val/{metric}"
+    recorded = sorted({key for run in runs for row in run.history for key in row} - {"epoch", "lr", "seconds"})
+    if name not in recorded:
+        from cvtool.registry import suggest
+
+        raise CvtoolError(f"--metric {metric}: no run recorded it{suggest(name, recorded)} (have: {', '.join(recorded)})")
+    return name
+
+
+def best_of(run: Run, metric: str) -> tuple[int | None, float | None, int | None, float | None]:
+    """(best epoch, best value, smoothed-best epoch, smoothed-best value) of `metric`.
+
+    The run's own summary when it is the metric the run monitored, else from metrics.csv."""
+    summary = run.summary
+    if summary.get("monitor") == metric and summary.get("best_value") is not None:
+        return (summary.get("best_epoch"), summary.get("best_value"),
+                summary.get("smoothed_best_epoch"), summary.get("smoothed_best_value"))
+    from cvtool.engine.runlog import ema
+
+    rows = [r for r in run.history if metric in r]
+    if not rows:
+        return None, None, None, None
+    values = [r[metric] for r in rows]
+    pick = max if higher_is_better(metric) else min
+    finite = [i for i, v in enumerate(values) if math.isfinite(v)]
+    if not finite:
+        return None, None, None, None
+    best = pick(finite, key=lambda i: values[i])
+    smoothed = ema(values, run.smoothing)
+    s_best = pick(finite, key=lambda i: smoothed[i])
+    return int(rows[best]["epoch"]), values[best], int(rows[s_best]["epoch"]), smoothed[s_best]
+
+
+def rank_runs(runs: list[Run], metric: str) -> list[Row]:
+    """Rows sorted by the best value of `metric` (runs without it last, in the given order)."""
+    higher = higher_is_better(metric)
+    reference = runs[0].settings
+    varying = varying_keys(runs)
+    scored = []
+    for index, run in enumerate(runs):
+        best_epoch, best, s_epoch, smoothed = best_of(run, metric)
+        test = (run.summary.get("test") or {}).get(metric.split("/", 1)[1])
+        differs = describe_difference(run.settings, reference, varying, is_reference=index == 0)
+        scored.append((run, differs, best_epoch, best, s_epoch, smoothed, test))
+    # ties on the best value (common on small validation sets) go to the better smoothed value
+    ordered = sorted(scored, key=lambda item: (_sort_value(item[3], higher), _sort_value(item[5], higher)))
+    return [Row(rank, *item) for rank, item in enumerate(ordered, start=1)]
+
+
+def _sort_value(value: float | None, higher: bool) -> float:
+    if value is None or not math.isfinite(value):
+        return float("inf")
+    return -value if higher else value
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    """Dotted recipe keys whose value is not the same in every run."""
+    keys = sorted({k for run in runs for k in run.settings} - set(IGNORED_KEYS))
+    return [k for k in keys if len({_show(run.settings.get(k)) for run in runs}) > 1]
+
+
+def describe_difference(settings: dict[str, Any], reference: dict[str, Any], varying: list[str],
+                        is_reference: bool) -> str:
+    """'model.dropout=0.5, optim.lr=0.05': this run's values where they differ from the first run."""
+    if is_reference:
+        shown = ", ".join(f"{k}={_show(settings.get(k))}" for k in varying)
+        return f"reference ({shown})" if shown else "reference"
+    changed = [k for k in varying if _show(settings.get(k)) != _show(reference.get(k))]
+    return ", ".join(f"{k}={_show(settings.get(k))}" for k in changed) or "same recipe"
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool) or value is None:
+        text = json.dumps(value)
+    elif isinstance(value, float):
+        text = format(value, "g")
+    else:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---- figures ---------------------------------------------------------------------------------
+
+def draw_figures(runs: list[Run], metric: str, files_dir: Path) -> list[Figure]:
+    """Overlays of the metric, the validation loss and the lr; each run's confusion matrix / ROC."""
+    from cvtool import plots
+
+    smoothing = runs[0].smoothing
+    figures = []
+    overlays = [(metric, f"{metric} across runs", _slug(metric), smoothing, False)]
+    if metric != "val/loss":
+        overlays.append(("val/loss", "val/loss across runs", "val_loss", smoothing, False))
+    overlays.append(("lr", "learning rate", "lr", None, True))
+    for key, title, stem, smooth, logy in overlays:
+        series = {run.label: _series(run, key) for run in runs}
+        series = {label: xy for label, xy in series.items() if xy[0]}
+        if series:
+            path = plots.curves(series, title, key, files_dir / f"{stem}.png", smoothing=smooth, logy=logy)
+            figures.append(Figure(title, path))
+    for index, run in enumerate(runs, start=1):
+        for name in RUN_PLOTS:
+            source = run.path / "plots" / name
+            if source.is_file():
+                target = files_dir / f"{index:02d}_{_slug(run.label)}_{name}"
+                with atomic_open(target, "wb") as handle:
+                    handle.write(source.read_bytes())
+                kind = "confusion matrix" if name.startswith("confusion") else "ROC"
+                figures.append(Figure(f"{run.label}: {kind}, best epoch", target, run.label))
+    return figures
+
+
+def _series(run: Run, key: str) -> tuple[list[float], list[float]]:
+    rows = [r for r in run.history if key in r]
+    return [r["epoch"] for r in rows], [r[key] for r in rows]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:80] or "run"
