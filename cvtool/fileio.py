@@ -18,6 +18,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -29,6 +30,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -68,3 +78,14 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a CSV; comma, tab or semicolon separated (MADE's landmarks are TSV)."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        first = handle.readline()
+        handle.seek(0)
+        delimiter = max(",\t;", key=first.count) if first else ","
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        rows = [{key.strip(): value for key, value in row.items() if key is not None} for row in reader]
+        return [name.strip() for name in reader.fieldnames or []], rows

@@ -11,6 +11,7 @@ from pathlib import Path
 from cvtool.data.formats import safe_join
 from cvtool.data.images import is_image_file
 from cvtool.errors import CvtoolError
+from cvtool.fileio import read_csv_rows
 from cvtool.registry import suggest
 
 FOLDER_COLUMN = "image"
@@ -68,10 +69,7 @@ def _from_folder(folder: Path) -> ImageList:
 
 def _from_csv(csv_path: Path, column: str | None, default_column: str, roots: list[Path], extension: str) -> ImageList:
     try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            names = list(reader.fieldnames or [])
-            rows = list(reader)
+        names, rows = read_csv_rows(csv_path)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise CvtoolError(f"{csv_path}: not a readable CSV ({exc})") from None
     if column is None:

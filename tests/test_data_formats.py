@@ -210,3 +210,24 @@ def test_cli_writes_datasets_and_prints_a_recipe(tmp_path: Path) -> None:
     assert sum(1 for _ in (tmp_path / "digits").rglob("*.png")) == 1797
     result = runner.invoke(app, ["data", "synthetic", str(tmp_path / "x"), "--task", "segmentation"])
     assert result.exit_code == 2 and "unknown task" in result.output
+
+
+def test_tab_separated_keypoints_read_like_the_csv(synthetic, tmp_path: Path) -> None:
+    """MADE's landmarks file is tab-separated: the delimiter is detected from the header."""
+    import shutil
+
+    from cvtool.data.formats import read_dataset
+    from cvtool.recipe.schema import DataConfig
+
+    data = synthetic("keypoints", n=40, size=16)
+    root = tmp_path / "tsv"
+    shutil.copytree(data["root"], root)
+    for split in ("train", "val", "test"):
+        text = (root / f"{split}.csv").read_text()
+        (root / f"{split}.csv").write_text(text.replace(",", "\t"))
+    cfg = {**data["data"], "root": str(data["root"])}
+    expected = read_dataset(DataConfig(**cfg), "keypoints", 0)
+    got = read_dataset(DataConfig(**{**cfg, "root": str(root)}), "keypoints", 0)
+    assert got.target_names == expected.target_names
+    np.testing.assert_array_equal(got.splits["train"].targets, expected.splits["train"].targets)
+    assert [p.name for p in got.splits["val"].paths] == [p.name for p in expected.splits["val"].paths]

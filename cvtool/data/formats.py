@@ -7,7 +7,6 @@ float32 keypoint coordinates in original-image pixels, x/y alternating (keypoint
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from cvtool.data.images import is_image_file
 from cvtool.errors import CvtoolError
+from cvtool.fileio import read_csv_rows
 from cvtool.recipe.schema import DataConfig
 
 
@@ -150,9 +150,7 @@ def read_csv_split(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], 
     csv_path = cfg.root / (split if split.endswith(".csv") else f"{split}.csv")
     if not csv_path.is_file():
         raise CvtoolError(f"data.{_key(cfg, split)}: CSV file not found: {csv_path}")
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-        columns = list(rows[0].keys()) if rows else []
+    columns, rows = read_csv_rows(csv_path)
     if cfg.image_column not in columns:
         raise CvtoolError(f"{csv_path}: no column '{cfg.image_column}' (data.image_column); columns: {columns[:8]}")
     image_root = cfg.root / cfg.images_dir
