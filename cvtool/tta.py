@@ -62,11 +62,15 @@ def check_options(passes: int, aggregate: str) -> None:
 
 def _augment(pipeline: Any, batch: torch.Tensor, seeds: Sequence[int],
              points: bool) -> tuple[torch.Tensor, list[np.ndarray] | None]:
-    """Each image through the pipeline under its own seed; with `points`, the affine maps too."""
+    """Each image through the pipeline under its own seed; with `points`, the affine maps too.
+    Flips and affines run batched (`BatchAugment`, the same result per image as the loop below)."""
     import torch
 
+    from cvtool.data.loaders import BatchAugment
     from cvtool.data.transforms import apply_with_points
 
+    if not points and BatchAugment.supports(pipeline):
+        return BatchAugment(pipeline)(batch, seeds).contiguous(), None
     size = batch.shape[-1]
     images, affines = [], []
     for image, sample_seed in zip(batch, seeds, strict=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cvtool import __version__
-from cvtool.cli import data, evaluate, export, predict, recipe, stats, train, tta
+from cvtool.cli import bench, data, evaluate, export, predict, recipe, report, stats, train, tta
 
 app = typer.Typer(
     name="cvtool",
@@ -36,6 +36,8 @@ app.add_typer(evaluate.app)
 app.add_typer(tta.app)
 app.add_typer(export.app)
 app.add_typer(predict.app)
+app.add_typer(report.app)
+app.add_typer(bench.app, name="bench", help="Performance figures with their targets: train, predict, startup.")
 
 
 def main() -> None:

@@ -3,6 +3,10 @@
 Augmentation is seeded per (seed, epoch, sample): a sample looks the same whatever the
 number of workers or ranks, and a resumed run repeats an uninterrupted one exactly.
 Images leave the loader as uint8; `Normalize` turns them into model inputs on the device.
+
+A batch is fetched at once (`__getitems__`): one gather from the cache, and when the recipe's
+augmentations are flips and affines (also inside RandomApply / Compose) one batched pass of
+`BatchAugment`, which gives each image exactly what the per-image v2 pipeline would.
 """
 
 from __future__ import annotations
@@ -17,6 +21,14 @@ from cvtool.data.cache import DecodedSplit
 from cvtool.data.transforms import apply_with_points, mirrored, swap_pairs
 from cvtool.tasks import Task
 
+FLIPS = {"RandomHorizontalFlip": -1, "RandomVerticalFlip": -2}  # v2 class -> flipped dim
+BATCHED = {*FLIPS, "RandomAffine", "RandomApply", "Compose"}
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation in one epoch."""
+    return (seed * 1_000_003 + epoch * 10_007 + index) % (2**63)
+
 
 class Normalize(torch.nn.Module):
     """uint8 N x C x H x W -> float, scaled to [0, 1], standardized per channel."""
@@ -28,6 +40,144 @@ class Normalize(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - 255.0 * self.mean) * self.scale
+
+
+class BatchAugment:
+    """A v2 pipeline of flips and RandomAffine (nested in Compose / RandomApply) on a uint8
+    N x C x H x W batch in one pass. Image i draws its parameters from its own generator seeded
+    with seeds[i], in the order and with the calls the per-image pipeline makes, and goes through
+    the same kernels (torchvision's affine grid and grid transform), so its result equals
+    `pipeline(image)` after seeding, whatever else is in the batch. The caller's RNG is untouched."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.leaves: list[Any] = []
+        _collect_leaves(pipeline, self.leaves)
+
+    @staticmethod
+    def supports(pipeline: Any) -> bool:
+        name = type(pipeline).__name__
+        if name not in BATCHED or type(pipeline).__module__.split(".")[:3] != ["torchvision", "transforms", "v2"]:
+            return False
+        return all(BatchAugment.supports(t) for t in getattr(pipeline, "transforms", []))
+
+    def __call__(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        generator = torch.Generator()
+        drawn = []  # per image: one entry per leaf, None when the leaf is not applied
+        for seed in seeds:
+            generator.manual_seed(seed)
+            params: list[Any] = []
+            _draw(self.pipeline, generator, height, width, params, applied=True)
+            drawn.append(params)
+        out = images
+        for k, leaf in enumerate(self.leaves):
+            chosen = [i for i, params in enumerate(drawn) if params[k] is not None]
+            if not chosen:
+                continue
+            everyone = len(chosen) == len(drawn)
+            picked = out if everyone else out[torch.tensor(chosen)]
+            name = type(leaf).__name__
+            if name in FLIPS:
+                moved = picked.flip(FLIPS[name])
+            else:
+                moved = _affine(picked, leaf, [drawn[i][k] for i in chosen])
+            if everyone:
+                out = moved
+            else:
+                out = out.clone() if out is images else out
+                out[torch.tensor(chosen)] = moved
+        return out
+
+
+def _collect_leaves(transform: Any, leaves: list[Any]) -> None:
+    if type(transform).__name__ in ("Compose", "RandomApply"):
+        for inner in transform.transforms:
+            _collect_leaves(inner, leaves)
+    else:
+        leaves.append(transform)
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return torch.empty(1).uniform_(low, high, generator=generator).item()
+
+
+def _draw(transform: Any, generator: torch.Generator, height: int, width: int, params: list[Any],
+          applied: bool) -> None:
+    """Append one image's parameters per leaf, drawing exactly what v2's forward would
+    (`_RandomApplyTransform.forward`, `RandomApply.forward`, `RandomAffine.make_params`)."""
+    name = type(transform).__name__
+    if name in ("Compose", "RandomApply"):
+        if applied and name == "RandomApply":
+            applied = not bool(torch.rand(1, generator=generator) >= transform.p)
+        for inner in transform.transforms:
+            _draw(inner, generator, height, width, params, applied)
+        return
+    if not applied:
+        params.append(None)
+    elif name in FLIPS:
+        params.append(None if torch.rand(1, generator=generator) >= transform.p else True)
+    else:
+        params.append(_affine_params(transform, generator, height, width))
+
+
+def _affine_params(t: Any, generator: torch.Generator, height: int, width: int) -> dict[str, Any]:
+    angle = _uniform(generator, t.degrees[0], t.degrees[1])
+    translate = (0, 0)
+    if t.translate is not None:
+        max_dx, max_dy = float(t.translate[0] * width), float(t.translate[1] * height)
+        translate = (int(round(float(_uniform(generator, -max_dx, max_dx)))),
+                     int(round(float(_uniform(generator, -max_dy, max_dy)))))
+    scale = _uniform(generator, t.scale[0], t.scale[1]) if t.scale is not None else 1.0
+    shear_x = shear_y = 0.0
+    if t.shear is not None:
+        shear_x = float(_uniform(generator, t.shear[0], t.shear[1]))
+        if len(t.shear) == 4:
+            shear_y = float(_uniform(generator, t.shear[2], t.shear[3]))
+    return {"angle": angle, "translate": translate, "scale": scale, "shear": (shear_x, shear_y)}
+
+
+def _affine(images: torch.Tensor, transform: Any, params: Sequence[dict[str, Any]]) -> torch.Tensor:
+    """`F.affine_image` per image, with the grids stacked into one grid transform."""
+    from torchvision.transforms.v2._utils import _get_fill
+    from torchvision.transforms.v2.functional._geometry import (
+        _affine_parse_args,
+        _apply_grid_transform,
+        _check_interpolation,
+        _get_inverse_affine_matrix,
+    )
+
+    interpolation = _check_interpolation(transform.interpolation)
+    height, width = images.shape[-2:]
+    center = [0.0, 0.0]
+    if transform.center is not None:
+        center = [c - s * 0.5 for c, s in zip(transform.center, (width, height), strict=True)]
+    base = torch.empty(1, height, width, 3)  # _affine_grid's base grid, built once
+    base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width))
+    base[..., 1].copy_(torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height).unsqueeze_(-1))
+    base[..., 2].fill_(1)
+    base = base.view(1, height * width, 3)
+    halves = torch.tensor([0.5 * width, 0.5 * height])
+    grids = []
+    for p in params:
+        angle, translate, shear, _ = _affine_parse_args(p["angle"], p["translate"], p["scale"], p["shear"],
+                                                        interpolation, transform.center)
+        matrix = _get_inverse_affine_matrix(center, angle, [float(t) for t in translate], p["scale"], shear)
+        theta = torch.tensor(matrix, dtype=torch.float32).reshape(1, 2, 3)
+        grids.append(base.bmm(theta.transpose(1, 2).div_(halves)))
+    grid = torch.cat(grids).view(len(params), height, width, 2)
+    fill = _get_fill(transform._fill, torch.Tensor)
+    if interpolation.value == "nearest" and not images.is_floating_point() and _is_zero(fill):
+        # What _apply_grid_transform computes, minus its fill mask and rounding: zero padding
+        # already gives a zero fill, and nearest samples are whole numbers.
+        sampled = torch.nn.functional.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros",
+                                                  align_corners=False)
+        return sampled.to(images.dtype)
+    return _apply_grid_transform(images, grid, interpolation.value, fill)
+
+
+def _is_zero(fill: Any) -> bool:
+    return fill is None or all(float(v) == 0.0 for v in (fill if isinstance(fill, (list, tuple)) else [fill]))
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -69,6 +219,8 @@ class SampleDataset(torch.utils.data.Dataset):
         self.split, self.task, self.pipeline, self.seed = split, task, pipeline, seed
         self.flip_pairs = list(flip_pairs)
         self.size = split.images.shape[1]
+        batchable = pipeline is not None and task.name != "keypoints" and BatchAugment.supports(pipeline)
+        self.batched = BatchAugment(pipeline) if batchable else None
         if split.targets is None:
             self.targets = np.zeros((len(split), 1), np.float32)
         else:
@@ -82,12 +234,27 @@ class SampleDataset(torch.utils.data.Dataset):
         image = torch.from_numpy(np.array(self.split.images[index])).permute(2, 0, 1)
         target = self.targets[index]
         if self.pipeline is not None:
-            torch.manual_seed((self.seed * 1_000_003 + epoch * 10_007 + index) % (2**63))
+            # the CPU generator only (torch.manual_seed would also queue CUDA/XPU seeding, ~0.1 ms)
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             if self.task.name == "keypoints":
                 image, target = self._with_points(image, target)
             else:
                 image = self.pipeline(image)
         return image.contiguous(), torch.as_tensor(target), index
+
+    def __getitems__(self, keys: Sequence[tuple[int, int] | int]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """A batch's samples at once (the DataLoader calls this): one gather from the cache and
+        one `BatchAugment` pass; per sample when the pipeline cannot be batched."""
+        if self.pipeline is not None and self.batched is None:
+            return [self[key] for key in keys]
+        pairs = [key if isinstance(key, tuple) else (0, key) for key in keys]
+        indices = [index for _, index in pairs]
+        images = torch.from_numpy(self.split.images[np.asarray(indices, np.int64)]).permute(0, 3, 1, 2)
+        if self.batched is not None:
+            images = self.batched(images, [sample_seed(self.seed, epoch, index) for epoch, index in pairs])
+        images = images.contiguous()
+        return [(image, torch.as_tensor(self.targets[index]), index)
+                for image, index in zip(images, indices, strict=True)]
 
     def _with_points(self, image: torch.Tensor, target: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         points = (target.reshape(-1, 2) + 1.0) / 2.0 * self.size
