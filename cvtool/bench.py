@@ -1,0 +1,253 @@
+"""`cvtool bench`: issue 7's performance figures, each with its target.
+
+- train: a recipe's real training loop (build_session, train_dataset, make_loader, train_one_epoch)
+  against the pure-compute ceiling, the same loop fed one fixed in-memory batch.
+- predict (bench_predict.py): onnxruntime vs torch eager, files -> CSV vs the bare session,
+  TTA with N passes vs N plain passes.
+- startup: `cvtool --help` wall time in fresh processes; does `cvtool predict` on an .onnx import torch?
+
+Speeds are measured here and printed; tests only check that the figures are produced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvtool.errors import CvtoolError
+from cvtool.recipe.schema import Recipe
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure; `target` None means informational (no pass/miss)."""
+
+    name: str
+    measured: float | bool
+    target: float | bool | None = None
+    unit: str = ""  # "x" (a ratio), "s", "images/s"; booleans print as yes/no
+    higher_is_better: bool = True
+
+    @property
+    def passed(self) -> bool | None:
+        if self.target is None:
+            return None
+        if isinstance(self.target, bool):
+            return self.measured == self.target
+        return self.measured >= self.target if self.higher_is_better else self.measured <= self.target
+
+    def measured_text(self) -> str:
+        return _fmt(self.measured, self.unit)
+
+    def target_text(self) -> str:
+        if self.target is None:
+            return ""
+        if isinstance(self.target, bool):
+            return _fmt(self.target, self.unit)
+        return f"{'≥' if self.higher_is_better else '≤'} {_fmt(self.target, self.unit)}"
+
+
+def _fmt(value: float | bool, unit: str) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if unit == "x":
+        return f"{value:.3f}×"
+    if unit == "s":
+        return f"{value:.3f} s"
+    return f"{value:,.1f} {unit}".strip()
+
+
+@dataclass
+class BenchReport:
+    title: str
+    figures: list[Figure]
+    notes: list[str] = field(default_factory=list)
+
+
+def machine() -> str:
+    """'2 cores (Intel(R) Xeon(R) Processor), load 0.42 0.80 1.10': what the figures were measured on."""
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return f"{os.cpu_count()} cores{f' ({model})' if model else ''}, load average {load}"
+
+
+# ---- training ------------------------------------------------------------------------------
+
+class _StepClock:
+    """A `progress` for train_one_epoch that records when the loop starts and each step ends."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def track(self, loader: Iterable) -> Iterator:
+        self.times.append(time.perf_counter())
+        yield from loader
+
+    def update(self, **_: Any) -> None:
+        self.times.append(time.perf_counter())
+
+
+def bench_train(recipe: Recipe, *, steps: int = 30, warmup: int = 5, rounds: int = 2,
+                target: float = 0.95) -> BenchReport:
+    """Images/s of `steps` steady-state training steps through the recipe's real loader, and of
+    the same loop on one fixed in-memory batch (the compute ceiling); rounds alternate, best kept."""
+    import torch
+
+    from cvtool.data.loaders import EpochSampler, make_loader
+    from cvtool.data.pipeline import train_dataset
+    from cvtool.engine.loop import train_one_epoch
+    from cvtool.train import build_session, make_schedule
+
+    if steps < 1 or warmup < 1 or rounds < 1:
+        raise CvtoolError("--steps, --warmup and --rounds need at least 1")
+    session = build_session(recipe, quiet=True)
+    train_set = train_dataset(session.bundle, recipe, session.task)
+    batch = recipe.data.batch_size
+    sampler = EpochSampler(len(train_set), recipe.seed, True)
+    loader = make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device, drop_last=True)
+    if len(loader) <= warmup:
+        raise CvtoolError(f"bench train: {len(loader)} full batches of {batch} per epoch; "
+                          f"--warmup {warmup} leaves none to time")
+    notes = []
+    if warmup + steps > len(loader):
+        notes.append(f"--steps {steps} cut to {len(loader) - warmup}: one epoch has {len(loader)} batches")
+        steps = len(loader) - warmup
+    step = session.step
+    step.schedule = make_schedule(session, 1, len(loader))
+    step.cfg = recipe.train.model_copy(update={"max_batches": warmup + steps})
+    fixed = next(iter(loader))  # one real batch, kept in memory: the ceiling's input
+
+    def timed(source: Iterable, epoch: int) -> float:
+        clock = _StepClock()
+        train_one_epoch(step, source, epoch, clock)
+        return steps * batch / (clock.times[warmup + steps] - clock.times[warmup])
+
+    real, ceiling = [], []
+    for epoch in range(1, rounds + 1):
+        sampler.set_epoch(epoch)
+        ceiling.append(timed([fixed] * (warmup + steps), epoch))
+        real.append(timed(loader, epoch))
+    loader_ips, ceiling_ips = max(real), max(ceiling)
+    notes.append(f"{recipe.name}: {recipe.model.arch} at {recipe.data.image_size} px, batch {batch}, "
+                 f"{len(recipe.augment)} augmentations, {len(train_set)} train images, device {session.device}, "
+                 f"torch threads {torch.get_num_threads()}, data.num_workers {recipe.data.num_workers}; "
+                 f"{steps} steps after {warmup} warm-up, best of {rounds} rounds")
+    notes.append(f"per round, loader: {', '.join(f'{v:.1f}' for v in real)} images/s; "
+                 f"ceiling: {', '.join(f'{v:.1f}' for v in ceiling)} images/s")
+    figures = [
+        Figure("real loader", loader_ips, unit="images/s"),
+        Figure("compute ceiling (one fixed batch)", ceiling_ips, unit="images/s"),
+        Figure("real loader / ceiling", loader_ips / ceiling_ips, target, unit="x"),
+    ]
+    return BenchReport(f"bench train {recipe.name}", figures, notes)
+
+
+# ---- start-up ------------------------------------------------------------------------------
+
+def cvtool_command() -> list[str]:
+    """The installed `cvtool` script beside this interpreter, else `python -m cvtool`."""
+    script = Path(sys.executable).with_name("cvtool")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "cvtool"]
+
+
+def help_seconds(runs: int = 7) -> list[float]:
+    """Wall time of `cvtool --help` in `runs` fresh processes (after one untimed run)."""
+    times = []
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        done = subprocess.run([*cvtool_command(), "--help"], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise CvtoolError(f"`cvtool --help` failed: {done.stderr.strip()[-300:]}")
+        if i:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+PROBE = """
+import json, sys
+from cvtool.cli.main import app
+code = 0
+try:
+    app(sys.argv[2:], prog_name="cvtool")
+except SystemExit as exc:
+    code = exc.code or 0
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+with open(sys.argv[1], "w") as handle:
+    json.dump({"code": code, "torch": loaded[:5]}, handle)
+"""
+
+
+def predict_imports_torch(model: Path, images: Path) -> list[str]:
+    """The torch modules a fresh `cvtool predict MODEL.onnx IMAGES` process has loaded."""
+    with tempfile.TemporaryDirectory(prefix="cvtool-bench-") as tmp:
+        report = Path(tmp) / "probe.json"
+        args = ["predict", str(model), str(images), "--out", str(Path(tmp) / "out.csv"), "--quiet"]
+        done = subprocess.run([sys.executable, "-c", PROBE, str(report), *args], capture_output=True, text=True,
+                              check=False)
+        if not report.is_file() or json.loads(report.read_text())["code"] != 0:
+            raise CvtoolError(f"`cvtool predict {model}` failed: {(done.stderr or done.stdout).strip()[-300:]}")
+        return json.loads(report.read_text())["torch"]
+
+
+def tiny_onnx(folder: Path) -> tuple[Path, Path]:
+    """A tiny cvtool .onnx (mean colour -> 2 classes, built with onnx.helper, no torch) and 3 PNGs."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from PIL import Image
+
+    from cvtool.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
+
+    weights = numpy_helper.from_array(np.array([[1.0, -1.0], [0.5, 0.5], [-1.0, 1.0]], np.float32), "w")
+    nodes = [helper.make_node("GlobalAveragePool", [INPUT_NAME], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], [OUTPUT_NAME])]
+    graph = helper.make_graph(nodes, "bench-tiny", [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT,
+                                                                                   ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 2])], [weights])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    card = ModelCard("multiclass", ["dark", "bright"], [], 8, 3, [0.0] * 3, [1.0] * 3, 2, None, 0.5, None, "bench-tiny")
+    helper.set_model_props(proto, card.to_metadata())
+    model = folder / "tiny.onnx"
+    onnx.save(proto, model)
+    images = folder / "images"
+    images.mkdir(exist_ok=True)
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(images / f"{i}.png")
+    return model, images
+
+
+def bench_startup(runs: int = 7, model: Path | None = None, images: Path | None = None) -> BenchReport:
+    """`cvtool --help` median wall time, and whether predict on an .onnx imports torch."""
+    if runs < 1:
+        raise CvtoolError("--runs needs at least 1")
+    if (model is None) != (images is None):
+        raise CvtoolError("--model and --images go together (an .onnx file and a folder of images)")
+    times = help_seconds(runs)
+    with tempfile.TemporaryDirectory(prefix="cvtool-bench-") as tmp:
+        if model is None:
+            model, images = tiny_onnx(Path(tmp))
+            which = "a tiny generated .onnx"
+        else:
+            which = str(model)
+        loaded = predict_imports_torch(model, images)
+    notes = [f"--help: median of {runs} fresh processes ({', '.join(f'{t:.3f}' for t in times)} s) "
+             f"via {' '.join(Path(c).name for c in cvtool_command())}",
+             f"predict on {which}: " + (f"loaded {', '.join(loaded)}" if loaded else "no torch module loaded")]
+    figures = [Figure("cvtool --help", statistics.median(times), 0.3, unit="s", higher_is_better=False),
+               Figure("predict .onnx imports torch", bool(loaded), False)]
+    return BenchReport("bench startup", figures, notes)

@@ -1,0 +1,167 @@
+"""`cvtool bench predict`: inference figures of one model.
+
+- onnxruntime against torch eager on the same model and batch (target >= 1.0);
+- end-to-end `predict` (files -> CSV, session creation included) against the bare session running
+  the same images already decoded and normalized (target >= 0.8);
+- TTA with N passes against N plain passes on the same images (target <= 1.1).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvtool.bench import BenchReport, Figure
+from cvtool.errors import CvtoolError
+
+SOURCE = re.compile(r"^(?P<path>.+) \(epoch \d+\)$")
+
+
+def bench_predict(model: Path, *, batch_size: int = 64, images: Path | None = None, passes: int = 8,
+                  repeats: int = 10, which: str = "best", tta_images: int = 512) -> BenchReport:
+    """The three inference figures of an .onnx file (with the checkpoint it was exported from)
+    or of a run dir / checkpoint (exported to a temporary .onnx first)."""
+    from cvtool.data.images import decode
+    from cvtool.engine.checkpoint import load_model
+    from cvtool.onnx_runtime import OnnxPredictor
+    from cvtool.submission import read_images
+
+    if min(batch_size, passes, repeats, tta_images) < 1:
+        raise CvtoolError("--batch-size, --passes, --repeats and --tta-images need at least 1")
+    with tempfile.TemporaryDirectory(prefix="cvtool-bench-") as tmp:
+        onnx_path, checkpoint = _resolve(Path(model), which, Path(tmp))
+        predictor = OnnxPredictor(onnx_path)
+        card = predictor.card
+        if card.raw_input:
+            raise CvtoolError(f"{onnx_path}: a --raw-input export; bench the normalized-input export")
+        loaded = load_model(checkpoint, which, "cpu")
+        folder = images or _default_images(loaded.recipe)
+        items = read_images(folder).items
+        if not items:
+            raise CvtoolError(f"{folder}: no images")
+        decoded = np.stack([decode(item.path, card.channels, card.image_size)[0] for item in items])
+        figures, notes = _ort_vs_eager(predictor, loaded.model, batch_size, repeats)
+        more, more_notes = _end_to_end(onnx_path, folder, predictor, decoded, batch_size, Path(tmp))
+        figures += more
+        notes += more_notes
+        more, more_notes = _tta(loaded, decoded[:tta_images], passes, batch_size)
+    notes.insert(0, f"{onnx_path.name} ({card.recipe_name}, {card.image_size} px) from {checkpoint}; "
+                    f"{len(items)} images of {folder}; batch {batch_size}")
+    return BenchReport(f"bench predict {model}", figures + more, notes + more_notes)
+
+
+def _resolve(model: Path, which: str, tmp: Path) -> tuple[Path, Path]:
+    """(the .onnx file, the checkpoint / run dir it comes from)."""
+    if model.suffix.lower() == ".onnx":
+        from cvtool.onnx_runtime import OnnxPredictor
+
+        source = SOURCE.match(OnnxPredictor(model).card.source)
+        checkpoint = Path(source["path"]) if source else None
+        if checkpoint is None or not checkpoint.is_file():
+            raise CvtoolError(f"{model}: the checkpoint it was exported from ({checkpoint}) is not here; "
+                              "give the run directory instead")
+        return model, checkpoint
+    from cvtool.export import export_onnx
+
+    return export_onnx(model, tmp / "model.onnx", which=which).path, model
+
+
+def _default_images(recipe: Any) -> Path:
+    data = recipe.data
+    for split in (data.test, data.val):
+        folder = Path(data.root) / split if split else None
+        if data.format == "folder" and folder is not None and folder.is_dir():
+            return folder
+    raise CvtoolError("bench predict: give --images DIR (the recipe's test/val split is not a folder here)")
+
+
+def _timed(run: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def _ort_vs_eager(predictor: Any, model: Any, batch_size: int, repeats: int) -> tuple[list[Figure], list[str]]:
+    """Median images/s of one batch, onnxruntime and torch eager alternating."""
+    import torch
+
+    card = predictor.card
+    feed = np.random.default_rng(0).standard_normal((batch_size, card.channels, card.image_size, card.image_size),
+                                                    dtype=np.float32)
+    tensor = torch.from_numpy(feed)
+    model.eval()
+
+    def ort() -> None:
+        predictor.session.run([card.output_name], {card.input_name: feed})
+
+    def eager() -> None:
+        with torch.inference_mode():
+            model(tensor)
+
+    for _ in range(2):
+        ort(), eager()
+    ort_times, eager_times = [], []
+    for _ in range(repeats):
+        ort_times.append(_timed(ort))
+        eager_times.append(_timed(eager))
+    ort_ips, eager_ips = batch_size / statistics.median(ort_times), batch_size / statistics.median(eager_times)
+    figures = [Figure("onnxruntime", ort_ips, unit="images/s"),
+               Figure("torch eager", eager_ips, unit="images/s"),
+               Figure("onnxruntime / torch eager", ort_ips / eager_ips, 1.0, unit="x")]
+    return figures, [f"{predictor.describe()}; torch {torch.get_num_threads()} threads; median of {repeats}"]
+
+
+def _end_to_end(onnx_path: Path, folder: Path, predictor: Any, decoded: np.ndarray, batch_size: int,
+                tmp: Path) -> tuple[list[Figure], list[str]]:
+    """`predict` files -> CSV (a fresh process's work: session, decoding, CSV) vs session.run alone."""
+    from cvtool.data.images import normalize_batch
+    from cvtool.predict import predict
+
+    card = predictor.card
+    batches = [normalize_batch(decoded[i:i + batch_size], card.mean, card.std)
+               for i in range(0, len(decoded), batch_size)]
+
+    def bare() -> None:
+        for feed in batches:
+            predictor.session.run([card.output_name], {card.input_name: feed})
+
+    def end_to_end() -> None:
+        predict(onnx_path, folder, tmp / "bench.csv", batch_size=batch_size)
+
+    bare()
+    bare_times, e2e_times = [], []
+    for _ in range(3):
+        bare_times.append(_timed(bare))
+        e2e_times.append(_timed(end_to_end))
+    bare_ips, e2e_ips = len(decoded) / min(bare_times), len(decoded) / min(e2e_times)
+    figures = [Figure("bare session.run", bare_ips, unit="images/s"),
+               Figure("end-to-end predict, files -> CSV", e2e_ips, unit="images/s"),
+               Figure("end-to-end / bare session", e2e_ips / bare_ips, 0.8, unit="x")]
+    return figures, [f"end-to-end: {len(decoded)} files; best of 3, session creation included"]
+
+
+def _tta(loaded: Any, images: np.ndarray, passes: int, batch_size: int) -> tuple[list[Figure], list[str]]:
+    """tta_outputs with N passes of the recipe's TTA transforms vs N x one plain pass."""
+    from cvtool.tta import tta_outputs, tta_transforms
+
+    def plain() -> None:
+        tta_outputs(loaded, images, 1, transforms=[], batch_size=batch_size)
+
+    def tta() -> None:
+        tta_outputs(loaded, images, passes, batch_size=batch_size)
+
+    plain()
+    plain_seconds = min(_timed(plain) for _ in range(3))
+    tta_seconds = min(_timed(tta) for _ in range(2))
+    names = [next(iter(spec)) for spec in tta_transforms(loaded.recipe)] or ["none"]
+    figures = [Figure("plain pass (torch)", len(images) / plain_seconds, unit="images/s"),
+               Figure(f"TTA {passes} passes / {passes} plain", tta_seconds / (passes * plain_seconds), 1.1,
+                      unit="x", higher_is_better=False)]
+    return figures, [f"TTA: {len(images)} images, transforms {', '.join(names)}; best of 3 plain, best of 2 TTA"]

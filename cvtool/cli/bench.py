@@ -1,0 +1,79 @@
+"""`cvtool bench train|predict|startup`: issue 7's performance figures, each with its target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cvtool.cli.common import RecipeArg, SetOpt, console, handle_errors
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("train")
+@handle_errors
+def train(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    steps: Annotated[int, typer.Option("--steps", help="Timed steady-state steps.")] = 30,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first.")] = 5,
+    rounds: Annotated[int, typer.Option("--rounds", help="Alternating loader/ceiling rounds (best kept).")] = 2,
+    target: Annotated[float, typer.Option("--target", help="Target of real loader / ceiling.")] = 0.95,
+) -> None:
+    """Training images/s through the recipe's real loader vs the pure-compute ceiling."""
+    from cvtool.bench import bench_train
+    from cvtool.recipe.load import load_recipe
+
+    render(bench_train(load_recipe(recipe, set_ or []), steps=steps, warmup=warmup, rounds=rounds, target=target))
+
+
+@app.command("predict")
+@handle_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="An .onnx export, a run directory or a checkpoint.", show_default=False)],
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 64,
+    images: Annotated[Path | None, typer.Option(
+        "--images", help="Folder of images [default: the recipe's test (or val) folder].")] = None,
+    passes: Annotated[int, typer.Option("--passes", help="TTA passes.")] = 8,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed batches per engine (median).")] = 10,
+    tta_images: Annotated[int, typer.Option("--tta-images", help="Images for the TTA figure.")] = 512,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")] = "best",
+) -> None:
+    """onnxruntime vs torch eager, end-to-end predict vs the bare session, TTA vs N plain passes."""
+    from cvtool.bench_predict import bench_predict
+
+    render(bench_predict(model, batch_size=batch_size, images=images, passes=passes, repeats=repeats,
+                         which=checkpoint, tta_images=tta_images))
+
+
+@app.command("startup")
+@handle_errors
+def startup(
+    runs: Annotated[int, typer.Option("--runs", help="Fresh `cvtool --help` processes (median).")] = 7,
+    model: Annotated[Path | None, typer.Option("--model", help="An .onnx for the predict check [default: a tiny one].")] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Images for --model.")] = None,
+) -> None:
+    """`cvtool --help` wall time; does `cvtool predict` on an .onnx import torch?"""
+    from cvtool.bench import bench_startup
+
+    render(bench_startup(runs, model, images))
+
+
+def render(report: Any) -> None:
+    """The figures as a table (figure, measured, target, pass/miss), then the notes and the machine."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from cvtool.bench import machine
+
+    table = Table(title=escape(report.title), title_justify="left")
+    for column, justify in (("figure", "left"), ("measured", "right"), ("target", "right"), ("result", "left")):
+        table.add_column(column, justify=justify, no_wrap=column != "figure")
+    marks = {True: "[green]pass[/]", False: "[red]miss[/]", None: ""}
+    for figure in report.figures:
+        table.add_row(escape(figure.name), figure.measured_text(), figure.target_text(), marks[figure.passed])
+    console.print(table)
+    for note in [*report.notes, f"machine: {machine()}"]:
+        console.print(f"  {escape(note)}", soft_wrap=True)

@@ -1,0 +1,132 @@
+"""`cvtool bench`: each command runs on tiny fixtures and prints its rows with targets. Speeds are
+never asserted here (they live in `make bench`); only that the figures are produced.
+Also: the batched augmentation the loader uses equals the per-image v2 pipeline exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_export import dataset, onnx_file, trained_run
+from typer.testing import CliRunner
+
+from cvtool.bench import predict_imports_torch
+from cvtool.cli.main import app
+from cvtool.data.loaders import BatchAugment, sample_seed
+from cvtool.data.transforms import build_pipeline
+
+runner = CliRunner()
+FLIP_AFFINE = [{"RandomHorizontalFlip": {"p": 0.5}},
+               {"RandomAffine": {"degrees": 10, "translate": [0.1, 0.1], "scale": [0.9, 1.1]}}]
+
+
+def rows(output: str) -> list[list[str]]:
+    """The table's rows as cells (rich box characters stripped)."""
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines() if line.startswith("│")]
+
+
+def test_bench_train_prints_loader_ceiling_and_ratio(synthetic, make_recipe, tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), data={"batch_size": 8},
+                         augment=FLIP_AFFINE)
+    result = runner.invoke(app, ["bench", "train", str(recipe), "--steps", "2", "--warmup", "1", "--rounds", "1",
+                                 "--target", "0.9", "--set", "seed=3"])
+    assert result.exit_code == 0, result.output
+    table = {row[0]: row[1:] for row in rows(result.output)}
+    assert table["real loader"][0].endswith("images/s")
+    assert table["compute ceiling (one fixed batch)"][0].endswith("images/s")
+    ratio, target, verdict = table["real loader / ceiling"]
+    assert ratio.endswith("×") and target == "≥ 0.900×" and verdict in ("pass", "miss")
+    assert "machine:" in result.output
+
+
+def test_bench_train_refuses_a_warmup_longer_than_an_epoch(synthetic, make_recipe, tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), data={"batch_size": 16})
+    result = runner.invoke(app, ["bench", "train", str(recipe), "--warmup", "50"])
+    assert result.exit_code == 2 and "leaves none to time" in result.output
+
+
+def test_bench_predict_prints_every_inference_figure(tmp_path_factory: pytest.TempPathFactory,
+                                                     synthetic: Callable[..., dict]) -> None:
+    model = onnx_file(tmp_path_factory, synthetic, "multiclass")
+    images = Path(dataset(synthetic, "multiclass")["root"]) / "test"
+    result = runner.invoke(app, ["bench", "predict", str(model), "--images", str(images), "--batch-size", "4",
+                                 "--repeats", "2", "--passes", "2", "--tta-images", "8"])
+    assert result.exit_code == 0, result.output
+    table = {row[0]: row[1:] for row in rows(result.output)}
+    assert table["onnxruntime / torch eager"][1] == "≥ 1.000×"
+    assert table["end-to-end / bare session"][1] == "≥ 0.800×"
+    assert table["TTA 2 passes / 2 plain"][1] == "≤ 1.100×"
+    for name in ("onnxruntime", "torch eager", "bare session.run", "end-to-end predict, files -> CSV",
+                 "plain pass (torch)"):
+        assert table[name][0].endswith("images/s")
+
+
+def test_bench_predict_needs_the_checkpoint_behind_an_onnx(tmp_path: Path) -> None:
+    from cvtool.bench import tiny_onnx
+
+    model, images = tiny_onnx(tmp_path)
+    result = runner.invoke(app, ["bench", "predict", str(model), "--images", str(images)])
+    assert result.exit_code == 2 and "give the run directory instead" in result.output
+
+
+def test_bench_startup_prints_help_time_and_torch_check() -> None:
+    result = runner.invoke(app, ["bench", "startup", "--runs", "1"])
+    assert result.exit_code == 0, result.output
+    table = {row[0]: row[1:] for row in rows(result.output)}
+    assert table["cvtool --help"][0].endswith(" s") and table["cvtool --help"][1] == "≤ 0.300 s"
+    assert table["predict .onnx imports torch"] == ["no", "no", "pass"]
+
+
+def test_the_torch_probe_sees_torch_on_the_checkpoint_path(tmp_path_factory: pytest.TempPathFactory,
+                                                          synthetic: Callable[..., dict]) -> None:
+    run = trained_run(tmp_path_factory, synthetic, "multiclass")
+    images = Path(dataset(synthetic, "multiclass")["root"]) / "test"
+    assert "torch" in predict_imports_torch(run, images)
+
+
+@pytest.mark.parametrize("spec", [
+    FLIP_AFFINE,
+    [{"RandomVerticalFlip": {"p": 0.3}},
+     {"RandomApply": {"p": 0.6, "transforms": [{"RandomAffine": {"degrees": 0, "translate": [0.125, 0.125]}}]}},
+     {"RandomAffine": {"degrees": 20, "shear": [-5, 5, -5, 5], "interpolation": "bilinear", "fill": [9, 0, 3],
+                       "center": [3, 5]}}],
+])
+def test_batched_augmentation_equals_the_per_image_pipeline(spec) -> None:
+    pipeline = build_pipeline(spec)
+    assert BatchAugment.supports(pipeline)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (24, 20, 20, 3), np.uint8)).permute(0, 3, 1, 2)
+    seeds = [sample_seed(5, 2, i) for i in range(24)]
+    expected = []
+    for image, seed in zip(images, seeds, strict=True):
+        torch.default_generator.manual_seed(seed)
+        expected.append(pipeline(image))
+    batched = BatchAugment(pipeline)
+    state = torch.get_rng_state()
+    assert torch.equal(batched(images, seeds), torch.stack(expected))
+    assert torch.equal(batched(images[5:11], seeds[5:11]), torch.stack(expected[5:11]))  # batch-independent
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is left alone
+
+
+@pytest.mark.parametrize("task, augment", [("multiclass", FLIP_AFFINE), ("multiclass", []),
+                                           ("multiclass", [{"ColorJitter": {"brightness": 0.3}}]),
+                                           ("keypoints", FLIP_AFFINE)])
+def test_a_batch_fetch_equals_fetching_each_sample(task, augment, synthetic, make_recipe, tmp_path: Path) -> None:
+    from cvtool.data.pipeline import prepare_data, train_dataset
+    from cvtool.recipe.load import load_recipe
+    from cvtool.tasks import get_task
+
+    recipe = load_recipe(make_recipe(tmp_path, synthetic(task, n=60, size=16), augment=augment))
+    train_set = train_dataset(prepare_data(recipe, ("train",), progress=False), recipe, get_task(task))
+    keys = [(2, 7), (2, 0), (2, 3), (5, 7)]
+    for (image, target, index), key in zip(train_set.__getitems__(keys), keys, strict=True):
+        one = train_set[key]
+        assert torch.equal(image, one[0]) and torch.equal(target, one[1]) and index == one[2]
+
+
+def test_unsupported_pipelines_fall_back_to_per_image() -> None:
+    assert not BatchAugment.supports(build_pipeline([{"ColorJitter": {"brightness": 0.2}}]))
+    assert not BatchAugment.supports(build_pipeline(
+        [{"RandomApply": {"transforms": [{"GaussianBlur": {"kernel_size": 3}}]}}]))
