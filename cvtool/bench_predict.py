@@ -25,7 +25,7 @@ SOURCE = re.compile(r"^(?P<path>.+) \(epoch \d+\)$")
 
 
 def bench_predict(model: Path, *, batch_size: int = 64, images: Path | None = None, passes: int = 8,
-                  repeats: int = 10, which: str = "best", tta_images: int = 512) -> BenchReport:
+                  repeats: int = 10, which: str = "best", tta_images: int = 256) -> BenchReport:
     """The three inference figures of an .onnx file (with the checkpoint it was exported from)
     or of a run dir / checkpoint (exported to a temporary .onnx first)."""
     from cvtool.data.images import decode
@@ -105,17 +105,18 @@ def _ort_vs_eager(predictor: Any, model: Any, batch_size: int, repeats: int) -> 
         with torch.inference_mode():
             model(tensor)
 
-    for _ in range(2):
-        ort(), eager()
-    ort_times, eager_times = [], []
-    for _ in range(repeats):
-        ort_times.append(_timed(ort))
-        eager_times.append(_timed(eager))
-    ort_ips, eager_ips = batch_size / statistics.median(ort_times), batch_size / statistics.median(eager_times)
+    rates: dict[str, list[float]] = {"ort": [], "eager": []}
+    for _ in range(2):  # blocks, not alternating batches: onnxruntime's threads spin on after a run
+        for name, run in (("ort", ort), ("eager", eager)):
+            run(), run()
+            rates[name].append(batch_size / statistics.median(_timed(run) for _ in range(repeats)))
+            time.sleep(0.2)
+    ort_ips, eager_ips = max(rates["ort"]), max(rates["eager"])
     figures = [Figure("onnxruntime", ort_ips, unit="images/s"),
                Figure("torch eager", eager_ips, unit="images/s"),
                Figure("onnxruntime / torch eager", ort_ips / eager_ips, 1.0, unit="x")]
-    return figures, [f"{predictor.describe()}; torch {torch.get_num_threads()} threads; median of {repeats}"]
+    return figures, [f"{predictor.describe()}; torch {torch.get_num_threads()} threads; "
+                     f"median of {repeats} batches per block, best of 2 blocks per engine"]
 
 
 def _end_to_end(onnx_path: Path, folder: Path, predictor: Any, decoded: np.ndarray, batch_size: int,
@@ -138,8 +139,9 @@ def _end_to_end(onnx_path: Path, folder: Path, predictor: Any, decoded: np.ndarr
     bare()
     bare_times, e2e_times = [], []
     for _ in range(3):
-        bare_times.append(_timed(bare))
-        e2e_times.append(_timed(end_to_end))
+        for run, times in ((bare, bare_times), (end_to_end, e2e_times)):
+            times.append(_timed(run))
+            time.sleep(0.2)
     bare_ips, e2e_ips = len(decoded) / min(bare_times), len(decoded) / min(e2e_times)
     figures = [Figure("bare session.run", bare_ips, unit="images/s"),
                Figure("end-to-end predict, files -> CSV", e2e_ips, unit="images/s"),
@@ -148,20 +150,25 @@ def _end_to_end(onnx_path: Path, folder: Path, predictor: Any, decoded: np.ndarr
 
 
 def _tta(loaded: Any, images: np.ndarray, passes: int, batch_size: int) -> tuple[list[Figure], list[str]]:
-    """tta_outputs with N passes of the recipe's TTA transforms vs N x one plain pass."""
+    """tta_outputs with N passes of the recipe's TTA transforms vs N plain passes run back to back
+    (runs of the same length, so other load weighs on both alike); two rounds, best of each."""
     from cvtool.tta import tta_outputs, tta_transforms
 
     def plain() -> None:
-        tta_outputs(loaded, images, 1, transforms=[], batch_size=batch_size)
+        for _ in range(passes):
+            tta_outputs(loaded, images, 1, transforms=[], batch_size=batch_size)
 
     def tta() -> None:
         tta_outputs(loaded, images, passes, batch_size=batch_size)
 
-    plain()
-    plain_seconds = min(_timed(plain) for _ in range(3))
-    tta_seconds = min(_timed(tta) for _ in range(2))
+    tta_outputs(loaded, images, 1, transforms=[], batch_size=batch_size)
+    plain_times, tta_times = [], []
+    for _ in range(2):
+        plain_times.append(_timed(plain))
+        tta_times.append(_timed(tta))
     names = [next(iter(spec)) for spec in tta_transforms(loaded.recipe)] or ["none"]
-    figures = [Figure("plain pass (torch)", len(images) / plain_seconds, unit="images/s"),
-               Figure(f"TTA {passes} passes / {passes} plain", tta_seconds / (passes * plain_seconds), 1.1,
+    figures = [Figure("plain pass (torch)", passes * len(images) / min(plain_times), unit="images/s"),
+               Figure(f"TTA {passes} passes / {passes} plain", min(tta_times) / min(plain_times), 1.1,
                       unit="x", higher_is_better=False)]
-    return figures, [f"TTA: {len(images)} images, transforms {', '.join(names)}; best of 3 plain, best of 2 TTA"]
+    return figures, [f"TTA: {len(images)} images, transforms {', '.join(names)}; {passes} plain passes vs one "
+                     f"{passes}-pass TTA, best of 2 rounds"]

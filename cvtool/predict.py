@@ -144,28 +144,35 @@ def _run(predictor: Predictor, items: list[ImageInput], batch_size: int, tta: in
 
 def _decoded(items: list[ImageInput], card: ModelCard, batch_size: int
              ) -> Iterator[tuple[list[ImageInput], np.ndarray, np.ndarray, list[tuple[str, str]]]]:
-    """Batches of (readable inputs, uint8 N x S x S x C, original (w, h) sizes, [(path, reason)])."""
+    """Batches of (readable inputs, uint8 N x S x S x C, original (w, h) sizes, [(path, reason)]).
+    The pool decodes straight into the batch array, the next batch while the caller runs the
+    model on this one."""
+    shape = (card.image_size, card.image_size, card.channels)
 
-    def work(item: ImageInput) -> tuple[np.ndarray, tuple[int, int]] | BadImageError:
+    def work(out: np.ndarray, row: int, item: ImageInput) -> tuple[int, int] | BadImageError:
         try:
-            return decode(item.path, card.channels, card.image_size)
+            out[row], size = decode(item.path, card.channels, card.image_size)
         except BadImageError as exc:
             return exc
+        return size
 
-    shape = (0, card.image_size, card.image_size, card.channels)
+    def submit(pool: ThreadPoolExecutor, batch: list[ImageInput]) -> tuple[np.ndarray, list]:
+        out = np.empty((len(batch), *shape), np.uint8)
+        return out, [pool.submit(work, out, row, item) for row, item in enumerate(batch)]
+
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        pending = submit(pool, items[:batch_size])
         for start in range(0, len(items), batch_size):
-            batch = items[start:start + batch_size]
-            good, arrays, sizes, bad = [], [], [], []
-            for item, result in zip(batch, pool.map(work, batch), strict=True):
-                if isinstance(result, BadImageError):
-                    bad.append((str(item.path), result.reason))
-                else:
-                    good.append(item)
-                    arrays.append(result[0])
-                    sizes.append(result[1])
-            images = np.stack(arrays) if arrays else np.zeros(shape, np.uint8)
-            yield good, images, np.asarray(sizes, np.int64).reshape(-1, 2), bad
+            batch, (images, futures) = items[start:start + batch_size], pending
+            pending = submit(pool, items[start + batch_size:start + 2 * batch_size])
+            results = [future.result() for future in futures]
+            keep = [row for row, result in enumerate(results) if not isinstance(result, BadImageError)]
+            bad = [(str(item.path), result.reason) for item, result in zip(batch, results, strict=True)
+                   if isinstance(result, BadImageError)]
+            if bad:
+                images = images[keep]
+            sizes = np.asarray([results[row] for row in keep], np.int64).reshape(-1, 2)
+            yield [batch[row] for row in keep], images, sizes, bad
 
 
 def describe_skipped(skipped: Sequence[tuple[str, str]], limit: int = 5) -> str:

@@ -15,7 +15,7 @@ import torch
 from cvtool.data.loaders import EpochSampler, Normalize, make_loader
 from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
 from cvtool.engine.checkpoint import ModelMeta, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from cvtool.engine.loop import Stepper, amp_dtype, select_device, train_one_epoch
+from cvtool.engine.loop import Stepper, amp_dtype, select_device, train_one_epoch, tune_cpu_runtime
 from cvtool.engine.optim import (
     OPTIMIZERS,
     Schedule,
@@ -72,6 +72,7 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     from cvtool.data.stats import class_weights, pos_weight
     from cvtool.models import build_model, frozen_batchnorm_eval
 
+    tune_cpu_runtime()
     seed_everything(recipe.seed + (dist.rank if dist else 0))
     task = get_task(recipe.task)
     bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))

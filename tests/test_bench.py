@@ -121,12 +121,24 @@ def test_a_batch_fetch_equals_fetching_each_sample(task, augment, synthetic, mak
     recipe = load_recipe(make_recipe(tmp_path, synthetic(task, n=60, size=16), augment=augment))
     train_set = train_dataset(prepare_data(recipe, ("train",), progress=False), recipe, get_task(task))
     keys = [(2, 7), (2, 0), (2, 3), (5, 7)]
-    for (image, target, index), key in zip(train_set.__getitems__(keys), keys, strict=True):
-        one = train_set[key]
-        assert torch.equal(image, one[0]) and torch.equal(target, one[1]) and index == one[2]
+    batch = train_set.__getitems__(keys)
+    expected = torch.utils.data.default_collate([train_set[key] for key in keys])
+    assert len(batch) == 3
+    for got, want in zip(batch, expected, strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
 
 
 def test_unsupported_pipelines_fall_back_to_per_image() -> None:
     assert not BatchAugment.supports(build_pipeline([{"ColorJitter": {"brightness": 0.2}}]))
     assert not BatchAugment.supports(build_pipeline(
         [{"RandomApply": {"transforms": [{"GaussianBlur": {"kernel_size": 3}}]}}]))
+
+
+@pytest.mark.parametrize("channels, mean, std", [(3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), (1, [0.13], [0.31])])
+def test_fast_normalization_equals_the_obvious_formula_bit_for_bit(channels, mean, std) -> None:
+    from cvtool.data.images import normalize_batch
+
+    batch = np.random.default_rng(1).integers(0, 256, (5, 9, 7, channels), np.uint8)
+    x = batch.astype(np.float32) / np.float32(255.0)
+    expected = np.ascontiguousarray(((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(0, 3, 1, 2))
+    assert np.array_equal(normalize_batch(batch, mean, std).view(np.uint32), expected.view(np.uint32))

@@ -17,9 +17,9 @@ app = typer.Typer(no_args_is_help=True)
 def train(
     recipe: RecipeArg,
     set_: SetOpt = None,
-    steps: Annotated[int, typer.Option("--steps", help="Timed steady-state steps.")] = 30,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first.")] = 5,
-    rounds: Annotated[int, typer.Option("--rounds", help="Alternating loader/ceiling rounds (best kept).")] = 2,
+    steps: Annotated[int, typer.Option("--steps", help="Timed steady-state steps per block.")] = 10,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps before each block.")] = 2,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds of one loader and one ceiling block (best kept).")] = 5,
     target: Annotated[float, typer.Option("--target", help="Target of real loader / ceiling.")] = 0.95,
 ) -> None:
     """Training images/s through the recipe's real loader vs the pure-compute ceiling."""
@@ -38,7 +38,7 @@ def predict(
         "--images", help="Folder of images [default: the recipe's test (or val) folder].")] = None,
     passes: Annotated[int, typer.Option("--passes", help="TTA passes.")] = 8,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed batches per engine (median).")] = 10,
-    tta_images: Annotated[int, typer.Option("--tta-images", help="Images for the TTA figure.")] = 512,
+    tta_images: Annotated[int, typer.Option("--tta-images", help="Images for the TTA figure.")] = 256,
     checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")] = "best",
 ) -> None:
     """onnxruntime vs torch eager, end-to-end predict vs the bare session, TTA vs N plain passes."""

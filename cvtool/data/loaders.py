@@ -4,9 +4,8 @@ Augmentation is seeded per (seed, epoch, sample): a sample looks the same whatev
 number of workers or ranks, and a resumed run repeats an uninterrupted one exactly.
 Images leave the loader as uint8; `Normalize` turns them into model inputs on the device.
 
-A batch is fetched at once (`__getitems__`): one gather from the cache, and when the recipe's
-augmentations are flips and affines (also inside RandomApply / Compose) one batched pass of
-`BatchAugment`, which gives each image exactly what the per-image v2 pipeline would.
+A batch is fetched at once (`__getitems__`); flips and affines augment it in one pass
+(`BatchAugment`), each image exactly as the per-image v2 pipeline would.
 """
 
 from __future__ import annotations
@@ -56,6 +55,8 @@ class BatchAugment:
 
     @staticmethod
     def supports(pipeline: Any) -> bool:
+        if not _kernels_available():
+            return False  # another torchvision: the per-image path gives the same images
         name = type(pipeline).__name__
         if name not in BATCHED or type(pipeline).__module__.split(".")[:3] != ["torchvision", "transforms", "v2"]:
             return False
@@ -63,12 +64,12 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         height, width = images.shape[-2:]
-        generator = torch.Generator()
+        rng = _Draws()
         drawn = []  # per image: one entry per leaf, None when the leaf is not applied
         for seed in seeds:
-            generator.manual_seed(seed)
+            rng.generator.manual_seed(seed)
             params: list[Any] = []
-            _draw(self.pipeline, generator, height, width, params, applied=True)
+            _draw(self.pipeline, rng, height, width, params, applied=True)
             drawn.append(params)
         out = images
         for k, leaf in enumerate(self.leaves):
@@ -90,6 +91,22 @@ class BatchAugment:
         return out
 
 
+def _kernels_available() -> bool:
+    """BatchAugment reuses torchvision's own (private) affine kernels so its images match the
+    per-image pipeline bit for bit; where they moved, the per-image path is used instead."""
+    try:
+        from torchvision.transforms.v2._utils import _get_fill  # noqa: F401
+        from torchvision.transforms.v2.functional._geometry import (  # noqa: F401
+            _affine_parse_args,
+            _apply_grid_transform,
+            _check_interpolation,
+            _get_inverse_affine_matrix,
+        )
+    except ImportError:
+        return False
+    return True
+
+
 def _collect_leaves(transform: Any, leaves: list[Any]) -> None:
     if type(transform).__name__ in ("Compose", "RandomApply"):
         for inner in transform.transforms:
@@ -98,42 +115,52 @@ def _collect_leaves(transform: Any, leaves: list[Any]) -> None:
         leaves.append(transform)
 
 
-def _uniform(generator: torch.Generator, low: float, high: float) -> float:
-    return torch.empty(1).uniform_(low, high, generator=generator).item()
+class _Draws:
+    """A private generator and a reused one-element buffer: `buffer.uniform_()` gives what
+    `torch.rand(1)` and `torch.empty(1).uniform_(low, high)` give from the same state."""
+
+    def __init__(self) -> None:
+        self.generator = torch.Generator()
+        self.buffer = torch.empty(1)
+
+    def applies(self, p: float) -> bool:
+        """v2's `if torch.rand(1) >= p: skip` (compared in float32, as there)."""
+        return not bool(self.buffer.uniform_(generator=self.generator) >= p)
+
+    def uniform(self, low: float, high: float) -> float:
+        return self.buffer.uniform_(low, high, generator=self.generator).item()
 
 
-def _draw(transform: Any, generator: torch.Generator, height: int, width: int, params: list[Any],
-          applied: bool) -> None:
+def _draw(transform: Any, rng: _Draws, height: int, width: int, params: list[Any], applied: bool) -> None:
     """Append one image's parameters per leaf, drawing exactly what v2's forward would
     (`_RandomApplyTransform.forward`, `RandomApply.forward`, `RandomAffine.make_params`)."""
     name = type(transform).__name__
     if name in ("Compose", "RandomApply"):
         if applied and name == "RandomApply":
-            applied = not bool(torch.rand(1, generator=generator) >= transform.p)
+            applied = rng.applies(transform.p)
         for inner in transform.transforms:
-            _draw(inner, generator, height, width, params, applied)
+            _draw(inner, rng, height, width, params, applied)
         return
     if not applied:
         params.append(None)
     elif name in FLIPS:
-        params.append(None if torch.rand(1, generator=generator) >= transform.p else True)
+        params.append(True if rng.applies(transform.p) else None)
     else:
-        params.append(_affine_params(transform, generator, height, width))
+        params.append(_affine_params(transform, rng, height, width))
 
 
-def _affine_params(t: Any, generator: torch.Generator, height: int, width: int) -> dict[str, Any]:
-    angle = _uniform(generator, t.degrees[0], t.degrees[1])
+def _affine_params(t: Any, rng: _Draws, height: int, width: int) -> dict[str, Any]:
+    angle = rng.uniform(t.degrees[0], t.degrees[1])
     translate = (0, 0)
     if t.translate is not None:
         max_dx, max_dy = float(t.translate[0] * width), float(t.translate[1] * height)
-        translate = (int(round(float(_uniform(generator, -max_dx, max_dx)))),
-                     int(round(float(_uniform(generator, -max_dy, max_dy)))))
-    scale = _uniform(generator, t.scale[0], t.scale[1]) if t.scale is not None else 1.0
+        translate = (int(round(float(rng.uniform(-max_dx, max_dx)))), int(round(float(rng.uniform(-max_dy, max_dy)))))
+    scale = rng.uniform(t.scale[0], t.scale[1]) if t.scale is not None else 1.0
     shear_x = shear_y = 0.0
     if t.shear is not None:
-        shear_x = float(_uniform(generator, t.shear[0], t.shear[1]))
+        shear_x = float(rng.uniform(t.shear[0], t.shear[1]))
         if len(t.shear) == 4:
-            shear_y = float(_uniform(generator, t.shear[2], t.shear[3]))
+            shear_y = float(rng.uniform(t.shear[2], t.shear[3]))
     return {"angle": angle, "translate": translate, "scale": scale, "shear": (shear_x, shear_y)}
 
 
@@ -157,27 +184,28 @@ def _affine(images: torch.Tensor, transform: Any, params: Sequence[dict[str, Any
     base[..., 1].copy_(torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height).unsqueeze_(-1))
     base[..., 2].fill_(1)
     base = base.view(1, height * width, 3)
-    halves = torch.tensor([0.5 * width, 0.5 * height])
-    grids = []
+    matrices = []
     for p in params:
         angle, translate, shear, _ = _affine_parse_args(p["angle"], p["translate"], p["scale"], p["shear"],
                                                         interpolation, transform.center)
-        matrix = _get_inverse_affine_matrix(center, angle, [float(t) for t in translate], p["scale"], shear)
-        theta = torch.tensor(matrix, dtype=torch.float32).reshape(1, 2, 3)
-        grids.append(base.bmm(theta.transpose(1, 2).div_(halves)))
-    grid = torch.cat(grids).view(len(params), height, width, 2)
+        matrices.append(_get_inverse_affine_matrix(center, angle, [float(t) for t in translate], p["scale"], shear))
+    # _affine_grid's theta.transpose(1, 2).div_(halves) for every image at once (elementwise, so the
+    # same values), then its bmm one image at a time, as there
+    thetas = torch.tensor(matrices, dtype=torch.float32).view(-1, 1, 2, 3).transpose(2, 3)
+    thetas.div_(torch.tensor([0.5 * width, 0.5 * height]))
+    grid = torch.empty(len(params), height * width, 2)
+    for i, theta in enumerate(thetas):
+        torch.bmm(base, theta, out=grid[i:i + 1])
+    grid = grid.view(len(params), height, width, 2)
     fill = _get_fill(transform._fill, torch.Tensor)
-    if interpolation.value == "nearest" and not images.is_floating_point() and _is_zero(fill):
+    zero_fill = fill is None or all(float(v) == 0.0 for v in (fill if isinstance(fill, (list, tuple)) else [fill]))
+    if interpolation.value == "nearest" and not images.is_floating_point() and zero_fill:
         # What _apply_grid_transform computes, minus its fill mask and rounding: zero padding
         # already gives a zero fill, and nearest samples are whole numbers.
         sampled = torch.nn.functional.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros",
                                                   align_corners=False)
         return sampled.to(images.dtype)
     return _apply_grid_transform(images, grid, interpolation.value, fill)
-
-
-def _is_zero(fill: Any) -> bool:
-    return fill is None or all(float(v) == 0.0 for v in (fill if isinstance(fill, (list, tuple)) else [fill]))
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -231,7 +259,7 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, int]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        image = torch.from_numpy(np.array(self.split.images[index])).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(self.split.images[index])).permute(2, 0, 1).contiguous()
         target = self.targets[index]
         if self.pipeline is not None:
             # the CPU generator only (torch.manual_seed would also queue CUDA/XPU seeding, ~0.1 ms)
@@ -242,19 +270,18 @@ class SampleDataset(torch.utils.data.Dataset):
                 image = self.pipeline(image)
         return image.contiguous(), torch.as_tensor(target), index
 
-    def __getitems__(self, keys: Sequence[tuple[int, int] | int]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-        """A batch's samples at once (the DataLoader calls this): one gather from the cache and
-        one `BatchAugment` pass; per sample when the pipeline cannot be batched."""
+    def __getitems__(self, keys: Sequence[tuple[int, int] | int]) -> Batch:
+        """A whole batch, collated (the DataLoader of `make_loader` calls this): one gather from the
+        cache and one `BatchAugment` pass; sample by sample when the pipeline cannot be batched."""
         if self.pipeline is not None and self.batched is None:
-            return [self[key] for key in keys]
+            return Batch(torch.utils.data.default_collate([self[key] for key in keys]))
         pairs = [key if isinstance(key, tuple) else (0, key) for key in keys]
-        indices = [index for _, index in pairs]
-        images = torch.from_numpy(self.split.images[np.asarray(indices, np.int64)]).permute(0, 3, 1, 2)
+        indices = np.asarray([index for _, index in pairs], np.int64)
+        # contiguous C x H x W first: the grid transform runs ~8x faster than on the HWC-strided view
+        images = torch.from_numpy(self.split.images[indices]).permute(0, 3, 1, 2).contiguous()
         if self.batched is not None:
-            images = self.batched(images, [sample_seed(self.seed, epoch, index) for epoch, index in pairs])
-        images = images.contiguous()
-        return [(image, torch.as_tensor(self.targets[index]), index)
-                for image, index in zip(images, indices, strict=True)]
+            images = self.batched(images, [sample_seed(self.seed, epoch, index) for epoch, index in pairs]).contiguous()
+        return Batch((images, torch.from_numpy(self.targets[indices]), torch.from_numpy(indices)))
 
     def _with_points(self, image: torch.Tensor, target: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         points = (target.reshape(-1, 2) + 1.0) / 2.0 * self.size
@@ -264,12 +291,23 @@ class SampleDataset(torch.utils.data.Dataset):
         return image, (moved / self.size * 2.0 - 1.0).reshape(-1).astype(np.float32)
 
 
+class Batch(tuple):
+    """(uint8 images N x C x H x W, targets, indices), collated by `SampleDataset.__getitems__`."""
+
+
+def _collated(batch: Batch) -> Batch:
+    return batch
+
+
 def make_loader(dataset: SampleDataset, batch_size: int, sampler: EpochSampler, workers: int,
                 device: torch.device, drop_last: bool = False) -> torch.utils.data.DataLoader:
+    """Batches through `SampleDataset.__getitems__`. On two CPU cores, workers=0 measured best:
+    a worker process or a prefetch thread competes with torch's two compute threads."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        collate_fn=_collated,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         drop_last=drop_last,
