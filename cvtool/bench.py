@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cvtool.engine.loop import with_cpu_runtime
 from cvtool.errors import CvtoolError
 from cvtool.recipe.schema import Recipe
 
@@ -101,6 +102,7 @@ class _StepClock:
         self.times.append(time.perf_counter())
 
 
+@with_cpu_runtime
 def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int = 5,
                 target: float = 0.95) -> BenchReport:
     """Images/s of training steps through the recipe's real loader, and of the same loop fed one

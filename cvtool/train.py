@@ -15,7 +15,7 @@ import torch
 from cvtool.data.loaders import EpochSampler, Normalize, make_loader
 from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
 from cvtool.engine.checkpoint import ModelMeta, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from cvtool.engine.loop import Stepper, amp_dtype, select_device, train_one_epoch, tune_cpu_runtime
+from cvtool.engine.loop import Stepper, amp_dtype, select_device, train_one_epoch, with_cpu_runtime
 from cvtool.engine.optim import (
     OPTIMIZERS,
     Schedule,
@@ -72,7 +72,6 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     from cvtool.data.stats import class_weights, pos_weight
     from cvtool.models import build_model, frozen_batchnorm_eval
 
-    tune_cpu_runtime()
     seed_everything(recipe.seed + (dist.rank if dist else 0))
     task = get_task(recipe.task)
     bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
@@ -168,6 +167,7 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
     return state
 
 
+@with_cpu_runtime
 def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bool = False,
         stop: Any = None, dist: Any = None) -> dict[str, Any]:
     """Train `recipe`, writing the run into `run_dir`; returns the summary."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -16,16 +17,31 @@ import torch
 from cvtool.errors import CvtoolError
 from cvtool.recipe.schema import TrainConfig
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-def tune_cpu_runtime() -> None:
-    """Process settings that make CPU training steps fast and steady; called when a training
-    session (or a benchmark) starts, before torch starts its OpenMP threads where possible.
+
+def with_cpu_runtime(fn: _F) -> _F:
+    """Run `fn` (training, a training benchmark) with CPU settings that make steps fast and steady,
+    and leave the process as it was afterwards (flush-to-zero is process state other code sees):
 
     - Denormal floats (|x| < 1.2e-38) take a slow microcode path on x86: once a model fits its
       data, tiny gradients made steps up to 2.6x slower (simplenet 28 px: 42 -> 110 ms).
     - glibc gives freed blocks above its adaptive mmap threshold back to the OS, so a step could
       page-fault its activations in again (simplenet 28 px: 47 ms instead of 39)."""
-    torch.set_flush_denormal(True)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _keep_freed_memory()
+        torch.set_flush_denormal(True)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_flush_denormal(False)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _keep_freed_memory() -> None:
     if sys.platform != "linux":
         return
     try:
