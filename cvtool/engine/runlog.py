@@ -63,7 +63,7 @@ class RunLog:
         if self.quiet:
             print(text, flush=True)
         else:
-            self.console.print(text.replace("*best*", "[bold green]best[/]"))
+            self.console.print(text.replace("*best*", "[bold green]best[/]"), soft_wrap=True)
 
     def progress(self, epoch: int, epochs: int, batches: int) -> EpochProgress | None:
         return None if self.quiet else EpochProgress(self.console, epoch, epochs, batches)
