@@ -7,7 +7,7 @@ import csv
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,12 +48,6 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-
-def atomic_write_bytes_with(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> None:
-    """Run `writer(handle)` on a binary temp file, then rename it onto `path`."""
-    with atomic_open(path, "wb") as handle:
-        writer(handle)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

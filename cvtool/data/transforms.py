@@ -47,8 +47,9 @@ def build_transform(spec: Any, where: str) -> Any:
     if name not in names:
         raise CvtoolError(f"{where}: unknown transform '{name}'{suggest(str(name), names)}")
     if kwargs is not None and not isinstance(kwargs, dict):
-        raise CvtoolError(f"{where}.{name}: arguments must be a mapping")
+        raise CvtoolError(f"{where}.{name}: expected a mapping of arguments such as {{p: 0.5}}; got {kwargs!r}")
     kwargs = dict(kwargs or {})
+    _check_args(name, kwargs, where)
     if "transforms" in kwargs:
         inner = kwargs["transforms"]
         if not isinstance(inner, list):
@@ -61,15 +62,29 @@ def build_transform(spec: Any, where: str) -> Any:
         raise CvtoolError(f"{where}.{name}: {str(exc).splitlines()[0]}") from None
 
 
+def _check_args(name: str, kwargs: dict[str, Any], where: str) -> None:
+    """Argument names checked up front, so a typo reads like an unknown recipe key rather
+    than a Python TypeError."""
+    import inspect
+
+    params = inspect.signature(getattr(_v2(), name)).parameters
+    named = {key: p for key, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        for arg in kwargs:
+            if arg not in named:
+                close = suggest(str(arg), list(named)).replace("mean ", f"mean {where}.{name}.")
+                close = close or f" ({name} takes {', '.join(named) or 'no arguments'})"
+                raise CvtoolError(f"{where}.{name}.{arg}: unknown argument{close}")
+    for key, param in named.items():
+        if param.default is param.empty and key not in kwargs:
+            raise CvtoolError(f"{where}.{name}.{key}: required argument is missing")
+
+
 def build_pipeline(specs: Sequence[Any], key: str = "augment") -> Any | None:
     """A v2.Compose of the specs, or None when there are none."""
     if not specs:
         return None
     return _v2().Compose([build_transform(s, f"{key}[{i}]") for i, s in enumerate(specs)])
-
-
-def check_transform_specs(specs: Sequence[Any], key: str) -> None:
-    build_pipeline(specs, key)
 
 
 def is_geometric(spec: dict[str, Any]) -> bool:

@@ -20,7 +20,6 @@ from pydantic import ValidationError
 from cvtool.errors import CvtoolError
 from cvtool.recipe.messages import _from_set, _kind, _one_line, _show, format_validation_error
 from cvtool.recipe.schema import Recipe
-from cvtool.registry import suggest
 
 MAX_SWEEP_POINTS = 1000  # a bigger grid is a typo, not a plan: each point is a training run
 
@@ -180,7 +179,6 @@ def _check_names(recipe: Recipe, source: str, set_keys: Collection[str] = ()) ->
         for index, spec in enumerate(specs):
             where = f"{key}[{index}]"
             try:
-                _check_transform_args(spec, where)
                 build_transform(spec, where)
             except CvtoolError as exc:
                 raise CvtoolError(_one_line(f"{origin}: {exc}")) from None
@@ -192,39 +190,6 @@ def _check_names(recipe: Recipe, source: str, set_keys: Collection[str] = ()) ->
     except CvtoolError as exc:
         origin = f"{source}: --set" if _from_set("model.arch", "", set_keys) else source
         raise CvtoolError(_one_line(f"{origin}: model.arch: {exc}")) from None
-
-
-def _check_transform_args(spec: Any, where: str) -> None:
-    """Argument names of one {Transform: {arg: value}} spec and its nested `transforms:` lists.
-
-    Checked here so that a typo reads like an unknown recipe key, not like a Python TypeError."""
-    import inspect
-
-    from torchvision.transforms import v2
-
-    from cvtool.data.transforms import transform_names
-
-    if not isinstance(spec, dict) or len(spec) != 1:
-        return  # build_transform explains the expected shape
-    (name, kwargs), = spec.items()
-    if kwargs is None or name not in transform_names():
-        return
-    if not isinstance(kwargs, dict):
-        raise CvtoolError(f"{where}.{name}: expected a mapping of arguments such as {{p: 0.5}}; got {_show(kwargs)}")
-    params = inspect.signature(getattr(v2, name)).parameters
-    named = {key: p for key, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        for arg in kwargs:
-            if arg not in named:
-                close = suggest(str(arg), list(named)).replace("mean ", f"mean {where}.{name}.")
-                close = close or f" ({name} takes {', '.join(named) or 'no arguments'})"
-                raise CvtoolError(f"{where}.{name}.{arg}: unknown argument{close}")
-    for key, param in named.items():
-        if param.default is param.empty and key not in kwargs:
-            raise CvtoolError(f"{where}.{name}.{key}: required argument is missing")
-    inner = kwargs.get("transforms")
-    for index, item in enumerate(inner if isinstance(inner, list) else []):
-        _check_transform_args(item, f"{where}.{name}.transforms[{index}]")
 
 
 def load_raw(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict[str, Any], set[str]]:
