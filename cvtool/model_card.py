@@ -8,7 +8,7 @@ Torch-free: the ONNX predict path imports this module.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
@@ -16,7 +16,16 @@ import numpy as np
 
 from cvtool import __version__
 from cvtool.errors import CvtoolError
-from cvtool.tasks import Labels
+
+
+@dataclass(frozen=True)
+class Labels:
+    """What decoding needs beyond the outputs."""
+
+    class_names: Sequence[str] = ()
+    target_names: Sequence[str] = ()
+    thresholds: np.ndarray | float = 0.5  # multilabel / binary decision thresholds
+
 
 FORMAT = "cvtool-onnx/1"
 # Input layouts: `images` is either ready for the network or raw pixels the graph prepares itself.

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from cvtool.fileio import atomic_open
+
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: a debiased exponential moving average (weight 0.6 in seed 000)."""
+    smoothed, last, count = [], 0.0, 0
+    for value in values:
+        if not math.isfinite(value):
+            smoothed.append(value)
+            continue
+        count += 1
+        last = last * weight + (1 - weight) * value
+        smoothed.append(last / (1 - weight**count) if weight > 0 else value)
+    return smoothed
 
 
 def _plt():
@@ -29,8 +43,6 @@ def save(fig, path: Path) -> Path:
 def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, ylabel: str,
            path: Path, smoothing: float | None = None, logy: bool = False) -> Path:
     """Lines per label (x, y); with `smoothing`, raw lines faint and the EMA on top."""
-    from cvtool.engine.runlog import ema
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for label, (x, y) in series.items():

@@ -1,6 +1,5 @@
 """`cvtool bench`: each command runs on tiny fixtures and prints its rows with targets. Speeds are
-never asserted here (they live in `make bench`); only that the figures are produced.
-Also: the batched augmentation the loader uses equals the per-image v2 pipeline exactly."""
+never asserted here (they live in `make bench`); only that the figures are produced."""
 
 from __future__ import annotations
 
@@ -9,14 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from test_export import dataset, onnx_file, trained_run
 from typer.testing import CliRunner
 
-from cvtool.bench import predict_imports_torch
+from cvtool.bench.train import predict_imports_torch
 from cvtool.cli.main import app
-from cvtool.data.loaders import BatchAugment, sample_seed
-from cvtool.data.transforms import build_pipeline
 
 runner = CliRunner()
 FLIP_AFFINE = [{"RandomHorizontalFlip": {"p": 0.5}},
@@ -65,7 +61,7 @@ def test_bench_predict_prints_every_inference_figure(tmp_path_factory: pytest.Te
 
 
 def test_bench_predict_needs_the_checkpoint_behind_an_onnx(tmp_path: Path) -> None:
-    from cvtool.bench import tiny_onnx
+    from cvtool.bench.train import tiny_onnx
 
     model, images = tiny_onnx(tmp_path)
     result = runner.invoke(app, ["bench", "predict", str(model), "--images", str(images)])
@@ -85,53 +81,6 @@ def test_the_torch_probe_sees_torch_on_the_checkpoint_path(tmp_path_factory: pyt
     run = trained_run(tmp_path_factory, synthetic, "multiclass")
     images = Path(dataset(synthetic, "multiclass")["root"]) / "test"
     assert "torch" in predict_imports_torch(run, images)
-
-
-@pytest.mark.parametrize("spec", [
-    FLIP_AFFINE,
-    [{"RandomVerticalFlip": {"p": 0.3}},
-     {"RandomApply": {"p": 0.6, "transforms": [{"RandomAffine": {"degrees": 0, "translate": [0.125, 0.125]}}]}},
-     {"RandomAffine": {"degrees": 20, "shear": [-5, 5, -5, 5], "interpolation": "bilinear", "fill": [9, 0, 3],
-                       "center": [3, 5]}}],
-])
-def test_batched_augmentation_equals_the_per_image_pipeline(spec) -> None:
-    pipeline = build_pipeline(spec)
-    assert BatchAugment.supports(pipeline)
-    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (24, 20, 20, 3), np.uint8)).permute(0, 3, 1, 2)
-    seeds = [sample_seed(5, 2, i) for i in range(24)]
-    expected = []
-    for image, seed in zip(images, seeds, strict=True):
-        torch.default_generator.manual_seed(seed)
-        expected.append(pipeline(image))
-    batched = BatchAugment(pipeline)
-    state = torch.get_rng_state()
-    assert torch.equal(batched(images, seeds), torch.stack(expected))
-    assert torch.equal(batched(images[5:11], seeds[5:11]), torch.stack(expected[5:11]))  # batch-independent
-    assert torch.equal(torch.get_rng_state(), state)  # the global generator is left alone
-
-
-@pytest.mark.parametrize("task, augment", [("multiclass", FLIP_AFFINE), ("multiclass", []),
-                                           ("multiclass", [{"ColorJitter": {"brightness": 0.3}}]),
-                                           ("keypoints", FLIP_AFFINE)])
-def test_a_batch_fetch_equals_fetching_each_sample(task, augment, synthetic, make_recipe, tmp_path: Path) -> None:
-    from cvtool.data.pipeline import prepare_data, train_dataset
-    from cvtool.recipe.load import load_recipe
-    from cvtool.tasks import get_task
-
-    recipe = load_recipe(make_recipe(tmp_path, synthetic(task, n=60, size=16), augment=augment))
-    train_set = train_dataset(prepare_data(recipe, ("train",), progress=False), recipe, get_task(task))
-    keys = [(2, 7), (2, 0), (2, 3), (5, 7)]
-    batch = train_set.__getitems__(keys)
-    expected = torch.utils.data.default_collate([train_set[key] for key in keys])
-    assert len(batch) == 3
-    for got, want in zip(batch, expected, strict=True):
-        assert got.dtype == want.dtype and torch.equal(got, want)
-
-
-def test_unsupported_pipelines_fall_back_to_per_image() -> None:
-    assert not BatchAugment.supports(build_pipeline([{"ColorJitter": {"brightness": 0.2}}]))
-    assert not BatchAugment.supports(build_pipeline(
-        [{"RandomApply": {"transforms": [{"GaussianBlur": {"kernel_size": 3}}]}}]))
 
 
 @pytest.mark.parametrize("channels, mean, std", [(3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), (1, [0.13], [0.31])])

@@ -130,8 +130,8 @@ def test_two_ranks_write_one_run(ddp_run: dict[str, Any]) -> None:
 
 @needs_torchrun
 def test_metrics_equal_a_single_process_evaluation(ddp_run: dict[str, Any], tmp_path: Path) -> None:
-    from cvtool.engine.checkpoint import load_model
-    from cvtool.evaluate import evaluate_split
+    from cvtool.evaluation.evaluate import evaluate_split
+    from cvtool.runs.model import load_model
 
     run = ddp_run["run"]
     summary = json.loads((run / "summary.json").read_text())

@@ -22,7 +22,7 @@ from sklearn.metrics import (
 from typer.testing import CliRunner
 
 from cvtool.cli.main import app
-from cvtool.thresholds import score, tune_thresholds
+from cvtool.evaluation.thresholds import score, tune_thresholds
 
 RUNS = {  # task -> (recipe sections, dataset size)
     "multiclass": ({"train": {"epochs": 2}, "optim": {"name": "adam", "lr": 0.01}}, 80),
@@ -118,7 +118,7 @@ def test_keypoint_metrics_per_point_table_and_worst_grid(runs, tmp_path):
 def test_tuned_thresholds_raise_val_f1_and_are_stored(runs, tmp_path):
     import torch
 
-    from cvtool.engine.checkpoint import load_model
+    from cvtool.runs.model import load_model
 
     run = tmp_path / "ml"
     shutil.copytree(runs["multilabel"], run)  # tuning rewrites best.pt

@@ -20,11 +20,11 @@ from conftest import write_recipe
 from torch import nn
 from typer.testing import CliRunner
 
-import cvtool.export as export_module
+import cvtool.inference.export as export_module
 from cvtool.cli.main import app
-from cvtool.engine.checkpoint import load_model
-from cvtool.export import export_onnx
+from cvtool.inference.export import export_onnx
 from cvtool.model_card import RAW, ModelCard, card_from_checkpoint
+from cvtool.runs.model import load_model
 
 STATS = {"mean": [0.2, 0.25, 0.3], "std": [0.3, 0.35, 0.4]}
 # One setup per task: simplenet at 16 px for 2 epochs; binary is resnet18 at 32 px (torchvision +
@@ -51,8 +51,8 @@ def dataset(synthetic: Callable[..., dict], task: str) -> dict[str, Any]:
 
 def trained_run(factory: pytest.TempPathFactory, synthetic: Callable[..., dict], task: str) -> Path:
     """A run of the task's setup (trained once per session)."""
-    from cvtool.recipe.load import load_recipe
-    from cvtool.sweep import run_recipe
+    from cvtool.runs.recipes import load_recipe
+    from cvtool.runs.sweep import run_recipe
 
     run = shared_dir(factory) / f"run-{task}"
     if (run / "summary.json").is_file():
@@ -101,7 +101,7 @@ def test_raw_input_graph_takes_any_size_uint8(tmp_path_factory: pytest.TempPathF
     card = ModelCard.from_metadata({p.key: p.value for p in model.metadata_props}, str(out))
     assert card.raw_input and card.input_layout == RAW
     # a re-check at sizes the parity check did not use (resize + normalize inside the graph)
-    from cvtool.onnx_runtime import create_session
+    from cvtool.inference.onnx_runtime import create_session
 
     loaded = load_model(trained_run(tmp_path_factory, synthetic, "keypoints"))
     wrapper = export_module.RawInputModel(loaded.model, card.mean, card.std, card.image_size).eval()

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from cvtool.cli.main import app
-from cvtool.engine.checkpoint import load_model
 from cvtool.engine.loop import amp_dtype, select_device
+from cvtool.runs.model import load_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 runner = CliRunner()

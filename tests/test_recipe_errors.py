@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from cvtool.cli.main import app
 from cvtool.errors import CvtoolError
-from cvtool.recipe.load import load_recipe
 from cvtool.recipe.schema import DataConfig, Recipe
+from cvtool.runs.recipes import load_recipe
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 MIN = "name: x\ndata: {root: d}\n"

@@ -14,16 +14,15 @@ from cvtool.cli.main import app
 from cvtool.errors import CvtoolError
 from cvtool.recipe.load import (
     deep_merge,
-    expand_sweep,
     load_raw,
-    load_recipe,
     parse_override,
     recipe_from_dict,
     recipe_to_yaml,
-    sweep_point_name,
     validate,
 )
 from cvtool.recipe.schema import NormStats, Recipe
+from cvtool.recipe.sweep import sweep_point_name
+from cvtool.runs.recipes import expand_sweep, load_recipe
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

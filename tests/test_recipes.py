@@ -20,8 +20,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cvtool.cli.main import app
-from cvtool.recipe.load import expand_sweep, load_recipe, read_yaml
+from cvtool.recipe.load import read_yaml
 from cvtool.recipe.schema import Recipe
+from cvtool.runs.recipes import expand_sweep, load_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 ALL_YAML = sorted(RECIPES.rglob("*.yaml"))
@@ -107,7 +108,7 @@ def test_recipe_runs_one_step(path: Path, synthetic: Callable[..., dict[str, Any
     assert resolved.sweep is None and resolved.train.max_batches == 1
 
     if _id(path) not in PLOTTED:
-        monkeypatch.setattr("cvtool.run_artifacts.write_plots", lambda *args, **kwargs: None)
+        monkeypatch.setattr("cvtool.runs.artifacts.write_plots", lambda *args, **kwargs: None)
     run_dir = scratch / "run"
     args = ["train", str(path), "--out", str(run_dir), "--quiet"]
     for item in overrides:

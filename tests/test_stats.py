@@ -26,8 +26,8 @@ from cvtool.data.stats import (
     stats_fit,
 )
 from cvtool.errors import CvtoolError
-from cvtool.recipe.load import load_recipe
 from cvtool.recipe.schema import DataConfig
+from cvtool.runs.recipes import load_recipe
 
 runner = CliRunner()
 

@@ -13,12 +13,13 @@ from conftest import write_recipe
 from typer.testing import CliRunner
 
 from cvtool.cli.main import app
-from cvtool.engine.checkpoint import LoadedModel, ModelMeta, load_model
-from cvtool.evaluate import evaluate_split, load_splits
+from cvtool.evaluation.evaluate import evaluate_split, load_splits
+from cvtool.evaluation.tta import tta_outputs
+from cvtool.model_card import ModelMeta
 from cvtool.recipe.load import recipe_from_dict
 from cvtool.recipe.schema import TTAConfig
+from cvtool.runs.model import LoadedModel, load_model
 from cvtool.tasks import Multiclass, get_task
-from cvtool.tta import tta_outputs
 
 FLIP = {"RandomHorizontalFlip": {"p": 0.5}}
 

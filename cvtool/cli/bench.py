@@ -23,8 +23,8 @@ def train(
     target: Annotated[float, typer.Option("--target", help="Target of real loader / ceiling.")] = 0.95,
 ) -> None:
     """Training images/s through the recipe's real loader vs the pure-compute ceiling."""
-    from cvtool.bench import bench_train
-    from cvtool.recipe.load import load_recipe
+    from cvtool.bench.train import bench_train
+    from cvtool.runs.recipes import load_recipe
 
     render(bench_train(load_recipe(recipe, set_ or []), steps=steps, warmup=warmup, rounds=rounds, target=target))
 
@@ -42,7 +42,7 @@ def predict(
     checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")] = "best",
 ) -> None:
     """onnxruntime vs torch eager, end-to-end predict vs the bare session, TTA vs N plain passes."""
-    from cvtool.bench_predict import bench_predict
+    from cvtool.bench.predict import bench_predict
 
     render(bench_predict(model, batch_size=batch_size, images=images, passes=passes, repeats=repeats,
                          which=checkpoint, tta_images=tta_images))
@@ -56,7 +56,7 @@ def startup(
     images: Annotated[Path | None, typer.Option("--images", help="Images for --model.")] = None,
 ) -> None:
     """`cvtool --help` wall time; does `cvtool predict` on an .onnx import torch?"""
-    from cvtool.bench import bench_startup
+    from cvtool.bench.train import bench_startup
 
     render(bench_startup(runs, model, images))
 
@@ -66,7 +66,7 @@ def render(report: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from cvtool.bench import machine
+    from cvtool.bench.train import machine
 
     table = Table(title=escape(report.title), title_justify="left")
     for column, justify in (("figure", "left"), ("measured", "right"), ("target", "right"), ("result", "left")):

@@ -35,7 +35,7 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint: metric table, per-class report, metrics.json, per_class.csv, plots."""
     from cvtool.cli.render import metrics_table
-    from cvtool.evaluate import run_evaluation
+    from cvtool.evaluation.evaluate import run_evaluation
 
     report = run_evaluation(model, split, checkpoint, data, out, save_predictions, tune_thresholds,
                             progress=not quiet and is_tty())
@@ -52,7 +52,7 @@ def evaluate(
 
 
 def class_table(table: Any) -> Table:
-    """A cvtool.eval_reports.ClassTable as a rich table."""
+    """A cvtool.evaluation.reports.ClassTable as a rich table."""
     from rich.table import Table
 
     view = Table(title=table.title)

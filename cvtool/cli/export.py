@@ -28,7 +28,7 @@ def export(
     """Export to ONNX (dynamic batch), then check it: onnx.checker and onnxruntime vs PyTorch."""
     from rich.table import Table
 
-    from cvtool.export import export_onnx
+    from cvtool.inference.export import export_onnx
 
     report = export_onnx(model, onnx, which=checkpoint, opset=opset, image_size=image_size,
                          raw_input=raw_input, tolerance=tolerance)

@@ -37,8 +37,8 @@ def predict(
     """Predict every image and write the task's submission CSV, rows in input order."""
     from rich.markup import escape
 
-    from cvtool.predict import describe_skipped
-    from cvtool.predict import predict as run_predict
+    from cvtool.inference.predict import describe_skipped
+    from cvtool.inference.predict import predict as run_predict
 
     with _progress(not quiet and is_tty()) as progress:
         result = run_predict(model, images, out, which=checkpoint, batch_size=batch_size, tta=tta, columns=columns,

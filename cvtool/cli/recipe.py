@@ -15,7 +15,8 @@ def show(recipe: RecipeArg, set_: SetOpt = None) -> None:
     """Print the resolved recipe as YAML, and the sweep's grid points if it has one."""
     from rich.syntax import Syntax
 
-    from cvtool.recipe.load import expand_sweep, load_recipe, recipe_to_yaml
+    from cvtool.recipe.load import recipe_to_yaml
+    from cvtool.runs.recipes import expand_sweep, load_recipe
 
     resolved = load_recipe(recipe, set_ or [])
     console.print(Syntax(recipe_to_yaml(resolved), "yaml", theme="ansi_dark", background_color="default"),

@@ -23,8 +23,8 @@ def report(
     """Ranked table (what differs, best / smoothed best, test), metric overlays, confusion / ROC, lr curves."""
     from rich.table import Table
 
-    from cvtool.report import write_report
-    from cvtool.report_render import table_cells
+    from cvtool.reporting.render import table_cells
+    from cvtool.reporting.report import write_report
 
     result = write_report(run_dirs, out, metric)
     table = Table(title=f"runs ranked by {result.metric}")

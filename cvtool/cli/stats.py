@@ -42,7 +42,7 @@ def _config(data: Path, recipe: Path | None, fmt: str | None, task: str | None, 
     """(DataConfig, task, seed, image size or None for native) from the recipe and the options."""
     from cvtool.data.formats import READERS
     from cvtool.data.stats import data_config_for
-    from cvtool.recipe.load import load_recipe
+    from cvtool.runs.recipes import load_recipe
     from cvtool.tasks import get_task
 
     for flag, value, allowed in (("--format", fmt, tuple(READERS)), ("--channels", channels, (1, 3))):

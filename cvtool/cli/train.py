@@ -29,12 +29,13 @@ def train(
     from cvtool.engine.distributed import failure_guard, from_environment
     from cvtool.engine.loop import StopRequested
     from cvtool.engine.signals import stop_on_signals
-    from cvtool.recipe.load import load_recipe
-    from cvtool.sweep import RECIPE_FILE, default_run_dir, run_recipe
+    from cvtool.runs.layout import RunDir
+    from cvtool.runs.recipes import load_recipe
+    from cvtool.runs.sweep import default_run_dir, run_recipe
 
     if recipe is None and resume is None:
         fail("give a RECIPE to train, or --resume DIR to continue a run")
-    source = resume / RECIPE_FILE if resume is not None and recipe is None else recipe
+    source = RunDir(resume).recipe if resume is not None and recipe is None else recipe
     resolved = load_recipe(source, set_ or [])
     run_dir = resume or out or default_run_dir(resolved)
     dist = from_environment(resolved.train.device)

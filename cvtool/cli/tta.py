@@ -28,7 +28,7 @@ def tta(
 ) -> None:
     """N passes with the recipe's tta.transforms, aggregated; plain vs TTA metrics and the gain."""
     from cvtool.cli.render import metrics_table
-    from cvtool.tta import compare_tta
+    from cvtool.evaluation.tta import compare_tta
 
     result = compare_tta(model, split, passes, aggregate, seed, checkpoint, data, no_transforms,
                          progress=not quiet and is_tty())

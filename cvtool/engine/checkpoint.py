@@ -6,7 +6,6 @@ from __future__ import annotations
 import pickle
 import random
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,6 @@ import torch
 from cvtool import __version__
 from cvtool.errors import CvtoolError
 from cvtool.fileio import atomic_open
-from cvtool.model_card import ModelMeta
-from cvtool.recipe.load import recipe_from_dict
-from cvtool.recipe.schema import Recipe
-from cvtool.tasks import Task, get_task
 
 FORMAT = "cvtool-checkpoint/1"
 
@@ -47,21 +42,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def resolve_checkpoint(target: str | Path, which: str = "best") -> Path:
-    """A run dir means its checkpoints/<which>.pt (best, last, epoch_046 or 46); a file is itself."""
-    target = Path(target)
-    if target.is_file():
-        return target
-    if not target.is_dir():
-        raise CvtoolError(f"{target}: no such run directory or checkpoint")
-    name = f"epoch_{int(which):03d}" if which.isdigit() else which
-    path = target / "checkpoints" / f"{name}.pt"
-    if not path.is_file():
-        options = sorted(p.stem for p in (target / "checkpoints").glob("*.pt"))
-        raise CvtoolError(f"{target}: no checkpoint '{name}' (have: {', '.join(options) or 'none'})")
-    return path
-
-
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     np_state = np.random.get_state()
@@ -82,34 +62,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    recipe: Recipe
-    task: Task
-    meta: ModelMeta
-    path: Path
-    epoch: int
-
-
-def load_model(target: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
-    """The model of a run dir or checkpoint, in eval mode, with its recipe and metadata."""
-    from cvtool.models import build_model
-
-    path = resolve_checkpoint(target, which)
-    payload = load_checkpoint(path)
-    recipe = recipe_from_dict(payload["recipe"], f"{path} (recipe)")
-    meta = ModelMeta(**payload["meta"])
-    cfg = recipe.model.model_copy(update={"pretrained": None})
-    model = build_model(cfg, meta.num_outputs, meta.channels, meta.image_size)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as exc:
-        raise CvtoolError(f"{path}: weights do not fit {recipe.model.arch}: {str(exc).splitlines()[0]}") from None
-    model.to(device).eval()
-    return LoadedModel(model, recipe, get_task(meta.task), meta, path, int(payload.get("epoch", 0)))
 
 
 def update_meta(path: str | Path, **changes: Any) -> None:

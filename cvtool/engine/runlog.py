@@ -3,7 +3,6 @@ epoch and a progress bar per epoch (none with --quiet)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cvtool.fileio import write_csv
 
 FIXED_COLUMNS = ["epoch", "lr", "seconds", "train/loss", "val/loss"]
-
-
-def ema(values: list[float], weight: float) -> list[float]:
-    """TensorBoard's smoothing: a debiased exponential moving average (weight 0.6 in seed 000)."""
-    smoothed, last, count = [], 0.0, 0
-    for value in values:
-        if not math.isfinite(value):
-            smoothed.append(value)
-            continue
-        count += 1
-        last = last * weight + (1 - weight) * value
-        smoothed.append(last / (1 - weight**count) if weight > 0 else value)
-    return smoothed
 
 
 class RunLog:

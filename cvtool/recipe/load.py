@@ -7,9 +7,6 @@ dotted key, e.g. `recipes/x.yaml: optim.lrr: unknown key (did you mean optim.lr?
 from __future__ import annotations
 
 import copy
-import itertools
-import math
-import re
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,10 +15,8 @@ import yaml
 from pydantic import ValidationError
 
 from cvtool.errors import CvtoolError
-from cvtool.recipe.messages import _from_set, _kind, _one_line, _show, format_validation_error
+from cvtool.recipe.messages import _kind, _one_line, _show, format_validation_error
 from cvtool.recipe.schema import Recipe
-
-MAX_SWEEP_POINTS = 1000  # a bigger grid is a typo, not a plan: each point is a training run
 
 
 class _RecipeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when built
@@ -165,31 +160,7 @@ def validate(data: dict[str, Any], source: str, set_keys: Collection[str] = froz
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise CvtoolError(format_validation_error(exc, source, set_keys, data)) from None
-    _check_names(recipe, source, set_keys)
     return recipe
-
-
-def _check_names(recipe: Recipe, source: str, set_keys: Collection[str] = ()) -> None:
-    """Names that need torchvision to check: transforms (built once) and model architectures."""
-    from cvtool.data.transforms import build_transform
-    from cvtool.models.registry import check_arch
-
-    for key, specs in (("augment", recipe.augment), ("tta.transforms", recipe.tta.transforms or [])):
-        origin = f"{source}: --set" if _from_set(key, "", set_keys) else source
-        for index, spec in enumerate(specs):
-            where = f"{key}[{index}]"
-            try:
-                build_transform(spec, where)
-            except CvtoolError as exc:
-                raise CvtoolError(_one_line(f"{origin}: {exc}")) from None
-            except Exception as exc:  # torchvision refusing user-given arguments
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise CvtoolError(_one_line(f"{origin}: {where}: cannot build this transform: {reason}")) from None
-    try:
-        check_arch(recipe.model.arch)
-    except CvtoolError as exc:
-        origin = f"{source}: --set" if _from_set("model.arch", "", set_keys) else source
-        raise CvtoolError(_one_line(f"{origin}: model.arch: {exc}")) from None
 
 
 def load_raw(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict[str, Any], set[str]]:
@@ -198,59 +169,9 @@ def load_raw(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict[str,
     return apply_overrides(data, overrides)
 
 
-def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
-    """Load, merge and validate one recipe (its sweep, if any, is validated point by point)."""
-    data, set_keys = load_raw(path, overrides)
-    recipe = validate(data, str(path), set_keys)
-    if recipe.sweep:
-        expand_sweep(recipe, str(path))
-    return recipe
-
-
 def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
     """Validate a mapping that did not come from a file (e.g. the recipe stored in a checkpoint)."""
     return validate(copy.deepcopy(data), source)
-
-
-def sweep_point_name(point: dict[str, Any]) -> str:
-    """A folder name for one grid point: 'dropout=0.4_lr=0.01'."""
-    parts = []
-    for key, value in point.items():
-        text = str(value).replace("/", "-").replace("\\", "-")
-        text = re.sub(r"[\s:*?\"'<>|]+", "", text)
-        parts.append(f"{key.split('.')[-1]}={text}")
-    return "_".join(parts) or "point"
-
-
-def expand_sweep(recipe: Recipe, source: str = "<recipe>") -> list[tuple[str, Recipe]]:
-    """One (name, recipe) per grid point; each point is validated as a whole recipe."""
-    if not recipe.sweep:
-        return [("", recipe)]
-    for key, values in recipe.sweep.items():
-        head = key.split(".")[0]
-        if head in ("sweep", "name", "base"):
-            raise CvtoolError(_one_line(f"{source}: sweep.{key}: cannot sweep over {head}"))
-        if not values:
-            raise CvtoolError(_one_line(f"{source}: sweep.{key}: needs at least one value"))
-    count = math.prod(len(values) for values in recipe.sweep.values())
-    if count > MAX_SWEEP_POINTS:
-        raise CvtoolError(f"{source}: sweep: {count} grid points (more than {MAX_SWEEP_POINTS} runs)")
-    base = recipe.model_dump(mode="json", exclude={"sweep"})
-    keys = list(recipe.sweep)
-    points: list[tuple[str, Recipe]] = []
-    seen: set[str] = set()
-    for combo in itertools.product(*(recipe.sweep[k] for k in keys)):
-        point = dict(zip(keys, combo, strict=True))
-        data = copy.deepcopy(base)
-        for key, value in point.items():
-            set_dotted(data, key, value, f"{source}: sweep")
-        name = sweep_point_name(point)
-        if name in seen:
-            raise CvtoolError(_one_line(f"{source}: sweep: two grid points are both named {name}"
-                                        " (a value is repeated)"))
-        seen.add(name)
-        points.append((name, validate(data, f"{source}: sweep")))
-    return points
 
 
 class _RecipeDumper(yaml.SafeDumper):

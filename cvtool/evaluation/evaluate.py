@@ -8,13 +8,13 @@ same layout. Decision thresholds come from the checkpoint (tuned ones when store
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cvtool.errors import CvtoolError
+from cvtool.evaluation.results import EvalReport, EvalResult, Tuning
 from cvtool.recipe.schema import Recipe
 
 if TYPE_CHECKING:
@@ -22,45 +22,9 @@ if TYPE_CHECKING:
 
     from cvtool.data.loaders import SampleDataset
     from cvtool.data.pipeline import DataBundle
-    from cvtool.engine.checkpoint import LoadedModel
-    from cvtool.thresholds import TunedThresholds
+    from cvtool.runs.model import LoadedModel
 
 SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class EvalResult:
-    """Outputs of one split in its order: activated outputs, targets as the task's metrics
-    take them (None without labels), original (width, height) sizes and image paths."""
-
-    split: str
-    outputs: np.ndarray
-    targets: np.ndarray | None
-    sizes: np.ndarray
-    paths: list[Path]
-    metrics: dict[str, float]
-    loss: float | None
-    threshold: np.ndarray | float
-
-
-@dataclass
-class Tuning:
-    """--tune-thresholds: the search on val and the same thresholds on test (if labelled)."""
-
-    tuned: TunedThresholds
-    test: dict[str, float] | None  # metric at default / global / per-class thresholds
-    stored_in: Path
-
-
-@dataclass
-class EvalReport:
-    result: EvalResult
-    per_class: Any  # cvtool.eval_reports.ClassTable
-    out_dir: Path
-    files: list[Path]
-    checkpoint: Path
-    epoch: int
-    tuning: Tuning | None = None
 
 
 def check_split(split: str) -> None:
@@ -155,7 +119,7 @@ def rescore(loaded: LoadedModel, result: EvalResult, threshold: np.ndarray | flo
 def tune_and_store(loaded: LoadedModel, val: EvalResult, test: EvalResult | None) -> Tuning:
     """Tune thresholds on val, score them on test, store the per-class ones in the checkpoint."""
     from cvtool.engine.checkpoint import update_meta
-    from cvtool.thresholds import check_tunable, score, tune_thresholds
+    from cvtool.evaluation.thresholds import check_tunable, score, tune_thresholds
 
     metric = loaded.recipe.evaluate.tune_metric
     check_tunable(loaded.task.name, metric)
@@ -184,10 +148,10 @@ def run_evaluation(target: str | Path, split: str = "test", which: str = "best",
                    predictions_csv: str | Path | None = None, tune: bool = False,
                    progress: bool = False) -> EvalReport:
     """Everything `cvtool evaluate` does: (tune), evaluate, write metrics, tables and plots."""
-    from cvtool.engine.checkpoint import load_model
     from cvtool.engine.loop import select_device
-    from cvtool.eval_reports import per_class_table, write_predictions_csv, write_reports
-    from cvtool.thresholds import check_tunable
+    from cvtool.evaluation.reports import per_class_table, write_predictions_csv, write_reports
+    from cvtool.evaluation.thresholds import check_tunable
+    from cvtool.runs.model import load_model
 
     check_split(split)
     loaded = load_model(target, which, select_device("auto"))

@@ -112,7 +112,7 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
 
     from cvtool.data.loaders import EpochSampler, make_loader
     from cvtool.data.pipeline import train_dataset
-    from cvtool.train import build_session, make_schedule
+    from cvtool.runs.train import build_session, make_schedule
 
     if steps < 1 or warmup < 1 or rounds < 1:
         raise CvtoolError("--steps, --warmup and --rounds need at least 1")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cvtool.bench import BenchReport, Figure
+from cvtool.bench.train import BenchReport, Figure
 from cvtool.errors import CvtoolError
 
 SOURCE = re.compile(r"^(?P<path>.+) \(epoch \d+\)$")
@@ -29,9 +29,9 @@ def bench_predict(model: Path, *, batch_size: int = 64, images: Path | None = No
     """The three inference figures of an .onnx file (with the checkpoint it was exported from)
     or of a run dir / checkpoint (exported to a temporary .onnx first)."""
     from cvtool.data.images import decode
-    from cvtool.engine.checkpoint import load_model
-    from cvtool.onnx_runtime import OnnxPredictor
-    from cvtool.submission import read_images
+    from cvtool.inference.onnx_runtime import OnnxPredictor
+    from cvtool.inference.submission import read_images
+    from cvtool.runs.model import load_model
 
     if min(batch_size, passes, repeats, tta_images) < 1:
         raise CvtoolError("--batch-size, --passes, --repeats and --tta-images need at least 1")
@@ -60,7 +60,7 @@ def bench_predict(model: Path, *, batch_size: int = 64, images: Path | None = No
 def _resolve(model: Path, which: str, tmp: Path) -> tuple[Path, Path]:
     """(the .onnx file, the checkpoint / run dir it comes from)."""
     if model.suffix.lower() == ".onnx":
-        from cvtool.onnx_runtime import OnnxPredictor
+        from cvtool.inference.onnx_runtime import OnnxPredictor
 
         source = SOURCE.match(OnnxPredictor(model).card.source)
         checkpoint = Path(source["path"]) if source else None
@@ -68,7 +68,7 @@ def _resolve(model: Path, which: str, tmp: Path) -> tuple[Path, Path]:
             raise CvtoolError(f"{model}: the checkpoint it was exported from ({checkpoint}) is not here; "
                               "give the run directory instead")
         return model, checkpoint
-    from cvtool.export import export_onnx
+    from cvtool.inference.export import export_onnx
 
     return export_onnx(model, tmp / "model.onnx", which=which).path, model
 
@@ -123,7 +123,7 @@ def _end_to_end(onnx_path: Path, folder: Path, predictor: Any, decoded: np.ndarr
                 tmp: Path) -> tuple[list[Figure], list[str]]:
     """`predict` files -> CSV (a fresh process's work: session, decoding, CSV) vs session.run alone."""
     from cvtool.data.images import normalize_batch
-    from cvtool.predict import predict
+    from cvtool.inference.predict import predict
 
     card = predictor.card
     batches = [normalize_batch(decoded[i:i + batch_size], card.mean, card.std)
@@ -152,7 +152,7 @@ def _end_to_end(onnx_path: Path, folder: Path, predictor: Any, decoded: np.ndarr
 def _tta(loaded: Any, images: np.ndarray, passes: int, batch_size: int) -> tuple[list[Figure], list[str]]:
     """tta_outputs with N passes of the recipe's TTA transforms vs N plain passes run back to back
     (runs of the same length, so other load weighs on both alike); two rounds, best of each."""
-    from cvtool.tta import tta_outputs, tta_transforms
+    from cvtool.evaluation.tta import tta_outputs, tta_transforms
 
     def plain() -> None:
         for _ in range(passes):

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cvtool.evaluation.results import EvalResult, Tuning
 from cvtool.fileio import write_csv, write_json
 from cvtool.tasks import Keypoints, Task
 
 if TYPE_CHECKING:
-    from cvtool.engine.checkpoint import LoadedModel, ModelMeta
-    from cvtool.evaluate import EvalResult, Tuning
+    from cvtool.model_card import ModelMeta
+    from cvtool.runs.model import LoadedModel
 
 WORST_SHOWN = 12
 

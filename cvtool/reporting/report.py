@@ -9,81 +9,25 @@ written side by side (cvtool/report_render.py), PNGs into `<stem>_files/` beside
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cvtool.errors import CvtoolError
 from cvtool.fileio import atomic_open, write_text
-from cvtool.report_data import read_history, read_summary
+from cvtool.reporting.collect import Figure, Report, Row, Run, collect_runs
+from cvtool.reporting.render import render_html, render_markdown
 from cvtool.tasks import higher_is_better
 
 IGNORED_KEYS = ("name", "description", "sweep")  # differ between runs without changing the experiment
 RUN_PLOTS = ("confusion_best.png", "roc_best.png")  # copied from each run's plots/
-DEFAULT_SMOOTHING = 0.6  # TensorBoard's weight the seeds read their smoothed values with
-
-
-@dataclass(frozen=True)
-class Run:
-    """One finished run directory, read back."""
-
-    label: str
-    path: Path
-    summary: dict[str, Any]
-    history: list[dict[str, float]]
-    settings: dict[str, Any]  # the resolved recipe as dotted keys
-
-    @property
-    def smoothing(self) -> float:
-        return float(self.settings.get("train.smoothing", DEFAULT_SMOOTHING))
-
-
-@dataclass(frozen=True)
-class Row:
-    rank: int
-    run: Run
-    differs: str
-    best_epoch: int | None
-    best: float | None
-    smoothed_epoch: int | None
-    smoothed: float | None
-    test: float | None
-
-
-@dataclass(frozen=True)
-class Figure:
-    title: str
-    path: Path  # inside the files folder
-    run: str | None = None  # the run a per-run figure belongs to
-
-
-@dataclass
-class Report:
-    metric: str
-    higher: bool
-    sources: list[Path]
-    rows: list[Row]
-    varying: list[str]
-    reference: str  # label of the first run, which "differs" compares against
-    smoothing: float
-    markdown: Path
-    html: Path
-    files_dir: Path
-    figures: list[Figure] = field(default_factory=list)
 
 
 def write_report(run_dirs: Sequence[Path], out: Path, metric: str | None = None) -> Report:
     """Rank the runs in `run_dirs` (run or sweep directories) and write `out` (.md) and its .html."""
-    from cvtool.report_render import render_html, render_markdown
-
     runs = collect_runs(run_dirs)
     metric = _metric_name(metric or runs[0].summary.get("monitor") or "val/loss", runs)
     markdown, html = out.with_suffix(".md"), out.with_suffix(".html")
@@ -94,91 +38,6 @@ def write_report(run_dirs: Sequence[Path], out: Path, metric: str | None = None)
     write_text(markdown, render_markdown(report))
     write_text(html, render_html(report))
     return report
-
-
-# ---- reading runs ----------------------------------------------------------------------------
-
-def collect_runs(run_dirs: Sequence[Path]) -> list[Run]:
-    """Every run in `run_dirs`, in the order given; a sweep directory contributes its points."""
-    if not run_dirs:
-        raise CvtoolError("report: give at least one run directory")
-    runs: list[Run] = []
-    seen: set[Path] = set()
-    for given in run_dirs:
-        folder = Path(given)
-        if not folder.is_dir():
-            raise CvtoolError(f"{folder}: {'not a directory' if folder.exists() else 'no such directory'}")
-        if (folder / "sweep.json").is_file():
-            points = [(f"{_sweep_name(folder)}/{p.name}", p) for p in sweep_points(folder)]
-        elif (folder / "summary.json").is_file():
-            points = [(None, folder)]
-        else:
-            raise CvtoolError(f"{folder}: not a cvtool run (no summary.json) or sweep (no sweep.json)")
-        for label, path in points:
-            if path.resolve() not in seen:
-                seen.add(path.resolve())
-                runs.append(read_run(path, label))
-    return _unique_labels(runs)
-
-
-def sweep_points(sweep_dir: Path) -> list[Path]:
-    """A sweep's finished points, in grid order (the order `cvtool train` ran them)."""
-    done = {p.name: p for p in sorted(sweep_dir.iterdir()) if (p / "summary.json").is_file()}
-    if not done:
-        raise CvtoolError(f"{sweep_dir}: a sweep without any finished run")
-    order: list[str] = []
-    try:
-        grid = (yaml.safe_load((sweep_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}).get("sweep") or {}
-        from cvtool.recipe.load import sweep_point_name
-
-        keys = list(grid)
-        order = [sweep_point_name(dict(zip(keys, combo, strict=True)))
-                 for combo in itertools.product(*(grid[k] for k in keys))]
-    except (OSError, yaml.YAMLError, AttributeError, TypeError):
-        order = []  # fall back to name order
-    ordered = [done.pop(name) for name in order if name in done]
-    return ordered + list(done.values())
-
-
-def read_run(path: Path, label: str | None = None) -> Run:
-    summary = read_summary(path)
-    history = read_history(path)
-    settings: dict[str, Any] = {}
-    recipe_file = path / "recipe.yaml"
-    if recipe_file.is_file():
-        try:
-            settings = flatten(yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {})
-        except yaml.YAMLError as exc:
-            raise CvtoolError(f"{recipe_file}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    return Run(label or str(summary.get("name") or path.name), path, summary, history, settings)
-
-
-def _sweep_name(folder: Path) -> str:
-    try:
-        return str(json.loads((folder / "sweep.json").read_text(encoding="utf-8")).get("name") or folder.name)
-    except (OSError, json.JSONDecodeError):
-        return folder.name
-
-
-def _unique_labels(runs: list[Run]) -> list[Run]:
-    """Runs of the same recipe get their directory name appended."""
-    counts = Counter(run.label for run in runs)
-    return [Run(f"{r.label} ({r.path.name})", r.path, r.summary, r.history, r.settings) if counts[r.label] > 1 else r
-            for r in runs]
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}; lists stay whole values."""
-    if not isinstance(data, dict):
-        return {prefix: data} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, dotted))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 # ---- ranking ---------------------------------------------------------------------------------
@@ -202,7 +61,7 @@ def best_of(run: Run, metric: str) -> tuple[int | None, float | None, int | None
     if summary.get("monitor") == metric and summary.get("best_value") is not None:
         return (summary.get("best_epoch"), summary.get("best_value"),
                 summary.get("smoothed_best_epoch"), summary.get("smoothed_best_value"))
-    from cvtool.engine.runlog import ema
+    from cvtool.plots import ema
 
     rows = [r for r in run.history if metric in r]
     if not rows:

@@ -28,11 +28,11 @@ import torch
 from torch import nn
 
 from cvtool.data.images import decode, normalize_batch
-from cvtool.engine.checkpoint import load_model
 from cvtool.errors import BadImageError, CvtoolError
 from cvtool.fileio import atomic_open
+from cvtool.inference.onnx_runtime import create_session
 from cvtool.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard, card_from_checkpoint
-from cvtool.onnx_runtime import create_session
+from cvtool.runs.model import load_model
 
 PARITY_BATCHES = (1, 7)
 PARITY_SPLITS = ("val", "test", "train")  # real images from the first split the recipe has

@@ -9,11 +9,11 @@ from typing import Any
 
 from cvtool.errors import CvtoolError
 from cvtool.fileio import write_csv, write_json, write_text
-from cvtool.recipe.load import expand_sweep, recipe_to_yaml
+from cvtool.recipe.load import recipe_to_yaml
 from cvtool.recipe.schema import Recipe
+from cvtool.runs.layout import RunDir
+from cvtool.runs.recipes import expand_sweep
 from cvtool.tasks import get_task, higher_is_better
-
-RECIPE_FILE = "recipe.yaml"
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -47,33 +47,31 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite
 
 
 def _run_one(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, stop: Any, dist: Any) -> dict[str, Any]:
-    from cvtool.train import fit
+    from cvtool.runs.train import fit
 
     if dist is None or dist.rank == 0:
-        if resume and not (run_dir / "checkpoints" / "last.pt").is_file():
+        if resume and not RunDir(run_dir).checkpoint("last").is_file():
             raise CvtoolError(f"--resume {run_dir}: no checkpoints/last.pt to continue from")
-        write_text(run_dir / RECIPE_FILE, recipe_to_yaml(recipe))
+        write_text(RunDir(run_dir).recipe, recipe_to_yaml(recipe))
     return fit(recipe, run_dir, resume=resume, quiet=quiet, stop=stop, dist=dist)
 
 
 def run_sweep(recipe: Recipe, sweep_dir: Path, *, resume: bool, quiet: bool, stop: Any, dist: Any) -> dict[str, Any]:
     lead = dist is None or dist.rank == 0
     if lead:
-        write_text(sweep_dir / RECIPE_FILE, recipe_to_yaml(recipe))
+        write_text(RunDir(sweep_dir).recipe, recipe_to_yaml(recipe))
     results = []
     for name, point in expand_sweep(recipe):
         point_dir = sweep_dir / name
-        done = (point_dir / "summary.json").is_file()
+        done = RunDir(point_dir).summary.is_file()
         if resume and done:
-            from cvtool.report_data import read_summary
-
-            results.append((name, read_summary(point_dir)))
+            results.append((name, RunDir(point_dir).read_summary()))
             continue
         if lead:
             point_dir.mkdir(parents=True, exist_ok=True)
         if dist is not None:
             dist.barrier()
-        started = (point_dir / "checkpoints" / "last.pt").is_file()
+        started = RunDir(point_dir).checkpoint("last").is_file()
         results.append((name, _run_one(point, point_dir, resume and started, quiet, stop, dist)))
     if not lead:
         return {}
@@ -89,8 +87,8 @@ def rank_sweep(recipe: Recipe, sweep_dir: Path, results: list[tuple[str, dict[st
              "smoothed_best_value": s.get("smoothed_best_value"),
              "test": (s.get("test") or {}).get(monitor.split("/")[-1])} for name, s in ranked]
     summary = {"sweep": True, "name": recipe.name, "monitor": monitor, "runs": rows}
-    write_json(sweep_dir / "sweep.json", summary)
-    write_csv(sweep_dir / "sweep.csv", list(rows[0]) if rows else ["run"], [list(r.values()) for r in rows])
+    write_json(RunDir(sweep_dir).sweep, summary)
+    write_csv(RunDir(sweep_dir).sweep_table, list(rows[0]) if rows else ["run"], [list(r.values()) for r in rows])
     return summary
 
 

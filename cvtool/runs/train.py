@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import torch
 
 from cvtool.data.loaders import EpochSampler, Normalize, make_loader
 from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
-from cvtool.engine.checkpoint import ModelMeta, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cvtool.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cvtool.engine.loop import Stepper, amp_dtype, select_device, train_one_epoch, with_cpu_runtime
 from cvtool.engine.optim import (
     OPTIMIZERS,
@@ -26,40 +24,12 @@ from cvtool.engine.optim import (
     retune,
 )
 from cvtool.engine.runlog import RunLog
+from cvtool.engine.state import Session, TrainState, unwrap
 from cvtool.errors import CvtoolError
+from cvtool.model_card import ModelMeta
 from cvtool.recipe.schema import Recipe
-from cvtool.run_artifacts import finish_run, split_metrics
+from cvtool.runs.artifacts import finish_run, split_metrics
 from cvtool.tasks import Task, get_task, higher_is_better
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # last completed epoch
-    best_value: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def improved(self, value: float, higher: bool, min_delta: float = 0.0) -> bool:
-        if self.best_value is None or not math.isfinite(self.best_value):
-            return True  # the first epoch is the best so far, even with an undefined metric
-        if not math.isfinite(value):
-            return False
-        return value > self.best_value + min_delta if higher else value < self.best_value - min_delta
-
-
-@dataclass
-class Session:
-    """The live objects of one run (model, data, optimisation), built once."""
-
-    recipe: Recipe
-    task: Task
-    bundle: DataBundle
-    meta: ModelMeta
-    device: torch.device
-    step: Stepper
-    monitor: str
-    dist: Any = None  # cvtool.engine.distributed.Dist when launched with torchrun
 
 
 def seed_everything(seed: int) -> None:
@@ -127,21 +97,16 @@ def enter_phase(session: Session, epoch: int, steps: int) -> None:
     recipe, step = session.recipe, session.step
     cfg = optim_for_epoch(recipe.optim, recipe.phases, epoch)
     if type(step.optimizer) is not OPTIMIZERS[cfg.name].opt_class:
-        step.optimizer = build_optimizer(_raw(step.model).parameters(), cfg)
+        step.optimizer = build_optimizer(unwrap(step.model).parameters(), cfg)
     else:
         retune(step.optimizer, cfg)
     step.schedule = make_schedule(session, epoch, steps)
 
 
-def _raw(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
-
-
 def checkpoint_payload(session: Session, state: TrainState) -> dict[str, Any]:
     return {
         "recipe": session.recipe.model_dump(mode="json"), "meta": session.meta.to_dict(), "epoch": state.epoch,
-        "model": _raw(session.step.model).state_dict(), "optimizer": session.step.optimizer.state_dict(),
+        "model": unwrap(session.step.model).state_dict(), "optimizer": session.step.optimizer.state_dict(),
         "scheduler": session.step.schedule.state_dict(), "rng": rng_state(),
         "train_state": {"best_value": state.best_value, "best_epoch": state.best_epoch,
                         "bad_epochs": state.bad_epochs, "history": state.history},
@@ -154,11 +119,11 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
     saved = payload["train_state"]
     state = TrainState(int(payload["epoch"]), saved["best_value"], int(saved["best_epoch"]),
                        int(saved["bad_epochs"]), list(saved["history"]))
-    _raw(session.step.model).load_state_dict(payload["model"])
+    unwrap(session.step.model).load_state_dict(payload["model"])
     # The optimizer and schedule as they were when the checkpoint was taken; a phase that
     # starts at the next epoch is entered by the loop, exactly as in an uninterrupted run.
     saved_epoch = max(state.epoch, 1)
-    session.step.optimizer = build_optimizer(_raw(session.step.model).parameters(),
+    session.step.optimizer = build_optimizer(unwrap(session.step.model).parameters(),
                                              optim_for_epoch(session.recipe.optim, session.recipe.phases, saved_epoch))
     session.step.optimizer.load_state_dict(payload["optimizer"])
     session.step.schedule = make_schedule(session, saved_epoch, steps)
@@ -211,7 +176,7 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, c
     for epoch in range(state.epoch + 1, recipe.train.epochs + 1):
         if epoch > 1 and epoch in {p.epoch for p in recipe.phases}:
             enter_phase(session, epoch, steps)
-        set_trainable(_raw(step.model), recipe.model.freeze, epoch)
+        set_trainable(unwrap(step.model), recipe.model.freeze, epoch)
         sampler.set_epoch(epoch)
         lr = current_lr(step.optimizer)
         start = time.perf_counter()
@@ -251,7 +216,7 @@ def _gather_train(session: Session, result) -> tuple[np.ndarray, np.ndarray, flo
 
 
 def _save_epoch(session: Session, state: TrainState, ckpt_dir: Path, is_best: bool, val: dict) -> None:
-    from cvtool.run_artifacts import save_predictions
+    from cvtool.runs.artifacts import save_predictions
 
     payload = checkpoint_payload(session, state)
     run_dir = ckpt_dir.parent

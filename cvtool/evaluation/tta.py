@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from cvtool.data.cache import DecodedSplit
-    from cvtool.engine.checkpoint import LoadedModel
+    from cvtool.runs.model import LoadedModel
 
 AGGREGATES = ("vote", "mean")
 
@@ -66,7 +66,7 @@ def _augment(pipeline: Any, batch: torch.Tensor, seeds: Sequence[int],
     Flips and affines run batched (`BatchAugment`, the same result per image as the loop below)."""
     import torch
 
-    from cvtool.data.loaders import BatchAugment
+    from cvtool.data.batch_augment import BatchAugment
     from cvtool.data.transforms import apply_with_points
 
     if not points and BatchAugment.supports(pipeline):
@@ -110,7 +110,7 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
 
     from cvtool.data.loaders import Normalize
     from cvtool.data.transforms import build_pipeline
-    from cvtool.evaluate import default_threshold, eval_batch_size, model_device
+    from cvtool.evaluation.evaluate import default_threshold, eval_batch_size, model_device
 
     check_options(passes, aggregate)
     array = getattr(images, "images", images)
@@ -147,9 +147,9 @@ def compare_tta(target: str | Path, split: str = "test", passes: int | None = No
                 seed: int = 0, which: str = "best", data_root: str | Path | None = None,
                 no_transforms: bool = False, progress: bool = False) -> TTAComparison:
     """`cvtool tta`: plain and TTA metrics of a checkpoint on one labelled split."""
-    from cvtool.engine.checkpoint import load_model
     from cvtool.engine.loop import select_device
-    from cvtool.evaluate import check_split, evaluate_split, load_splits, require_split
+    from cvtool.evaluation.evaluate import check_split, evaluate_split, load_splits, require_split
+    from cvtool.runs.model import load_model
 
     check_split(split)
     loaded = load_model(target, which, select_device("auto"))

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from cvtool.engine.runlog import ema
+from cvtool.engine.state import Session, TrainState, unwrap
 from cvtool.fileio import atomic_open, write_json
+from cvtool.plots import ema
 from cvtool.tasks import Task, higher_is_better
-
-if TYPE_CHECKING:
-    from cvtool.train import Session, TrainState
 
 
 def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool = True) -> dict[str, Any]:
@@ -58,17 +56,16 @@ def finish_run(session: Session, state: TrainState, run_dir: Path | None, quiet:
     """Best checkpoint on the test split, summary.json and plots."""
     from cvtool.data.pipeline import eval_dataset
     from cvtool.engine.checkpoint import load_checkpoint
-    from cvtool.train import _raw
 
     test = None
     if run_dir is not None and "test" in session.bundle.splits and session.bundle.splits["test"].targets is not None:
         best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-        _raw(session.step.model).load_state_dict(best["model"])
+        unwrap(session.step.model).load_state_dict(best["model"])
         evaluator = session
         if session.dist is not None:  # only rank 0 gets here: evaluate alone (no DDP wrapper, no gather)
             from dataclasses import replace
 
-            evaluator = replace(session, dist=None, step=replace(session.step, model=_raw(session.step.model)))
+            evaluator = replace(session, dist=None, step=replace(session.step, model=unwrap(session.step.model)))
         result = split_metrics(evaluator, eval_dataset(session.bundle, "test", session.task), "test")
         test = {"loss": result["loss"], **result["metrics"]}
         save_predictions(run_dir / "predictions" / "test_best.npz", result)

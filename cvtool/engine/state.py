@@ -1,0 +1,51 @@
+"""The live state of a training run: what is built once (Session) and what changes per epoch (TrainState)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cvtool.data.pipeline import DataBundle
+from cvtool.engine.loop import Stepper
+from cvtool.model_card import ModelMeta
+from cvtool.recipe.schema import Recipe
+from cvtool.tasks import Task
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # last completed epoch
+    best_value: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def improved(self, value: float, higher: bool, min_delta: float = 0.0) -> bool:
+        if self.best_value is None or not math.isfinite(self.best_value):
+            return True  # the first epoch is the best so far, even with an undefined metric
+        if not math.isfinite(value):
+            return False
+        return value > self.best_value + min_delta if higher else value < self.best_value - min_delta
+
+
+@dataclass
+class Session:
+    """The live objects of one run (model, data, optimisation), built once."""
+
+    recipe: Recipe
+    task: Task
+    bundle: DataBundle
+    meta: ModelMeta
+    device: torch.device
+    step: Stepper
+    monitor: str
+    dist: Any = None  # cvtool.engine.distributed.Dist when launched with torchrun
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under torch.compile and DDP wrappers (what checkpoints hold)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)

@@ -1,0 +1,46 @@
+"""The results of evaluating a model on a split: shared by evaluate, its reports and TTA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvtool.evaluation.thresholds import TunedThresholds
+
+
+@dataclass
+class EvalResult:
+    """Outputs of one split in its order: activated outputs, targets as the task's metrics
+    take them (None without labels), original (width, height) sizes and image paths."""
+
+    split: str
+    outputs: np.ndarray
+    targets: np.ndarray | None
+    sizes: np.ndarray
+    paths: list[Path]
+    metrics: dict[str, float]
+    loss: float | None
+    threshold: np.ndarray | float
+
+
+@dataclass
+class Tuning:
+    """--tune-thresholds: the search on val and the same thresholds on test (if labelled)."""
+
+    tuned: TunedThresholds
+    test: dict[str, float] | None  # metric at default / global / per-class thresholds
+    stored_in: Path
+
+
+@dataclass
+class EvalReport:
+    result: EvalResult
+    per_class: Any  # cvtool.evaluation.reports.ClassTable
+    out_dir: Path
+    files: list[Path]
+    checkpoint: Path
+    epoch: int
+    tuning: Tuning | None = None

@@ -1,0 +1,150 @@
+"""Reading finished runs and sweeps back for a report: summary, metrics history, resolved recipe."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cvtool.errors import CvtoolError
+from cvtool.recipe.sweep import sweep_point_name
+from cvtool.runs.layout import RunDir
+
+DEFAULT_SMOOTHING = 0.6  # TensorBoard's weight the seeds read their smoothed values with
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run directory, read back."""
+
+    label: str
+    path: Path
+    summary: dict[str, Any]
+    history: list[dict[str, float]]
+    settings: dict[str, Any]  # the resolved recipe as dotted keys
+
+    @property
+    def smoothing(self) -> float:
+        return float(self.settings.get("train.smoothing", DEFAULT_SMOOTHING))
+
+
+@dataclass(frozen=True)
+class Row:
+    rank: int
+    run: Run
+    differs: str
+    best_epoch: int | None
+    best: float | None
+    smoothed_epoch: int | None
+    smoothed: float | None
+    test: float | None
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    path: Path  # inside the files folder
+    run: str | None = None  # the run a per-run figure belongs to
+
+
+@dataclass
+class Report:
+    metric: str
+    higher: bool
+    sources: list[Path]
+    rows: list[Row]
+    varying: list[str]
+    reference: str  # label of the first run, which "differs" compares against
+    smoothing: float
+    markdown: Path
+    html: Path
+    files_dir: Path
+    figures: list[Figure] = field(default_factory=list)
+
+
+def collect_runs(run_dirs: Sequence[Path]) -> list[Run]:
+    """Every run in `run_dirs`, in the order given; a sweep directory contributes its points."""
+    if not run_dirs:
+        raise CvtoolError("report: give at least one run directory")
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for given in run_dirs:
+        folder = Path(given)
+        if not folder.is_dir():
+            raise CvtoolError(f"{folder}: {'not a directory' if folder.exists() else 'no such directory'}")
+        if RunDir(folder).is_sweep():
+            points = [(f"{_sweep_name(folder)}/{p.name}", p) for p in sweep_points(folder)]
+        elif RunDir(folder).summary.is_file():
+            points = [(None, folder)]
+        else:
+            raise CvtoolError(f"{folder}: not a cvtool run (no summary.json) or sweep (no sweep.json)")
+        for label, path in points:
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                runs.append(read_run(path, label))
+    return _unique_labels(runs)
+
+
+def sweep_points(sweep_dir: Path) -> list[Path]:
+    """A sweep's finished points, in grid order (the order `cvtool train` ran them)."""
+    done = {p.name: p for p in sorted(sweep_dir.iterdir()) if RunDir(p).summary.is_file()}
+    if not done:
+        raise CvtoolError(f"{sweep_dir}: a sweep without any finished run")
+    order: list[str] = []
+    try:
+        grid = (yaml.safe_load(RunDir(sweep_dir).recipe.read_text(encoding="utf-8")) or {}).get("sweep") or {}
+        keys = list(grid)
+        order = [sweep_point_name(dict(zip(keys, combo, strict=True)))
+                 for combo in itertools.product(*(grid[k] for k in keys))]
+    except (OSError, yaml.YAMLError, AttributeError, TypeError):
+        order = []  # fall back to name order
+    ordered = [done.pop(name) for name in order if name in done]
+    return ordered + list(done.values())
+
+
+def read_run(path: Path, label: str | None = None) -> Run:
+    run = RunDir(path)
+    summary = run.read_summary()
+    history = run.read_history()
+    settings: dict[str, Any] = {}
+    recipe_file = run.recipe
+    if recipe_file.is_file():
+        try:
+            settings = flatten(yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {})
+        except yaml.YAMLError as exc:
+            raise CvtoolError(f"{recipe_file}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    return Run(label or str(summary.get("name") or path.name), path, summary, history, settings)
+
+
+def _sweep_name(folder: Path) -> str:
+    try:
+        return str(json.loads(RunDir(folder).sweep.read_text(encoding="utf-8")).get("name") or folder.name)
+    except (OSError, json.JSONDecodeError):
+        return folder.name
+
+
+def _unique_labels(runs: list[Run]) -> list[Run]:
+    """Runs of the same recipe get their directory name appended."""
+    counts = Counter(run.label for run in runs)
+    return [Run(f"{r.label} ({r.path.name})", r.path, r.summary, r.history, r.settings) if counts[r.label] > 1 else r
+            for r in runs]
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}; lists stay whole values."""
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat

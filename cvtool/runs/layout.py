@@ -1,0 +1,120 @@
+"""Every file name of a run directory, in one place.
+
+A run directory (what `cvtool train` writes) and a sweep directory (one run per grid point)
+are recognised by their files; nothing else in cvtool spells these names.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cvtool.errors import CvtoolError
+
+RECIPE = "recipe.yaml"
+SUMMARY = "summary.json"
+METRICS = "metrics.csv"
+SWEEP = "sweep.json"
+SWEEP_TABLE = "sweep.csv"
+CHECKPOINTS = "checkpoints"
+PLOTS = "plots"
+PREDICTIONS = "predictions"
+TENSORBOARD = "tensorboard"
+EVAL = "eval"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory's paths; `RunDir.from_checkpoint` finds the run a checkpoint belongs to."""
+
+    path: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.path / RECIPE
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def plots(self) -> Path:
+        return self.path / PLOTS
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / PREDICTIONS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD
+
+    @property
+    def sweep(self) -> Path:
+        return self.path / SWEEP
+
+    @property
+    def sweep_table(self) -> Path:
+        return self.path / SWEEP_TABLE
+
+    def checkpoint(self, name: str) -> Path:
+        """checkpoints/<name>.pt: best, last, epoch_046 (or 46)."""
+        name = f"epoch_{int(name):03d}" if name.isdigit() else name
+        return self.checkpoints / f"{name}.pt"
+
+    def eval_dir(self, split: str, checkpoint: str) -> Path:
+        return self.path / EVAL / f"{split}-{checkpoint}"
+
+    def is_run(self) -> bool:
+        return self.summary.is_file() or self.checkpoint("last").is_file()
+
+    def is_sweep(self) -> bool:
+        return self.sweep.is_file()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path) -> RunDir | None:
+        """The run a checkpoint file lies in (None for a loose .pt file)."""
+        checkpoint = Path(checkpoint)
+        if checkpoint.parent.name == CHECKPOINTS:
+            return cls(checkpoint.parent.parent)
+        return None
+
+    def read_summary(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.summary.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CvtoolError(f"{self.path}: no {SUMMARY} (is it a finished cvtool run?)") from None
+        except json.JSONDecodeError as exc:
+            raise CvtoolError(f"{self.summary}: invalid JSON ({exc.msg})") from None
+
+    def read_history(self) -> list[dict[str, float]]:
+        if not self.metrics.is_file():
+            raise CvtoolError(f"{self.path}: no {METRICS}")
+        with self.metrics.open(newline="", encoding="utf-8") as handle:
+            return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+
+
+def resolve_checkpoint(target: str | Path, which: str = "best") -> Path:
+    """A run dir means its checkpoints/<which>.pt (best, last, epoch_046 or 46); a file is itself."""
+    target = Path(target)
+    if target.is_file():
+        return target
+    if not target.is_dir():
+        raise CvtoolError(f"{target}: no such run directory or checkpoint")
+    run = RunDir(target)
+    path = run.checkpoint(which)
+    if not path.is_file():
+        options = sorted(p.stem for p in run.checkpoints.glob("*.pt"))
+        raise CvtoolError(f"{target}: no checkpoint '{path.stem}' (have: {', '.join(options) or 'none'})")
+    return path

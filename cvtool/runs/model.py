@@ -1,0 +1,44 @@
+"""A trained model read back from a run directory or a checkpoint file, ready for inference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cvtool.engine.checkpoint import load_checkpoint
+from cvtool.errors import CvtoolError
+from cvtool.model_card import ModelMeta
+from cvtool.recipe.load import recipe_from_dict
+from cvtool.recipe.schema import Recipe
+from cvtool.runs.layout import resolve_checkpoint
+from cvtool.tasks import Task, get_task
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    recipe: Recipe
+    task: Task
+    meta: ModelMeta
+    path: Path
+    epoch: int
+
+
+def load_model(target: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
+    """The model of a run dir or checkpoint, in eval mode, with its recipe and metadata."""
+    from cvtool.models import build_model
+
+    path = resolve_checkpoint(target, which)
+    payload = load_checkpoint(path)
+    recipe = recipe_from_dict(payload["recipe"], f"{path} (recipe)")
+    meta = ModelMeta(**payload["meta"])
+    cfg = recipe.model.model_copy(update={"pretrained": None})
+    model = build_model(cfg, meta.num_outputs, meta.channels, meta.image_size)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise CvtoolError(f"{path}: weights do not fit {recipe.model.arch}: {str(exc).splitlines()[0]}") from None
+    model.to(device).eval()
+    return LoadedModel(model, recipe, get_task(meta.task), meta, path, int(payload.get("epoch", 0)))

@@ -1,0 +1,145 @@
+"""Classification tasks: multiclass (softmax), binary (one sigmoid) and multilabel (a sigmoid per tag)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cvtool.tasks.base import Task, sigmoid, softmax
+from cvtool.tasks.losses import cross_entropy, sigmoid_loss
+
+
+def _vote_classes(stack: np.ndarray) -> np.ndarray:
+    """Majority class per sample; the output is the mean probability of the passes that
+    voted for it, so its argmax is the voted class. Ties go to the higher mean probability."""
+    passes, count, classes = stack.shape
+    votes = np.zeros((count, classes))
+    np.add.at(votes, (np.arange(count)[None, :].repeat(passes, 0), stack.argmax(axis=2)), 1)
+    mean = stack.mean(axis=0)
+    winner = (votes + 0.5 * mean).argmax(axis=1)
+    agree = stack.argmax(axis=2) == winner[None, :]  # passes x samples
+    weights = agree / np.maximum(agree.sum(axis=0, keepdims=True), 1)
+    return np.einsum("ps,psc->sc", weights, stack)
+
+
+def _vote_labels(stack: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
+    """Per-label majority of the thresholded passes; the output is the mean probability of the
+    agreeing passes, so comparing it with the threshold gives the vote. Ties use the mean."""
+    above = stack > threshold
+    positive = above.sum(axis=0)
+    passes = stack.shape[0]
+    decision_pos = positive * 2 > passes
+    decision_neg = positive * 2 < passes
+    mean = stack.mean(axis=0)
+    agree_pos = np.where(above, stack, 0).sum(axis=0) / np.maximum(positive, 1)
+    agree_neg = np.where(~above, stack, 0).sum(axis=0) / np.maximum(passes - positive, 1)
+    return np.where(decision_pos, agree_pos, np.where(decision_neg, agree_neg, mean))
+
+
+class Multiclass(Task):
+    name = "multiclass"
+    default_monitor = "val/accuracy"
+    default_loss = "cross_entropy"
+    confusion = True
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        return softmax(logits.astype(np.float64)).astype(np.float32)
+
+    def metrics(self, targets, outputs, threshold=0.5, sizes=None):
+        from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
+
+        classes = outputs.shape[1]
+        labels = np.arange(classes)
+        predicted = outputs.argmax(axis=1)
+        result = {
+            "accuracy": float(accuracy_score(targets, predicted)),
+            "f1_macro": float(f1_score(targets, predicted, labels=labels, average="macro", zero_division=0)),
+        }
+        if classes > 5:
+            result["top5_accuracy"] = float(top_k_accuracy_score(targets, outputs, k=5, labels=labels))
+        return result
+
+    def aggregate(self, stack, mode, threshold=0.5):
+        return _vote_classes(stack) if mode == "vote" else stack.mean(axis=0)
+
+    def header(self, labels, probs=False):
+        return ["label", *labels.class_names] if probs else ["label"]
+
+    def rows(self, outputs, labels, probs=False, sizes=None):
+        names = list(labels.class_names)
+        return [[names[i], *(f"{p:.6f}" for p in row)] if probs else [names[i]]
+                for i, row in zip(outputs.argmax(axis=1), outputs, strict=True)]
+
+    def build_loss(self, cfg, class_weights=None, pos_weight=None):
+        return cross_entropy(cfg, class_weights)
+
+
+class Binary(Task):
+    name = "binary"
+    default_monitor = "val/auc"
+    default_loss = "bce"
+    confusion = True
+    roc = True
+
+    def activate(self, logits):
+        return sigmoid(logits.astype(np.float64)).astype(np.float32)
+
+    def metrics(self, targets, outputs, threshold=0.5, sizes=None):
+        from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+        score = outputs.reshape(-1)
+        predicted = (score > float(np.asarray(threshold).reshape(-1)[0])).astype(np.int64)
+        auc = float(roc_auc_score(targets, score)) if len(np.unique(targets)) == 2 else float("nan")
+        return {
+            "auc": auc,
+            "accuracy": float(accuracy_score(targets, predicted)),
+            "f1": float(f1_score(targets, predicted, zero_division=0)),
+        }
+
+    def aggregate(self, stack, mode, threshold=0.5):
+        return _vote_labels(stack, threshold) if mode == "vote" else stack.mean(axis=0)
+
+    def header(self, labels, probs=False):
+        return ["score"]
+
+    def rows(self, outputs, labels, probs=False, sizes=None):
+        return [[f"{p:.6f}"] for p in outputs.reshape(-1)]
+
+    def build_loss(self, cfg, class_weights=None, pos_weight=None):
+        return sigmoid_loss(cfg, class_weights, pos_weight)
+
+
+class Multilabel(Task):
+    name = "multilabel"
+    default_monitor = "val/f1_macro"
+    default_loss = "bce"
+    roc = True
+
+    def activate(self, logits):
+        return sigmoid(logits.astype(np.float64)).astype(np.float32)
+
+    def metrics(self, targets, outputs, threshold=0.5, sizes=None):
+        from sklearn.metrics import f1_score, fbeta_score
+
+        predicted = (outputs > np.asarray(threshold)).astype(np.int64)
+        truth = targets.astype(np.int64)
+        return {
+            "f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+            "f1_micro": float(f1_score(truth, predicted, average="micro", zero_division=0)),
+            "f1_weighted": float(f1_score(truth, predicted, average="weighted", zero_division=0)),
+            "f2": float(fbeta_score(truth, predicted, beta=2, average="samples", zero_division=0)),
+        }
+
+    def aggregate(self, stack, mode, threshold=0.5):
+        return _vote_labels(stack, threshold) if mode == "vote" else stack.mean(axis=0)
+
+    def header(self, labels, probs=False):
+        return ["tags", *labels.class_names] if probs else ["tags"]
+
+    def rows(self, outputs, labels, probs=False, sizes=None):
+        names = np.asarray(list(labels.class_names))
+        above = outputs > np.asarray(labels.thresholds)
+        return [[" ".join(names[mask]), *(f"{p:.6f}" for p in row)] if probs else [" ".join(names[mask])]
+                for mask, row in zip(above, outputs, strict=True)]
+
+    def build_loss(self, cfg, class_weights=None, pos_weight=None):
+        return sigmoid_loss(cfg, class_weights, pos_weight)

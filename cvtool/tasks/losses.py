@@ -1,0 +1,50 @@
+"""Loss construction for the tasks; torch is imported only here, on first use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def cross_entropy(cfg: Any, class_weights: Any = None) -> Any:
+    import torch
+
+    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def point_loss(cfg: Any, default: str) -> Any:
+    import torch
+
+    name = cfg.name if cfg.name != "auto" else default
+    return torch.nn.SmoothL1Loss(beta=cfg.beta) if name == "smooth_l1" else torch.nn.MSELoss()
+
+
+def sigmoid_loss(cfg: Any, class_weights: Any, pos_weight: float | None) -> Any:
+    """BCE with logits (per-class weights / pos_weight) or torchvision's sigmoid focal loss."""
+    import torch
+    from torchvision.ops import sigmoid_focal_loss
+
+    weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    if pos_weight is None and cfg.pos_weight not in (None, "auto"):
+        pos_weight = float(cfg.pos_weight)
+    pos_weight_t = None if pos_weight is None else torch.tensor([float(pos_weight)])
+
+    class SigmoidLoss(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("weight", weight)
+            self.register_buffer("pos_weight", pos_weight_t)
+
+        def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            targets = targets.reshape(logits.shape).to(logits.dtype)
+            if cfg.name == "focal":
+                loss = sigmoid_focal_loss(logits, targets, alpha=-1 if cfg.alpha is None else cfg.alpha,
+                                          gamma=cfg.gamma, reduction="none")
+            else:
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits, targets, pos_weight=self.pos_weight, reduction="none")
+            if self.weight is not None:
+                loss = loss * self.weight
+            return loss.mean()
+
+    return SigmoidLoss()
