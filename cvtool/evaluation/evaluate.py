@@ -122,7 +122,7 @@ def tune_and_store(loaded: LoadedModel, val: EvalResult, test: EvalResult | None
     from cvtool.evaluation.thresholds import check_tunable, score, tune_thresholds
 
     metric = loaded.recipe.evaluate.tune_metric
-    check_tunable(loaded.task.name, metric)
+    check_tunable(loaded.task, metric)
     if val.targets is None:
         raise CvtoolError("--tune-thresholds: the validation split has no labels")
     tuned = tune_thresholds(val.targets, val.outputs, metric, loaded.recipe.evaluate.threshold)
@@ -156,7 +156,7 @@ def run_evaluation(target: str | Path, split: str = "test", which: str = "best",
     check_split(split)
     loaded = load_model(target, which, select_device("auto"))
     if tune:
-        check_tunable(loaded.task.name, loaded.recipe.evaluate.tune_metric)
+        check_tunable(loaded.task, loaded.recipe.evaluate.tune_metric)
     wanted = tuple(dict.fromkeys((split, "val", "test") if tune else (split,)))
     bundle = load_splits(loaded, wanted, data_root, progress)
     require_split(bundle, split)

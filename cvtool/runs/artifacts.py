@@ -32,8 +32,7 @@ def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool
     logits, targets, indices = logits[order], targets[order], indices[order]
     outputs = session.task.activate(logits)
     sizes = dataset.split.sizes[indices]
-    if session.task.name == "multiclass" or session.task.name == "binary":
-        targets = targets.astype(np.int64)
+    targets = session.task.metric_targets(targets)
     metrics = session.task.metrics(targets, outputs, session.recipe.evaluate.threshold, sizes)
     result = {"split": split, "loss": loss, "metrics": metrics}
     if keep_outputs:

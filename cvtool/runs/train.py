@@ -75,9 +75,8 @@ def _loss_weights(recipe: Recipe, task: Task, bundle: DataBundle, class_weights,
         if len(mode) != bundle.info.num_outputs:
             raise CvtoolError(f"loss.class_weights: {len(mode)} weights for {bundle.info.num_outputs} classes")
         weights = np.asarray(mode, np.float32)
-    elif mode != "none" and task.name in ("multiclass", "multilabel"):
-        counts = (np.bincount(targets, minlength=bundle.info.num_outputs) if task.name == "multiclass"
-                  else targets.sum(axis=0))
+    elif mode != "none" and task.class_weighted:
+        counts = task.class_counts(targets, bundle.info.num_outputs)
         weights = class_weights(counts, len(targets), mode)
     positive = pos_weight(targets) if recipe.loss.pos_weight == "auto" else None
     return weights, positive
@@ -211,8 +210,7 @@ def _gather_train(session: Session, result) -> tuple[np.ndarray, np.ndarray, flo
     """Train-batch outputs as the task's metrics want them (keypoints need image sizes)."""
     outputs = session.task.activate(result.logits)
     sizes = session.bundle.splits["train"].sizes[result.indices]
-    targets = result.targets if session.task.name != "multiclass" else result.targets.astype(np.int64)
-    return targets, outputs, session.recipe.evaluate.threshold, sizes
+    return session.task.metric_targets(result.targets), outputs, session.recipe.evaluate.threshold, sizes
 
 
 def _save_epoch(session: Session, state: TrainState, ckpt_dir: Path, is_best: bool, val: dict) -> None:
