@@ -68,10 +68,6 @@ def model_device(loaded: LoadedModel) -> torch.device:
     return next(loaded.model.parameters()).device
 
 
-def eval_batch_size(recipe: Recipe) -> int:
-    return recipe.data.eval_batch_size or recipe.data.batch_size * 2
-
-
 def default_threshold(loaded: LoadedModel) -> np.ndarray:
     """The stored (tuned) thresholds, else the recipe's evaluate.threshold."""
     return np.asarray(loaded.meta.labels(loaded.recipe.evaluate.threshold).thresholds)
@@ -86,27 +82,21 @@ def dataset_for(loaded: LoadedModel, bundle: DataBundle, split: str) -> SampleDa
 def evaluate_split(loaded: LoadedModel, split: str, data_root: str | Path | None = None,
                    bundle: DataBundle | None = None, progress: bool = False) -> EvalResult:
     """Plain inference of the checkpoint on one split, with the task's sklearn metrics."""
-    from cvtool.data.loaders import EpochSampler, Normalize, make_loader
-    from cvtool.engine.loop import run_inference
+    from cvtool.data.loaders import Normalize
+    from cvtool.engine.inference import predict_split
 
     bundle = bundle if bundle is not None else load_splits(loaded, (split,), data_root, progress)
     require_split(bundle, split, labelled=False)
     dataset = dataset_for(loaded, bundle, split)
     device = model_device(loaded)
     recipe, task = loaded.recipe, loaded.task
-    labelled = dataset.split.targets is not None
-    loader = make_loader(dataset, eval_batch_size(recipe), EpochSampler(len(dataset), 0, False),
-                         recipe.data.num_workers, device)
     normalize = Normalize(loaded.meta.mean, loaded.meta.std).to(device)
-    loss_fn = task.build_loss(recipe.loss).to(device) if labelled else None  # unweighted criterion
-    logits, _, indices, loss = run_inference(loaded.model, normalize, loader, device, loss_fn=loss_fn)
-    order = np.argsort(indices, kind="stable")
-    outputs, indices = task.activate(logits[order]), indices[order]
-    targets = dataset.targets[indices] if labelled else None
-    result = EvalResult(split, outputs, targets, dataset.split.sizes[indices],
-                        [dataset.split.paths[i] for i in indices], {}, loss if labelled else None,
-                        default_threshold(loaded))
-    return rescore(loaded, result, result.threshold)
+    loss_fn = task.build_loss(recipe.loss).to(device)  # unweighted criterion
+    threshold = default_threshold(loaded)
+    found = predict_split(loaded.model, normalize, dataset, task, recipe.data, device, threshold=threshold,
+                          loss_fn=loss_fn)
+    return EvalResult(split, found.outputs, found.targets, found.sizes,
+                      [dataset.split.paths[i] for i in found.indices], found.metrics, found.loss, threshold)
 
 
 def rescore(loaded: LoadedModel, result: EvalResult, threshold: np.ndarray | float) -> EvalResult:

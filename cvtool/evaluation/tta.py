@@ -110,7 +110,8 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
 
     from cvtool.data.loaders import Normalize
     from cvtool.data.transforms import build_pipeline
-    from cvtool.evaluation.evaluate import default_threshold, eval_batch_size, model_device
+    from cvtool.engine.inference import eval_batch_size
+    from cvtool.evaluation.evaluate import default_threshold, model_device
 
     check_options(passes, aggregate)
     array = getattr(images, "images", images)
@@ -118,7 +119,7 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
     pipeline = build_pipeline(tta_transforms(loaded.recipe) if transforms is None else transforms, "tta.transforms")
     device = model_device(loaded)
     normalize = Normalize(meta.mean, meta.std).to(device)
-    batch_size = batch_size or eval_batch_size(loaded.recipe)
+    batch_size = batch_size or eval_batch_size(loaded.recipe.data)
     points = isinstance(task, Keypoints) and pipeline is not None
     threshold = default_threshold(loaded)
     model.eval()

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from cvtool.engine.inference import predict_split
 from cvtool.engine.state import Session, TrainState, unwrap
 from cvtool.fileio import atomic_open, write_json
 from cvtool.plots import ema
@@ -15,28 +16,13 @@ from cvtool.tasks import Task, higher_is_better
 
 def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool = True) -> dict[str, Any]:
     """Loss and task metrics of the current model on one split (gathered over ranks)."""
-    from cvtool.data.loaders import EpochSampler, make_loader
-    from cvtool.engine.loop import run_inference
-
-    dist = session.dist
-    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
-    sampler = EpochSampler(len(dataset), 0, False, rank, world, pad=False)
-    batch = session.recipe.data.eval_batch_size or session.recipe.data.batch_size * 2
-    loader = make_loader(dataset, batch, sampler, session.recipe.data.num_workers, session.device)
-    step = session.step
-    logits, targets, indices, loss = run_inference(step.model, step.normalize, loader, session.device,
-                                                   step.dtype, step.loss_fn, step.channels_last)
-    if dist:
-        logits, targets, indices, loss = dist.gather(logits, targets, indices, loss)
-    order = np.argsort(indices)
-    logits, targets, indices = logits[order], targets[order], indices[order]
-    outputs = session.task.activate(logits)
-    sizes = dataset.split.sizes[indices]
-    targets = session.task.metric_targets(targets)
-    metrics = session.task.metrics(targets, outputs, session.recipe.evaluate.threshold, sizes)
-    result = {"split": split, "loss": loss, "metrics": metrics}
+    step, recipe = session.step, session.recipe
+    found = predict_split(step.model, step.normalize, dataset, session.task, recipe.data, session.device,
+                          threshold=recipe.evaluate.threshold, loss_fn=step.loss_fn, dtype=step.dtype,
+                          channels_last=step.channels_last, dist=session.dist)
+    result = {"split": split, "loss": found.loss, "metrics": found.metrics}
     if keep_outputs:
-        result.update(outputs=outputs, targets=targets, indices=indices, sizes=sizes)
+        result.update(outputs=found.outputs, targets=found.targets, indices=found.indices, sizes=found.sizes)
     return result
 
 
