@@ -129,8 +129,10 @@ def tune_and_store(loaded: LoadedModel, val: EvalResult, test: EvalResult | None
 
 def default_out_dir(checkpoint: Path, split: str) -> Path:
     """<run_dir>/eval/<split>-<checkpoint name> (a loose .pt: beside it)."""
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    return run_dir / "eval" / f"{split}-{checkpoint.stem}"
+    from cvtool.runs.layout import RunDir
+
+    run = RunDir.from_checkpoint(checkpoint) or RunDir(checkpoint.parent)
+    return run.eval_dir(split, checkpoint.stem)
 
 
 def run_evaluation(target: str | Path, split: str = "test", which: str = "best",

@@ -20,6 +20,7 @@ from cvtool.errors import CvtoolError
 from cvtool.fileio import atomic_open, write_text
 from cvtool.reporting.collect import Figure, Report, Row, Run, collect_runs
 from cvtool.reporting.render import render_html, render_markdown
+from cvtool.runs.layout import RunDir
 from cvtool.tasks import higher_is_better
 
 IGNORED_KEYS = ("name", "description", "sweep")  # differ between runs without changing the experiment
@@ -147,7 +148,7 @@ def draw_figures(runs: list[Run], metric: str, files_dir: Path) -> list[Figure]:
             figures.append(Figure(title, path))
     for index, run in enumerate(runs, start=1):
         for name in RUN_PLOTS:
-            source = run.path / "plots" / name
+            source = RunDir(run.path).plots / name
             if source.is_file():
                 target = files_dir / f"{index:02d}_{_slug(run.label)}_{name}"
                 with atomic_open(target, "wb") as handle:

@@ -11,6 +11,7 @@ from cvtool.engine.inference import predict_split
 from cvtool.engine.state import Session, TrainState, unwrap
 from cvtool.fileio import atomic_open, write_json
 from cvtool.plots import ema
+from cvtool.runs.layout import RunDir
 from cvtool.tasks import Task, higher_is_better
 
 
@@ -44,7 +45,7 @@ def finish_run(session: Session, state: TrainState, run_dir: Path | None, quiet:
 
     test = None
     if run_dir is not None and "test" in session.bundle.splits and session.bundle.splits["test"].targets is not None:
-        best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+        best = load_checkpoint(RunDir(run_dir).checkpoint("best"))
         unwrap(session.step.model).load_state_dict(best["model"])
         evaluator = session
         if session.dist is not None:  # only rank 0 gets here: evaluate alone (no DDP wrapper, no gather)
@@ -53,10 +54,10 @@ def finish_run(session: Session, state: TrainState, run_dir: Path | None, quiet:
             evaluator = replace(session, dist=None, step=replace(session.step, model=unwrap(session.step.model)))
         result = split_metrics(evaluator, eval_dataset(session.bundle, "test", session.task), "test")
         test = {"loss": result["loss"], **result["metrics"]}
-        save_predictions(run_dir / "predictions" / "test_best.npz", result)
+        save_predictions(RunDir(run_dir).prediction("test_best"), result)
     summary = build_summary(session, state, test)
     if run_dir is not None:
-        write_json(run_dir / "summary.json", summary)
+        write_json(RunDir(run_dir).summary, summary)
         write_plots(run_dir, state.history, session.task, session.meta.class_names, session.recipe.train.smoothing,
                     session.recipe.evaluate.threshold)
     return summary
@@ -97,7 +98,8 @@ def write_plots(run_dir: Path, history: list[dict[str, float]], task: Task, clas
 
     if not history:
         return
-    folder = run_dir / "plots"
+    run = RunDir(run_dir)
+    folder = run.plots
     epochs = [r["epoch"] for r in history]
     series = lambda key: (epochs, [r.get(key, float("nan")) for r in history])  # noqa: E731
     plots.curves({"train": series("train/loss"), "val": series("val/loss")}, "loss", "loss", folder / "loss.png")
@@ -108,16 +110,15 @@ def write_plots(run_dir: Path, history: list[dict[str, float]], task: Task, clas
             lines["train"] = series(f"train/{name}")
         plots.curves(lines, name, name, folder / f"{name}.png", smoothing=smoothing)
     plots.curves({"lr": series("lr")}, "learning rate", "lr", folder / "lr.png", logy=True)
-    predictions = run_dir / "predictions"
-    for label, file in (("first epoch", "val_epoch_001.npz"), ("best epoch", "val_best.npz")):
-        if not (predictions / file).is_file():
+    for label, name in (("first epoch", "val_epoch_001"), ("best epoch", "val_best")):
+        if not run.prediction(name).is_file():
             continue
-        data = load_predictions(predictions / file)
+        data = load_predictions(run.prediction(name))
         if task.confusion:
             classes = len(class_names)
             matrix = plots.confusion_matrix(data["targets"], data["outputs"], classes, threshold)
-            plots.confusion(matrix, class_names, f"confusion matrix, {label}", folder / f"confusion_{file[4:-4]}.png")
-        if task.roc and file == "val_best.npz":
+            plots.confusion(matrix, class_names, f"confusion matrix, {label}", folder / f"confusion_{name[4:]}.png")
+        if task.roc and name == "val_best":
             names = class_names if data["outputs"].shape[1] > 1 else [class_names[-1] if class_names else "positive"]
             curves = plots.roc_curves(data["targets"], data["outputs"], names)
             if curves:
