@@ -7,16 +7,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cvtool.cli.common import ModelArg, QuietOpt, console, handle_errors, is_tty
+from cvtool.cli.common import (
+    CheckpointOpt,
+    DataOpt,
+    ModelArg,
+    QuietOpt,
+    SplitOpt,
+    console,
+    handle_errors,
+    is_tty,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
 
 app = typer.Typer()
 
-SplitOpt = Annotated[str, typer.Option("--split", help="Split to evaluate: val or test (train works too).")]
-DataOpt = Annotated[Path | None, typer.Option("--data", help="Another data root with the recipe's layout.")]
-CheckpointOpt = Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")]
 
 
 @app.command("evaluate")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cvtool.cli.common import ModelArg, console, handle_errors
+from cvtool.cli.common import CheckpointOpt, ModelArg, console, handle_errors
 
 app = typer.Typer()
 
@@ -23,7 +23,7 @@ def export(
         "--raw-input", help="Input uint8 N x H x W x C of any size; resize + normalize inside the graph.")] = False,
     tolerance: Annotated[float, typer.Option(
         "--tolerance", help="Max abs difference onnxruntime vs PyTorch on real images.")] = 1e-4,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")] = "best",
+    checkpoint: CheckpointOpt = "best",
 ) -> None:
     """Export to ONNX (dynamic batch), then check it: onnx.checker and onnxruntime vs PyTorch."""
     from rich.table import Table

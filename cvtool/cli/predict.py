@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cvtool.cli.common import QuietOpt, console, err_console, handle_errors, is_tty
+from cvtool.cli.common import CheckpointOpt, QuietOpt, console, err_console, handle_errors, is_tty
 
 app = typer.Typer()
 
@@ -31,7 +31,7 @@ def predict(
         "--image-column", help="The CSV's image column (default: the training CSV's, else 'image').")] = None,
     images_dir: Annotated[Path | None, typer.Option(
         "--images-dir", help="Folder the CSV's image paths are relative to (default: the CSV's folder).")] = None,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")] = "best",
+    checkpoint: CheckpointOpt = "best",
     quiet: QuietOpt = False,
 ) -> None:
     """Predict every image and write the task's submission CSV, rows in input order."""

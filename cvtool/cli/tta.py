@@ -6,8 +6,16 @@ from typing import Annotated
 
 import typer
 
-from cvtool.cli.common import ModelArg, QuietOpt, console, handle_errors, is_tty
-from cvtool.cli.evaluate import CheckpointOpt, DataOpt, SplitOpt
+from cvtool.cli.common import (
+    CheckpointOpt,
+    DataOpt,
+    ModelArg,
+    QuietOpt,
+    SplitOpt,
+    console,
+    handle_errors,
+    is_tty,
+)
 
 app = typer.Typer()
 
