@@ -36,21 +36,26 @@ def _vote_labels(stack: np.ndarray, threshold: np.ndarray | float) -> np.ndarray
     return np.where(decision_pos, agree_pos, np.where(decision_neg, agree_neg, mean))
 
 
-class Multiclass(Task):
-    name = "multiclass"
-    default_monitor = "val/accuracy"
-    default_loss = "cross_entropy"
-    confusion = True
-    losses = ("cross_entropy",)
-    formats = ("folder", "csv", "tinyimagenet")
+class _OneClassPerImage(Task):
+    """Targets are int64 class indices, so a val split can keep the class proportions."""
+
     stratify = True
-    class_weighted = True
 
     def class_counts(self, targets, num_classes):
         return np.bincount(targets, minlength=num_classes)
 
     def metric_targets(self, targets):
         return targets.astype(np.int64)
+
+
+class Multiclass(_OneClassPerImage):
+    name = "multiclass"
+    default_monitor = "val/accuracy"
+    default_loss = "cross_entropy"
+    confusion = True
+    losses = ("cross_entropy",)
+    formats = ("folder", "csv", "tinyimagenet")
+    class_weighted = True
 
     def class_table(self, result, meta):
         return multiclass_table(result, meta)
@@ -87,7 +92,7 @@ class Multiclass(Task):
         return cross_entropy(cfg, class_weights)
 
 
-class Binary(Task):
+class Binary(_OneClassPerImage):
     name = "binary"
     default_monitor = "val/auc"
     default_loss = "bce"
@@ -95,7 +100,6 @@ class Binary(Task):
     roc = True
     losses = ("bce", "focal")
     formats = ("folder",)
-    stratify = True
     thresholds = True
     positive_class = True
 
@@ -106,12 +110,6 @@ class Binary(Task):
         if len(class_names) != 2:
             return f"task binary needs exactly 2 classes, found {len(class_names)}: {class_names[:5]}"
         return None
-
-    def class_counts(self, targets, num_classes):
-        return np.bincount(targets, minlength=num_classes)
-
-    def metric_targets(self, targets):
-        return targets.astype(np.int64)
 
     def class_table(self, result, meta):
         return positive_table(result, meta)
