@@ -1,8 +1,8 @@
-"""`cvtool bench`: issue 7's performance figures, each with its target.
+"""`cvtool bench`: the performance figures that matter to a user, each with its target.
 
 - train: a recipe's real training loop (build_session, train_dataset, make_loader, train_one_epoch)
   against the pure-compute ceiling, the same loop fed one fixed in-memory batch.
-- predict (bench_predict.py): onnxruntime vs torch eager, files -> CSV vs the bare session,
+- predict (bench/predict.py): onnxruntime vs torch eager, files -> CSV vs the bare session,
   TTA with N passes vs N plain passes.
 - startup: `cvtool --help` wall time in fresh processes; does `cvtool predict` on an .onnx import torch?
 

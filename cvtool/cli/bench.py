@@ -1,4 +1,4 @@
-"""`cvtool bench train|predict|startup`: issue 7's performance figures, each with its target."""
+"""`cvtool bench train|predict|startup`: performance figures, each with its target."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""`cvtool report`: the comparison document the seed authors wrote by hand.
+"""`cvtool report`: one document that compares runs, so nobody assembles tables and plots by hand.
 
 Runs (or a sweep's points) are ranked by a metric; each row says what differs from the first
-run's recipe. Figures overlay the metric across runs (raw faint, smoothed on top, as seeds 000
-and 002 compared runs in TensorBoard), the validation loss and the learning rate; each run's
-confusion matrix or ROC is copied from its plots/. Markdown and a self-contained HTML page are
-written side by side (cvtool/report_render.py), PNGs into `<stem>_files/` beside them.
+run's recipe. Figures overlay the metric across runs (raw faint, smoothed on top, the way
+TensorBoard compares runs), the validation loss and the learning rate; each run's confusion
+matrix or ROC is copied from its plots folder. Markdown and a self-contained HTML page are
+written side by side (reporting/render.py), PNGs into `<stem>_files/` beside them.
 """
 
 from __future__ import annotations
