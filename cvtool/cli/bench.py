@@ -1,4 +1,7 @@
-"""`cvtool bench train|predict|startup`: performance figures, each with its target."""
+"""`cvtool bench train|predict|startup`: performance figures, each with its target.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 

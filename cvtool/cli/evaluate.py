@@ -1,4 +1,7 @@
-"""`cvtool evaluate RUN_DIR|CKPT`: metrics, per-class report and plots of a checkpoint on a split."""
+"""`cvtool evaluate RUN_DIR|CKPT`: metrics, per-class report and plots of a checkpoint on a split.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""`cvtool export RUN_DIR|CKPT --onnx OUT.onnx`: a self-describing, self-checked ONNX file."""
+"""`cvtool export RUN_DIR|CKPT --onnx OUT.onnx`: a self-describing, self-checked ONNX file.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """`cvtool predict MODEL IMAGES --out submission.csv`: a competition submission from an .onnx
-file (onnxruntime; torch is never imported) or a run dir / checkpoint (PyTorch)."""
+file (onnxruntime; torch is never imported) or a run dir / checkpoint (PyTorch).
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 

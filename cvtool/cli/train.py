@@ -1,4 +1,7 @@
-"""`cvtool train RECIPE`: fit a recipe (or every point of its sweep) into a run directory."""
+"""`cvtool train RECIPE`: fit a recipe (or every point of its sweep) into a run directory.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
-    # imported here: `cvtool --help` must not import torch
     from cvtool.runs.launch import RunStopped, launch
     from cvtool.runs.layout import RunDir
     from cvtool.runs.recipes import load_recipe

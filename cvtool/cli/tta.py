@@ -1,4 +1,7 @@
-"""`cvtool tta RUN_DIR|CKPT`: plain vs test-time-augmented metrics on a split."""
+"""`cvtool tta RUN_DIR|CKPT`: plain vs test-time-augmented metrics on a split.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 

@@ -13,9 +13,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cvtool.data.loaders import Normalize
+from cvtool.data.pipeline import eval_dataset, prepare_data
+from cvtool.engine.checkpoint import update_meta
+from cvtool.engine.inference import predict_split
+from cvtool.engine.loop import select_device
 from cvtool.errors import CvtoolError
+from cvtool.evaluation.reports import per_class_table, write_predictions_csv, write_reports
 from cvtool.evaluation.results import EvalReport, EvalResult, Tuning
+from cvtool.evaluation.thresholds import check_tunable, score, tune_thresholds
 from cvtool.recipe.schema import Recipe
+from cvtool.runs.layout import RunDir
+from cvtool.runs.model import load_model
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +52,6 @@ def recipe_for(loaded: LoadedModel, data_root: str | Path | None = None) -> Reci
 def load_splits(loaded: LoadedModel, splits: tuple[str, ...], data_root: str | Path | None = None,
                 progress: bool = False) -> DataBundle:
     """Decode the wanted splits (those that exist) with the checkpoint's normalization."""
-    from cvtool.data.pipeline import prepare_data
 
     for split in splits:
         check_split(split)
@@ -74,16 +82,12 @@ def default_threshold(loaded: LoadedModel) -> np.ndarray:
 
 
 def dataset_for(loaded: LoadedModel, bundle: DataBundle, split: str) -> SampleDataset:
-    from cvtool.data.pipeline import eval_dataset
-
     return eval_dataset(bundle, split, loaded.task)
 
 
 def evaluate_split(loaded: LoadedModel, split: str, data_root: str | Path | None = None,
                    bundle: DataBundle | None = None, progress: bool = False) -> EvalResult:
     """Plain inference of the checkpoint on one split, with the task's sklearn metrics."""
-    from cvtool.data.loaders import Normalize
-    from cvtool.engine.inference import predict_split
 
     bundle = bundle if bundle is not None else load_splits(loaded, (split,), data_root, progress)
     require_split(bundle, split, labelled=False)
@@ -108,8 +112,6 @@ def rescore(loaded: LoadedModel, result: EvalResult, threshold: np.ndarray | flo
 
 def tune_and_store(loaded: LoadedModel, val: EvalResult, test: EvalResult | None) -> Tuning:
     """Tune thresholds on val, score them on test, store the per-class ones in the checkpoint."""
-    from cvtool.engine.checkpoint import update_meta
-    from cvtool.evaluation.thresholds import check_tunable, score, tune_thresholds
 
     metric = loaded.recipe.evaluate.tune_metric
     check_tunable(loaded.task, metric)
@@ -129,7 +131,6 @@ def tune_and_store(loaded: LoadedModel, val: EvalResult, test: EvalResult | None
 
 def default_out_dir(checkpoint: Path, split: str) -> Path:
     """<run_dir>/eval/<split>-<checkpoint name> (a loose .pt: beside it)."""
-    from cvtool.runs.layout import RunDir
 
     run = RunDir.from_checkpoint(checkpoint) or RunDir(checkpoint.parent)
     return run.eval_dir(split, checkpoint.stem)
@@ -140,10 +141,6 @@ def run_evaluation(target: str | Path, split: str = "test", which: str = "best",
                    predictions_csv: str | Path | None = None, tune: bool = False,
                    progress: bool = False) -> EvalReport:
     """Everything `cvtool evaluate` does: (tune), evaluate, write metrics, tables and plots."""
-    from cvtool.engine.loop import select_device
-    from cvtool.evaluation.reports import per_class_table, write_predictions_csv, write_reports
-    from cvtool.evaluation.thresholds import check_tunable
-    from cvtool.runs.model import load_model
 
     check_split(split)
     loaded = load_model(target, which, select_device("auto"))

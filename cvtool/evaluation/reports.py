@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cvtool import plots
+from cvtool.data.images import open_image
 from cvtool.evaluation.results import EvalResult, Tuning
 from cvtool.fileio import write_csv, write_json
 from cvtool.tasks import Task
@@ -34,8 +36,6 @@ def output_names(meta: ModelMeta) -> list[str]:
 
 def _worst_points(result: EvalResult, meta: ModelMeta, folder: Path) -> list[Path]:
     """The predictions with the largest mean point distance, drawn on their images."""
-    from cvtool import plots
-    from cvtool.data.images import open_image
 
     truth, predicted = point_arrays(result)
     errors = np.linalg.norm(truth - predicted, axis=2).mean(axis=1)
@@ -56,7 +56,6 @@ def per_class_table(task: Task, meta: ModelMeta, result: EvalResult) -> ClassTab
 
 def write_plots(task: Task, meta: ModelMeta, result: EvalResult, folder: Path) -> list[Path]:
     """Confusion matrices (counts, normalized), ROC curves and the task's own figures."""
-    from cvtool import plots
 
     files: list[Path] = []
     split = result.split

@@ -16,8 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cvtool import plots
 from cvtool.errors import CvtoolError
 from cvtool.fileio import atomic_open, write_text
+from cvtool.plots import ema
+from cvtool.registry import suggest
 from cvtool.reporting.collect import Figure, Report, Row, Run, collect_runs
 from cvtool.reporting.render import render_html, render_markdown
 from cvtool.runs.layout import RunDir
@@ -48,8 +51,6 @@ def _metric_name(metric: str, runs: list[Run]) -> str:
     name = metric if metric.startswith(("val/", "train/")) else f"val/{metric}"
     recorded = sorted({key for run in runs for row in run.history for key in row} - {"epoch", "lr", "seconds"})
     if name not in recorded:
-        from cvtool.registry import suggest
-
         raise CvtoolError(f"--metric {metric}: no run recorded it{suggest(name, recorded)} (have: {', '.join(recorded)})")
     return name
 
@@ -62,7 +63,6 @@ def best_of(run: Run, metric: str) -> tuple[int | None, float | None, int | None
     if summary.get("monitor") == metric and summary.get("best_value") is not None:
         return (summary.get("best_epoch"), summary.get("best_value"),
                 summary.get("smoothed_best_epoch"), summary.get("smoothed_best_value"))
-    from cvtool.plots import ema
 
     rows = [r for r in run.history if metric in r]
     if not rows:
@@ -132,7 +132,6 @@ def _show(value: Any, limit: int = 80) -> str:
 
 def draw_figures(runs: list[Run], metric: str, files_dir: Path) -> list[Figure]:
     """Overlays of the metric, the validation loss and the lr; each run's confusion matrix / ROC."""
-    from cvtool import plots
 
     smoothing = runs[0].smoothing
     figures = []

@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from cvtool import plots
+from cvtool.data.pipeline import eval_dataset, skipped_counts
+from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.engine.inference import predict_split
 from cvtool.engine.state import Session, TrainState, unwrap
 from cvtool.fileio import atomic_open, write_json
@@ -40,8 +43,6 @@ def load_predictions(path: Path) -> dict[str, np.ndarray]:
 
 def finish_run(session: Session, state: TrainState, run_dir: Path | None, quiet: bool) -> dict[str, Any]:
     """Best checkpoint on the test split, summary.json and plots."""
-    from cvtool.data.pipeline import eval_dataset
-    from cvtool.engine.checkpoint import load_checkpoint
 
     test = None
     if run_dir is not None and "test" in session.bundle.splits and session.bundle.splits["test"].targets is not None:
@@ -64,8 +65,6 @@ def finish_run(session: Session, state: TrainState, run_dir: Path | None, quiet:
 
 
 def build_summary(session: Session, state: TrainState, test: dict[str, float] | None) -> dict[str, Any]:
-    from cvtool.data.pipeline import skipped_counts
-
     monitor = session.monitor
     values = [row[monitor] for row in state.history]
     smoothed = ema(values, session.recipe.train.smoothing)
@@ -94,7 +93,6 @@ def build_summary(session: Session, state: TrainState, test: dict[str, float] | 
 def write_plots(run_dir: Path, history: list[dict[str, float]], task: Task, class_names: list[str],
                 smoothing: float, threshold: float) -> None:
     """Loss, every metric (raw and smoothed), lr, confusion matrices and ROC curves."""
-    from cvtool import plots
 
     if not history:
         return

@@ -12,6 +12,7 @@ import torch
 
 from cvtool.data.loaders import EpochSampler, Normalize, make_loader
 from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
+from cvtool.data.stats import class_weights, pos_weight
 from cvtool.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cvtool.engine.loop import Stepper, amp_dtype, select_device, train_one_epoch, with_cpu_runtime
 from cvtool.engine.optim import (
@@ -27,6 +28,7 @@ from cvtool.engine.runlog import RunLog
 from cvtool.engine.state import Session, TrainState, unwrap
 from cvtool.errors import CvtoolError
 from cvtool.model_card import ModelMeta
+from cvtool.models import build_model, frozen_batchnorm_eval, set_trainable
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.artifacts import finish_run, save_predictions, split_metrics
 from cvtool.runs.layout import RunDir
@@ -40,9 +42,6 @@ def seed_everything(seed: int) -> None:
 
 
 def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
-    from cvtool.data.stats import class_weights, pos_weight
-    from cvtool.models import build_model, frozen_batchnorm_eval
-
     seed_everything(recipe.seed + (dist.rank if dist else 0))
     task = get_task(recipe.task)
     bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
@@ -169,8 +168,6 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
 
 def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, run: RunDir | None,
             steps: int) -> None:
-    from cvtool.models import set_trainable
-
     recipe, step = session.recipe, session.step
     higher = higher_is_better(session.monitor)
     stopper = recipe.train.early_stop
