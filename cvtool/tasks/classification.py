@@ -40,6 +40,8 @@ class Multiclass(Task):
     default_monitor = "val/accuracy"
     default_loss = "cross_entropy"
     confusion = True
+    has_classes = True
+    mixable = True
 
     def activate(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits.astype(np.float64)).astype(np.float32)
@@ -69,6 +71,14 @@ class Multiclass(Task):
         return [[names[i], *(f"{p:.6f}" for p in row)] if probs else [names[i]]
                 for i, row in zip(outputs.argmax(axis=1), outputs, strict=True)]
 
+    def dense_targets(self, targets, num_outputs):
+        import torch
+
+        return torch.nn.functional.one_hot(targets.long(), num_outputs).float()
+
+    def sampling_groups(self, targets, num_outputs):
+        return np.asarray(targets, np.int64)
+
     def build_loss(self, cfg, class_weights=None, pos_weight=None):
         return cross_entropy(cfg, class_weights)
 
@@ -79,6 +89,8 @@ class Binary(Task):
     default_loss = "bce"
     confusion = True
     roc = True
+    has_classes = True
+    mixable = True
 
     def activate(self, logits):
         return sigmoid(logits.astype(np.float64)).astype(np.float32)
@@ -104,6 +116,12 @@ class Binary(Task):
     def rows(self, outputs, labels, probs=False, sizes=None):
         return [[f"{p:.6f}"] for p in outputs.reshape(-1)]
 
+    def dense_targets(self, targets, num_outputs):
+        return targets.float().reshape(-1, 1)
+
+    def sampling_groups(self, targets, num_outputs):
+        return np.asarray(targets, np.int64)
+
     def build_loss(self, cfg, class_weights=None, pos_weight=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)
 
@@ -113,6 +131,8 @@ class Multilabel(Task):
     default_monitor = "val/f1_macro"
     default_loss = "bce"
     roc = True
+    has_classes = True
+    mixable = True
 
     def activate(self, logits):
         return sigmoid(logits.astype(np.float64)).astype(np.float32)
@@ -140,6 +160,16 @@ class Multilabel(Task):
         above = outputs > np.asarray(labels.thresholds)
         return [[" ".join(names[mask]), *(f"{p:.6f}" for p in row)] if probs else [" ".join(names[mask])]
                 for mask, row in zip(above, outputs, strict=True)]
+
+    def dense_targets(self, targets, num_outputs):
+        return targets.float()
+
+    def sampling_groups(self, targets, num_outputs):
+        """An image counts for its rarest positive tag; images with no tag form one more group."""
+        positives = np.asarray(targets) > 0.5
+        counts = positives.sum(axis=0)
+        rarity = np.where(positives, counts[None, :], np.iinfo(np.int64).max)
+        return np.where(positives.any(axis=1), rarity.argmin(axis=1), num_outputs).astype(np.int64)
 
     def build_loss(self, cfg, class_weights=None, pos_weight=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)
