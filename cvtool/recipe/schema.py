@@ -75,6 +75,8 @@ class DataConfig(Section):
     cache: Literal["auto", "memory", "disk"] = "auto"
     cache_max_gb: PosFloat = 4.0
     on_bad_image: Literal["fail", "skip"] = "fail"
+    # training order: uniform (a permutation per epoch) or class-balanced draws with replacement
+    sampler: Literal["uniform", "balanced", "sqrt_balanced"] = "uniform"
 
     @field_validator("image_extension")
     @classmethod
@@ -172,6 +174,23 @@ class LossConfig(Section):
     beta: PosFloat = 1.0
 
 
+class EmaConfig(Section):
+    """An exponential moving average of the weights (BatchNorm buffers included)."""
+
+    decay: Annotated[float, Field(gt=0, lt=1), NoBool] = 0.9998
+    warmup_epochs: NonNegInt = 0  # the average follows the raw weights until this epoch is done
+    every: PosInt = 1  # update every N optimizer steps
+
+
+class MixArgs(Section):
+    alpha: PosFloat = 1.0
+    p: Probability | None = None  # chance per batch; unset: the entries share what is left of 1
+
+
+MIXERS = ("MixUp", "CutMix")
+BatchMixSpec = dict[Literal["MixUp", "CutMix"], MixArgs]
+
+
 class EarlyStop(Section):
     patience: PosInt = 10
     min_delta: NonNegFloat = 0.0
@@ -189,6 +208,8 @@ class TrainConfig(Section):
     compile: bool = False
     grad_clip: PosFloat | None = None
     max_batches: PosInt | None = None  # cut each training epoch short (smoke tests, benchmarks)
+    ema: EmaConfig | None = None
+    accumulate: PosInt = 1  # an optimizer step every N batches (gradient accumulation)
 
     @field_validator("monitor")
     @classmethod
@@ -216,6 +237,7 @@ class Recipe(Section):
     seed: Annotated[int, NoBool] = 42
     data: DataConfig
     augment: list[TransformSpec] = []
+    augment_batch: list[BatchMixSpec] = []  # MixUp / CutMix on whole training batches
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     phases: list[Phase] = []
@@ -238,5 +260,20 @@ class Recipe(Section):
         epochs = [phase.epoch for phase in self.phases]
         if epochs != sorted(set(epochs)):
             raise ValueError("phases must have increasing, distinct epochs")
+        self._check_batch_features()
         return self
+
+    def _check_batch_features(self) -> None:
+        from cvtool.tasks import get_task
+
+        task = get_task(self.task)
+        if any(len(spec) != 1 for spec in self.augment_batch):
+            raise ValueError("augment_batch: each entry is one of MixUp or CutMix, e.g. [{MixUp: {alpha: 0.2}}]")
+        if self.augment_batch and not task.mixable:
+            raise ValueError(f"augment_batch: MixUp/CutMix cannot mix {self.task} targets")
+        given = sum(args.p for spec in self.augment_batch for args in spec.values() if args.p is not None)
+        if given > 1 + 1e-9:
+            raise ValueError(f"augment_batch: the p of the entries add up to {given:g}, more than 1")
+        if self.data.sampler != "uniform" and not task.has_classes:
+            raise ValueError(f"data.sampler {self.data.sampler} needs class labels (task {self.task} has none)")
 

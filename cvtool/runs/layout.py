@@ -24,6 +24,7 @@ PLOTS = "plots"
 PREDICTIONS = "predictions"
 TENSORBOARD = "tensorboard"
 EVAL = "eval"
+SAMPLING = "sampling.csv"  # data.sampler: the classes each epoch drew
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD
+
+    @property
+    def sampling(self) -> Path:
+        return self.path / SAMPLING
 
     @property
     def sweep(self) -> Path:
