@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import nn
 from cvtool.errors import CvtoolError
 from cvtool.models.timm import is_timm, timm_weights
 from cvtool.models.torchvision import torchvision_weights
-from cvtool.models.weights import WeightsSpec
+from cvtool.models.weights import WeightsSpec, ensure_cached
 from cvtool.recipe.schema import ModelConfig, is_weights_file
 
 WEIGHTS_ATTR = "cvtool_pretrained"
@@ -114,3 +115,34 @@ def record_weights(model: nn.Module, spec: WeightsSpec | None) -> None:
 def weights_record(model: nn.Module) -> dict[str, Any] | None:
     """Which weights `model` started from ({source, arch, name, url, file}), as build_model recorded."""
     return getattr(model, WEIGHTS_ATTR, None)
+
+
+def fetch_weights(arch: str, weights: str | None = None) -> tuple[WeightsSpec, bool]:
+    """Put `arch`'s published weights (default: its ImageNet / timm default ones) into the cache.
+
+    Returns the weights, with `file` where they now are, and whether they were downloaded.
+    """
+    from pydantic import ValidationError
+
+    from cvtool.models.registry import check_arch
+
+    check_arch(arch)
+    try:
+        cfg = ModelConfig(arch=arch, pretrained=True if weights is None else weights)
+    except ValidationError as exc:
+        raise CvtoolError(f"--weights: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    spec = resolve_weights(cfg)
+    if spec is None or spec.source == "file":
+        raise CvtoolError("--weights: name published weights (imagenet, IMAGENET1K_V2, a timm tag, hf-hub:org/repo)")
+    cached = spec.file.is_file()
+    return replace(spec, file=ensure_cached(spec)), not cached
+
+
+def list_cached() -> list[dict[str, Any]]:
+    """Cached weights files ({source, name, bytes, path}); torchvision's named as `<arch> <weights>`."""
+    from cvtool.models.torchvision import published_files
+    from cvtool.models.weights import cached_weights
+
+    names = published_files()
+    return [{**row, "name": names.get(row["name"], row["name"])} if row["source"] == "torch" else row
+            for row in cached_weights()]

@@ -69,3 +69,14 @@ def torch_hub_hash(url: str) -> str | None:
 
     found = torch.hub.HASH_REGEX.search(url_file(url).name)
     return found.group(1) if found else None
+
+
+def published_files() -> dict[str, str]:
+    """torch.hub cache file name -> `<arch> <weights name>` for every weights torchvision publishes."""
+    import torchvision
+
+    names: dict[str, str] = {}
+    for arch in torchvision.models.list_models(module=torchvision.models):
+        for weights in torchvision.models.get_model_weights(arch):
+            names.setdefault(url_file(weights.url).name, f"{arch} {weights.name}")
+    return names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from cvtool.errors import CvtoolError
 from cvtool.model_card import ModelMeta
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.artifacts import finish_run, split_metrics
+from cvtool.runs.normalization import normalization_line, normalization_source
 from cvtool.tasks import Task, get_task, higher_is_better
 
 
@@ -44,7 +46,10 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
 
     seed_everything(recipe.seed + (dist.rank if dist else 0))
     task = get_task(recipe.task)
-    bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
+    normalization, origin = normalization_source(recipe)
+    bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank), normalization=normalization)
+    if not quiet and not (dist and dist.rank):
+        print(normalization_line(origin, bundle.mean, bundle.std), file=sys.stderr)
     info, cfg = bundle.info, recipe.data
     meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
                      cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None)
@@ -104,6 +109,8 @@ def enter_phase(session: Session, epoch: int, steps: int) -> None:
 
 
 def checkpoint_payload(session: Session, state: TrainState) -> dict[str, Any]:
+    from cvtool.models.pretrained import weights_record
+
     return {
         "recipe": session.recipe.model_dump(mode="json"), "meta": session.meta.to_dict(), "epoch": state.epoch,
         "model": unwrap(session.step.model).state_dict(), "optimizer": session.step.optimizer.state_dict(),
@@ -111,6 +118,7 @@ def checkpoint_payload(session: Session, state: TrainState) -> dict[str, Any]:
         "train_state": {"best_value": state.best_value, "best_epoch": state.best_epoch,
                         "bad_epochs": state.bad_epochs, "history": state.history},
         "monitor": session.monitor,
+        "pretrained": weights_record(unwrap(session.step.model)),  # where the run's weights started from
     }
 
 
