@@ -146,3 +146,10 @@ def list_cached() -> list[dict[str, Any]]:
     names = published_files()
     return [{**row, "name": names.get(row["name"], row["name"])} if row["source"] == "torch" else row
             for row in cached_weights()]
+
+
+def ensure_weights(cfg: ModelConfig) -> None:
+    """Have `model.pretrained`'s file on disk (downloaded if need be, or one line why not), early in a run."""
+    spec = resolve_weights(cfg)
+    if spec is not None:
+        ensure_cached(spec)

@@ -43,9 +43,11 @@ def seed_everything(seed: int) -> None:
 def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     from cvtool.data.stats import class_weights, pos_weight
     from cvtool.models import build_model, frozen_batchnorm_eval
+    from cvtool.models.pretrained import ensure_weights
 
     seed_everything(recipe.seed + (dist.rank if dist else 0))
     task = get_task(recipe.task)
+    ensure_weights(recipe.model)  # a missing download fails before any image is decoded
     normalization, origin = normalization_source(recipe)
     bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank), normalization=normalization)
     if not quiet and not (dist and dist.rank):
