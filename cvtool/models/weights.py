@@ -148,7 +148,12 @@ def _url_download(spec: WeightsSpec) -> Path:
 def _reachable(url: str) -> None:
     """One bounded TCP connect to the URL's host: no network fails here at once, before the
     download code's own retries (huggingface_hub backs off for about a minute)."""
+    import urllib.request
+
     parts = urlparse(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):  # behind a proxy: reach the proxy
+        parts = urlparse(proxy if "://" in proxy else f"http://{proxy}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     with socket.create_connection((parts.hostname or "", port), timeout=NETWORK_TIMEOUT):
         pass
