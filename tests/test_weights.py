@@ -38,7 +38,7 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "torch-home"
     monkeypatch.setenv("TORCH_HOME", str(home))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    for name in ("CVTOOL_OFFLINE", "HF_HUB_OFFLINE"):
+    for name in ("CVTOOL_OFFLINE", "HF_HUB_OFFLINE", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
