@@ -33,7 +33,7 @@ def expand_sweep(recipe: Recipe, source: str = "<recipe>") -> list[tuple[str, Re
 
 
 def check_names(recipe: Recipe, source: str, set_keys: Collection[str] = ()) -> None:
-    """Names that need torchvision to check: transforms (built once) and model architectures."""
+    """Names that need torchvision to check: transforms (built once), architectures, weights names."""
     for key, specs in (("augment", recipe.augment), ("tta.transforms", recipe.tta.transforms or [])):
         origin = f"{source}: --set" if _from_set(key, "", set_keys) else source
         for index, spec in enumerate(specs):
@@ -56,3 +56,10 @@ def check_names(recipe: Recipe, source: str, set_keys: Collection[str] = ()) -> 
     except CvtoolError as exc:
         origin = f"{source}: --set" if _from_set("model.arch", "", set_keys) else source
         raise CvtoolError(_one_line(f"{origin}: model.arch: {exc}")) from None
+    from cvtool.models.pretrained import resolve_weights
+
+    try:  # weights names (no download): `pretrained: IMAGENET1K_V3` is refused before any data is read
+        resolve_weights(recipe.model)
+    except CvtoolError as exc:
+        origin = f"{source}: --set" if _from_set("model.pretrained", "", set_keys) else source
+        raise CvtoolError(_one_line(f"{origin}: {exc}")) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,11 @@ from cvtool.engine.state import Session, TrainState, unwrap
 from cvtool.errors import CvtoolError
 from cvtool.model_card import ModelMeta
 from cvtool.models import build_model, frozen_batchnorm_eval, set_trainable
+from cvtool.models.pretrained import ensure_weights, record_weights, weights_record
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.artifacts import finish_run, record_sampling, save_predictions, split_metrics
 from cvtool.runs.layout import RunDir
+from cvtool.runs.normalization import normalization_line, normalization_source
 from cvtool.tasks import Task, get_task, higher_is_better
 
 
@@ -51,15 +54,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
+def build_session(recipe: Recipe, quiet: bool, dist: Any = None, resume: bool = False) -> Session:
+    """The run's live objects. A resumed run loads its weights from last.pt, so the pretrained
+    ones are neither needed nor fetched (resuming works offline without the weights cache)."""
     seed_everything(recipe.seed + (dist.rank if dist else 0))
     task = get_task(recipe.task)
-    bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
+    model_cfg = recipe.model.model_copy(update={"pretrained": None}) if resume else recipe.model
+    ensure_weights(model_cfg)  # a missing download fails before any image is decoded
+    normalization, origin = normalization_source(recipe)
+    bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank), normalization=normalization)
+    if not quiet and not (dist and dist.rank):
+        print(normalization_line(origin, bundle.mean, bundle.std), file=sys.stderr)
     info, cfg = bundle.info, recipe.data
     meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
                      cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None)
     device = dist.device if dist else select_device(recipe.train.device)
-    model = build_model(recipe.model, info.num_outputs, cfg.channels, cfg.image_size)
+    model = build_model(model_cfg, info.num_outputs, cfg.channels, cfg.image_size)
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     weights, positive = _loss_weights(recipe, task, bundle, class_weights, pos_weight)
@@ -128,6 +138,7 @@ def checkpoint_payload(session: Session, state: TrainState) -> dict[str, Any]:
         "train_state": {"best_value": state.best_value, "best_epoch": state.best_epoch,
                         "bad_epochs": state.bad_epochs, "history": state.history},
         "monitor": session.monitor,
+        "pretrained": weights_record(unwrap(session.step.model)),  # where the run's weights started from
     }
 
 
@@ -137,6 +148,7 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
     state = TrainState(int(payload["epoch"]), saved["best_value"], int(saved["best_epoch"]),
                        int(saved["bad_epochs"]), list(saved["history"]))
     unwrap(session.step.model).load_state_dict(payload.get("raw_model", payload["model"]))
+    record_weights(unwrap(session.step.model), None, payload.get("pretrained"))
     if session.ema is not None:
         session.ema.load(payload["model"], payload["ema"])
     # The optimizer and schedule as they were when the checkpoint was taken; a phase that
@@ -158,7 +170,7 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
 def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bool = False,
         stop: Any = None, dist: Any = None) -> dict[str, Any]:
     """Train `recipe`, writing the run into `run_dir`; returns the summary."""
-    session = build_session(recipe, quiet, dist)
+    session = build_session(recipe, quiet, dist, resume)
     lead = dist is None or dist.rank == 0
     train_set = train_dataset(session.bundle, recipe, session.task)
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
