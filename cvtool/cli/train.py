@@ -20,6 +20,8 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<name>/<time>).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR from its last.pt.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
+    extend: Annotated[bool, typer.Option(
+        "--extend", help="With --resume and a changed train.epochs: train on, the schedule restarted over the added epochs.")] = False,
     detect_anomaly: Annotated[bool, typer.Option("--detect-anomaly", help="torch autograd anomaly detection (slow).")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -43,7 +45,7 @@ def train(
         try:
             with failure_guard(dist):  # one rank's failure is reported once; the others exit quietly
                 summary = run_recipe(resolved, run_dir, resume=resume is not None, overwrite=overwrite,
-                                     quiet=quiet, stop=stop, dist=dist)
+                                     quiet=quiet, stop=stop, dist=dist, extend=extend)
         except StopRequested:
             err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
             raise typer.Exit(stop.exit_code) from None

@@ -98,7 +98,9 @@ def evaluate_split(loaded: LoadedModel, split: str, data_root: str | Path | None
     loader = make_loader(dataset, eval_batch_size(recipe), EpochSampler(len(dataset), 0, False),
                          recipe.data.num_workers, device)
     normalize = Normalize(loaded.meta.mean, loaded.meta.std).to(device)
-    loss_fn = task.build_loss(recipe.loss).to(device) if labelled else None  # unweighted criterion
+    # the training criterion (its class weights and pos_weight), so the val loss matches summary.json
+    loss_fn = (task.build_loss(recipe.loss, loaded.meta.class_weights, loaded.meta.pos_weight).to(device)
+               if labelled else None)
     logits, _, indices, loss = run_inference(loaded.model, normalize, loader, device, loss_fn=loss_fn)
     order = np.argsort(indices, kind="stable")
     outputs, indices = task.activate(logits[order]), indices[order]

@@ -73,6 +73,7 @@ class DataConfig(Section):
     cache: Literal["auto", "memory", "disk"] = "auto"
     cache_max_gb: PosFloat = 4.0
     on_bad_image: Literal["fail", "skip"] = "fail"
+    duplicates: Literal["refuse", "keep"] = "refuse"  # the same image twice in one CSV
 
     @field_validator("image_extension")
     @classmethod

@@ -46,13 +46,15 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     task = get_task(recipe.task)
     bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
     info, cfg = bundle.info, recipe.data
-    meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
-                     cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None)
     device = dist.device if dist else select_device(recipe.train.device)
     model = build_model(recipe.model, info.num_outputs, cfg.channels, cfg.image_size)
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     weights, positive = _loss_weights(recipe, task, bundle, class_weights, pos_weight)
+    meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
+                     cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None,
+                     None if weights is None else [float(w) for w in weights], positive,
+                     list(info.class_ids) or None)
     loss_fn = task.build_loss(recipe.loss, weights, positive).to(device)
     # model.freeze sets requires_grad=False after wrapping: DDP must then expect gradient-less parameters
     net = dist.wrap(model, recipe.model.sync_batchnorm, find_unused=recipe.model.freeze is not None) if dist else model
@@ -134,7 +136,7 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
 
 @with_cpu_runtime
 def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bool = False,
-        stop: Any = None, dist: Any = None) -> dict[str, Any]:
+        stop: Any = None, dist: Any = None, extend: bool = False) -> dict[str, Any]:
     """Train `recipe`, writing the run into `run_dir`; returns the summary."""
     session = build_session(recipe, quiet, dist)
     lead = dist is None or dist.rank == 0
@@ -142,6 +144,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     sampler = EpochSampler(len(train_set), recipe.seed, True, rank, world)
     batch = recipe.data.batch_size
+    if lead and batch > len(sampler):
+        _warn_clipped_batch(batch, len(sampler), dist is not None)
     loader = make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
                          drop_last=len(sampler) % batch == 1)
     steps = min(len(loader), recipe.train.max_batches or len(loader))
@@ -150,7 +154,14 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
         session.step.stop = stop
     ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
     if resume:
-        state = restore(session, load_checkpoint(ckpt_dir / "last.pt"), steps)
+        from cvtool.runs.resume import carry_thresholds, check_resume, extend_schedule, planned_epochs
+
+        payload = load_checkpoint(ckpt_dir / "last.pt")
+        check_resume(recipe, payload, extend, run_dir)
+        state = restore(session, payload, steps)
+        if planned_epochs(payload) != recipe.train.epochs:
+            extend_schedule(session, state, steps)
+        carry_thresholds(session, ckpt_dir, payload)
     else:
         state = TrainState()
         if lead and ckpt_dir is not None:
@@ -163,6 +174,15 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     if not lead:
         return {}
     return finish_run(session, state, run_dir, quiet)
+
+
+def _warn_clipped_batch(batch: int, images: int, per_rank: bool) -> None:
+    from rich.console import Console
+
+    where = "this rank's share of the training split" if per_rank else "the training split"
+    Console(stderr=True, highlight=False).print(
+        f"[yellow]cvtool: data.batch_size {batch} is larger than {where} ({images} images): "
+        f"each epoch is one batch of {images}[/]", soft_wrap=True)
 
 
 def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, ckpt_dir, steps: int) -> None:

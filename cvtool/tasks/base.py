@@ -41,6 +41,7 @@ class Task(ABC):
     default_loss: str = ""
     confusion: bool = False  # confusion-matrix plots make sense
     roc: bool = False  # ROC curves make sense
+    probabilities: bool = True  # outputs are class probabilities (`predict --probs` can write them)
 
     @abstractmethod
     def activate(self, logits: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ class Keypoints(Task):
     name = "keypoints"
     default_monitor = "val/rmse"
     default_loss = "mse"
+    probabilities = False  # coordinates, not scores
 
     def activate(self, logits):
         return logits.astype(np.float32)
