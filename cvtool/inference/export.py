@@ -120,7 +120,9 @@ def _check_export_size(loaded: Any, image_size: int) -> None:
         check_input_size(loaded.model, loaded.recipe.model.arch, meta.channels, image_size, meta.num_outputs,
                          key="--image-size")
     except CvtoolError as exc:
-        if "cannot be multiplied" not in str(exc):  # too small for the backbone: the message says so
+        # a Linear meeting more (or fewer) features than it was built for; anything else (too small
+        # for the backbone) the message already says
+        if not any(text in str(exc) for text in ("reduction dim", "cannot be multiplied")):
             raise
         raise CvtoolError(f"--image-size {image_size}: this model's head flattens the feature map, which fixes "
                           f"its input at the {meta.image_size} px it was trained at; export without --image-size"
