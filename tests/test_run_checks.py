@@ -42,12 +42,13 @@ def test_a_class_without_positives_keeps_the_default_threshold() -> None:
     rng = np.random.default_rng(0)
     targets = (rng.random((60, 3)) < 0.4).astype(np.float32)
     targets[:, 2] = 0  # never positive in the tuning split
-    outputs = np.clip(targets * 0.5 + rng.random((60, 3)) * 0.5, 0, 1).astype(np.float32)
-    outputs[:, 2] = rng.random(60) * 0.1  # low scores: today's search set 0.027-ish, tagging unseen images
+    outputs = (0.01 + targets * 0.05 + rng.random((60, 3)) * 0.01).astype(np.float32)  # an under-confident model
+    outputs[:, 2] = rng.random(60) * 0.1
     for metric in ("f1_macro", "f2"):
         tuned = tune_thresholds(targets, outputs, metric, default=0.5)
+        assert tuned.global_threshold < 0.06  # it used to be inherited by the class without positives
         assert tuned.per_class[2] == pytest.approx(0.5)
-        assert tuned.at_per_class >= tuned.at_default
+        assert tuned.at_per_class >= tuned.at_global
 
 
 def test_val_loss_of_summary_equals_evaluate_with_auto_pos_weight(synthetic, make_recipe, tmp_path) -> None:
