@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +47,15 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     task = get_task(recipe.task)
     bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
     info, cfg = bundle.info, recipe.data
+    meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
+                     cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None)
     device = dist.device if dist else select_device(recipe.train.device)
     model = build_model(recipe.model, info.num_outputs, cfg.channels, cfg.image_size)
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     weights, positive = _loss_weights(recipe, task, bundle, class_weights, pos_weight)
-    meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
-                     cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None,
-                     None if weights is None else [float(w) for w in weights], positive,
-                     list(info.class_ids) or None)
+    meta = replace(meta, class_weights=None if weights is None else [float(w) for w in weights],
+                   pos_weight=positive, class_ids=list(info.class_ids) or None)  # evaluate rebuilds this loss
     loss_fn = task.build_loss(recipe.loss, weights, positive).to(device)
     # model.freeze sets requires_grad=False after wrapping: DDP must then expect gradient-less parameters
     net = dist.wrap(model, recipe.model.sync_batchnorm, find_unused=recipe.model.freeze is not None) if dist else model
