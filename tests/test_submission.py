@@ -49,6 +49,7 @@ def planet_like(synthetic, root: Path) -> None:
             writer.writerows([[name, "clear primary"] for name, _ in out] if table is None else out)
 
 
+@pytest.mark.slow  # trains, exports with its parity check, predicts
 def test_planet_like_submission_matches_the_sample_submission(synthetic, make_recipe, tmp_path) -> None:
     root = tmp_path / "planet"
     planet_like(synthetic, root)
