@@ -50,6 +50,10 @@ class ModelMeta:
     num_outputs: int
     thresholds: list[float] | None = None  # multilabel/binary, tuned by `cvtool evaluate`
     flip_pairs: list[list[int]] | None = None
+    # the training loss's weights, so that `cvtool evaluate` reports the loss training reported
+    class_weights: list[float] | None = None
+    pos_weight: float | None = None
+    class_ids: list[str] | None = None  # Tiny ImageNet's wnids beside the readable class names
 
     def labels(self, default_threshold: float = 0.5) -> Labels:
         """What the task needs to turn outputs into decisions and submission cells."""

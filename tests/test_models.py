@@ -101,8 +101,8 @@ FORWARD_CASES = [
     ("simplenet", 8, {}),
     ("simplenet", 8, {"blocks": [16, 16, 32, 32, 64], "skip": True, "batch_norm": True, "activation": "gelu", "head": [32]}),
     ("resnet18", 32, {"dropout": 0.3}),
-    ("resnext50_32x4d", 16, {}),
-    ("wide_resnet50_2", 16, {}),
+    ("resnext50_32x4d", 32, {}),
+    ("wide_resnet50_2", 32, {}),
     ("efficientnet_b0", 32, {"dropout": 0.5, "head": [64]}),
     ("efficientnet_v2_s", 32, {"small_input": {"stride1": 2}, "shakedrop": {"p": 0.5}}),
     ("vgg11", 32, {"head": [64]}),
@@ -309,9 +309,9 @@ def test_shakedrop_training_forward_is_stochastic_and_p0_is_plain_residual() -> 
     model = build("simplenet", size=8, skip=True, shakedrop={"p": 0.5, "at": "all"}).train()
     assert not torch.equal(model(x), model(x))
     torch.manual_seed(1)
-    plain = build("resnet18", size=16).train()
+    plain = build("resnet18", size=32).train()
     torch.manual_seed(1)
-    with_p0 = build("resnet18", size=16, shakedrop={"p": 0.0, "at": "all"}).train()
+    with_p0 = build("resnet18", size=32, shakedrop={"p": 0.0, "at": "all"}).train()
     assert len(_shakedrops(with_p0)) == 8
     with torch.no_grad():
         assert torch.equal(plain(x), with_p0(x))
@@ -434,7 +434,7 @@ def test_unfreeze_at_epoch() -> None:
 
 
 def test_frozen_batchnorm_keeps_running_stats() -> None:
-    model = build("resnet18", size=16)
+    model = build("resnet18", size=32)
     set_trainable(model, FreezeConfig(unfreeze_last=2), epoch=1)
     model.train()
     frozen_batchnorm_eval(model)

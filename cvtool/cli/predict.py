@@ -35,6 +35,8 @@ def predict(
     images_dir: Annotated[Path | None, typer.Option(
         "--images-dir", help="Folder the CSV's image paths are relative to (default: the CSV's folder).")] = None,
     checkpoint: CheckpointOpt = "best",
+    labels: Annotated[str | None, typer.Option(
+        "--labels", help="Class column (and --probs headers): names or ids (Tiny ImageNet's wnids, its default).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict every image and write the task's submission CSV, rows in input order."""
@@ -46,7 +48,7 @@ def predict(
     with _progress(not quiet and is_tty()) as progress:
         result = run_predict(model, images, out, which=checkpoint, batch_size=batch_size, tta=tta, columns=columns,
                              probs=probs, on_bad_image=on_bad_image, image_column=image_column,
-                             images_dir=images_dir, progress=progress)
+                             images_dir=images_dir, progress=progress, label_style=labels)
     if result.skipped:
         err_console.print(f"[yellow]cvtool: {escape(describe_skipped(result.skipped))}[/]", markup=True, soft_wrap=True)
     console.print(f"wrote {result.out}: {result.rows} rows, columns {','.join(result.header)}", soft_wrap=True)

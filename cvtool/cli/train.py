@@ -23,6 +23,8 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<name>/<time>).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR from its last.pt.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
+    extend: Annotated[bool, typer.Option(
+        "--extend", help="With --resume and a changed train.epochs: train on, the schedule restarted over the added epochs.")] = False,
     detect_anomaly: Annotated[bool, typer.Option("--detect-anomaly", help="torch autograd anomaly detection (slow).")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -39,7 +41,7 @@ def train(
     run_dir = resume or out or default_run_dir(resolved)
     try:
         summary = launch(resolved, run_dir, resume=resume is not None, overwrite=overwrite, quiet=quiet,
-                         detect_anomaly=detect_anomaly)
+                         detect_anomaly=detect_anomaly, extend=extend)
     except RunStopped as stopped:
         err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
         raise typer.Exit(stopped.exit_code) from None

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from cvtool.errors import BadImageError
 
@@ -24,7 +24,8 @@ def is_image_file(path: Path) -> bool:
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """The fully decoded PIL image, or BadImageError naming the file and the reason."""
+    """The fully decoded PIL image as a viewer shows it (EXIF orientation applied, so a phone's
+    portrait JPEG and keypoints marked on it agree), or BadImageError naming the file and the reason."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -36,7 +37,8 @@ def open_image(path: str | Path) -> Image.Image:
                 if width * height > MAX_IMAGE_PIXELS:
                     raise BadImageError(path, f"{width}x{height} exceeds the {MAX_IMAGE_PIXELS} pixel limit")
                 img.load()
-                return img.copy() if img.mode != "P" else img.convert("RGBA")
+                upright = ImageOps.exif_transpose(img)  # a copy, rotated/mirrored per its EXIF tag
+                return upright if upright.mode != "P" else upright.convert("RGBA")
     except BadImageError:
         raise
     except FileNotFoundError:
@@ -82,10 +84,11 @@ def decode(path: str | Path, channels: int, size: int | None) -> tuple[np.ndarra
 
 
 def image_size_of(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the header alone."""
+    """(width, height) from the header alone, as a viewer shows it (EXIF orientation applied)."""
     try:
         with Image.open(path) as img:
-            return img.size
+            turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+            return (img.height, img.width) if turned else img.size
     except (OSError, ValueError) as exc:
         raise BadImageError(path, str(exc) or type(exc).__name__) from None
 

@@ -40,7 +40,7 @@ from cvtool.evaluation.evaluate import (
 )
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.model import load_model
-from cvtool.tasks import Keypoints
+from cvtool.tasks import Keypoints, higher_is_better
 
 if TYPE_CHECKING:
     import torch
@@ -171,7 +171,9 @@ def compare_tta(target: str | Path, split: str = "test", passes: int | None = No
         loaded, decoded, passes, aggregate, seed, [] if no_transforms else None, progress=advance))
     seconds = (middle - start, time.perf_counter() - middle)
     metrics = loaded.task.metrics(plain.targets, outputs, plain.threshold, plain.sizes)
-    gain = {k: metrics[k] - plain.metrics[k] for k in metrics if k in plain.metrics}
+    # an improvement is a positive gain whichever way the metric points (rmse falling is a gain)
+    gain = {k: (metrics[k] - plain.metrics[k]) * (1.0 if higher_is_better(k) else -1.0)
+            for k in metrics if k in plain.metrics}
     return TTAComparison(split, passes, aggregate, plain.metrics, metrics, gain, outputs, seconds)
 
 

@@ -90,6 +90,8 @@ def export_onnx(target: str | Path, out: str | Path, *, which: str = "best", ops
     if tolerance <= 0 or (image_size is not None and image_size < 1) or (opset is not None and opset < 1):
         raise CvtoolError("--tolerance, --image-size and --opset must be positive")
     loaded = load_model(target, which, "cpu")
+    if image_size is not None and image_size != loaded.meta.image_size:
+        _check_export_size(loaded, image_size)
     card = card_from_checkpoint(loaded.meta, loaded.recipe, f"{loaded.path} (epoch {loaded.epoch})")
     card = card.with_export(image_size, raw_input)
     module = RawInputModel(loaded.model, card.mean, card.std, card.image_size) if raw_input else loaded.model
@@ -108,6 +110,24 @@ def export_onnx(target: str | Path, out: str | Path, *, which: str = "best", ops
     with atomic_open(out, "wb") as handle:
         handle.write(data)
     return ExportReport(out, card, opset_of(proto), checks, tolerance, images_from, len(data), time.perf_counter() - start)
+
+
+def _check_export_size(loaded: Any, image_size: int) -> None:
+    """A head that flattens the feature map (`pool: flatten`) fixes the input size it was trained at."""
+    from cvtool.models.surgery import check_input_size
+
+    meta = loaded.meta
+    try:
+        check_input_size(loaded.model, loaded.recipe.model.arch, meta.channels, image_size, meta.num_outputs,
+                         key="--image-size")
+    except CvtoolError as exc:
+        # a Linear meeting more (or fewer) features than it was built for; anything else (too small
+        # for the backbone) the message already says
+        if not any(text in str(exc) for text in ("reduction dim", "cannot be multiplied")):
+            raise
+        raise CvtoolError(f"--image-size {image_size}: this model's head flattens the feature map, which fixes "
+                          f"its input at the {meta.image_size} px it was trained at; export without --image-size"
+                          ) from None
 
 
 def _check_out(out: str | Path) -> Path:

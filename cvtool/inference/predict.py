@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -19,7 +19,14 @@ import numpy as np
 from cvtool.data.images import decode, normalize_batch
 from cvtool.errors import BadImageError, CvtoolError
 from cvtool.fileio import write_csv
-from cvtool.inference.submission import ImageInput, parse_columns, read_images, submission_header
+from cvtool.inference.submission import (
+    ImageInput,
+    check_out,
+    class_labels,
+    parse_columns,
+    read_images,
+    submission_header,
+)
 from cvtool.model_card import ModelCard, card_from_checkpoint
 from cvtool.tasks import get_task
 
@@ -88,16 +95,19 @@ class PredictResult:
 def predict(model: str | Path, images: str | Path, out: str | Path, *, which: str = "best",
             batch_size: int = 64, tta: int = 0, columns: str | Sequence[str] | None = None, probs: bool = False,
             on_bad_image: str = "fail", image_column: str | None = None, images_dir: str | Path | None = None,
-            progress: Progress | None = None) -> PredictResult:
+            progress: Progress | None = None, label_style: str | None = None) -> PredictResult:
     """Predict every image of a folder / CSV and write the task's submission CSV atomically."""
     _check_options(batch_size, tta, on_bad_image)
+    check_out(out)
     predictor = open_predictor(model, which)
     card, task = predictor.card, get_task(predictor.card.task)
+    if probs and not task.probabilities:
+        raise CvtoolError(f"--probs: a {task.name} model has no class probabilities (its columns are the outputs)")
     if tta and not hasattr(predictor, "tta"):
         raise CvtoolError("--tta needs the PyTorch model (run dir or .pt): TTA applies the recipe's torch "
                           "transforms; an .onnx file predicts without TTA")
     inputs = read_images(images, image_column, images_dir, card.image_extension, card.image_column, card.images_dir)
-    labels = card.labels()
+    labels = replace(card.labels(), class_names=class_labels(card.class_names, card.class_ids, label_style))
     rename = parse_columns(columns) if isinstance(columns, str) or columns is None else list(columns)
     header = submission_header(inputs.column, task.header(labels, probs), rename)
     kept, outputs, sizes, skipped = _run(predictor, inputs.items, batch_size, tta, on_bad_image, progress)

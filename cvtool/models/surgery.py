@@ -76,21 +76,76 @@ def _check_count(wanted: int, available: int, arch: str, what: str) -> None:
         raise CvtoolError(f"model.small_input.stride1: {arch} has only {available} {what}, not {wanted}")
 
 
-def check_input_size(model: nn.Module, arch: str, channels: int, image_size: int, num_outputs: int) -> None:
-    """Raise CvtoolError if `image_size` images cannot pass through `model`.
+def check_input_size(model: nn.Module, arch: str, channels: int, image_size: int, num_outputs: int,
+                     key: str = "data.image_size") -> None:
+    """Raise CvtoolError if `image_size` images cannot pass through `model`, or shrink to a
+    1x1 map before a strided layer (resnet's stem and four stages need 32 px: below that the
+    last stages see one pixel and batch-norm statistics of 1x1 maps blow up after a step).
 
     A shape-only forward on the meta device (no memory, no compute): a too-small image
     otherwise surfaces as a traceback deep inside the first training step.
     """
+    collapsed = _strided_shapes(model, channels, image_size, arch, key)
+    output = collapsed.pop("", None)
+    if collapsed:
+        first = next(iter(collapsed))
+        needed = _needed_size(model, channels)
+        at_least = f" (needs at least {needed} px)" if needed else ""
+        raise CvtoolError(f"{key} {image_size} does not fit {arch} with this model config: the image is down "
+                          f"to 1x1 before its strided layer '{first}'{at_least}")
+    assert output is not None and tuple(output) == (2, num_outputs), f"{arch} gives {output}"
+
+
+def _strided_shapes(model: nn.Module, channels: int, image_size: int, arch: str, key: str) -> dict[str, tuple]:
+    """{strided layer that receives a 1x1 map: its input shape, ..., '': the output shape}."""
     tensors = {name: torch.empty_like(t, device="meta") for name, t in chain(model.named_parameters(), model.named_buffers())}
     images = torch.empty(2, channels, image_size, image_size, device="meta")
+    found: dict[str, tuple] = {}
+
+    def hook(name: str):
+        def record(_module: nn.Module, args: tuple) -> None:
+            if args and args[0].dim() == 4 and min(args[0].shape[-2:]) == 1:
+                found.setdefault(name, tuple(args[0].shape))
+        return record
+
+    handles = [module.register_forward_pre_hook(hook(name)) for name, module in model.named_modules()
+               if _stride(module) > 1]
     was_training = model.training
     model.eval()
     try:
         output = functional_call(model, tensors, (images,))
     except (RuntimeError, AssertionError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CvtoolError(f"data.image_size {image_size} does not fit {arch} with this model config: {reason}") from None
+        raise CvtoolError(f"{key} {image_size} does not fit {arch} with this model config: {reason}") from None
     finally:
         model.train(was_training)
-    assert tuple(output.shape) == (2, num_outputs), f"{arch} gives {tuple(output.shape)}"
+        for handle in handles:
+            handle.remove()
+    return {**found, "": tuple(output.shape)}
+
+
+def _stride(module: nn.Module) -> int:
+    if not isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
+        return 1
+    stride = module.stride if module.stride is not None else 1
+    return max(stride) if isinstance(stride, tuple) else int(stride)
+
+
+def _needed_size(model: nn.Module, channels: int, probe: int = 512) -> int | None:
+    """The network's total downsampling: `probe` over the smallest map a strided layer makes."""
+    smallest = [probe]
+
+    def record(_module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() == 4:
+            smallest[0] = min(smallest[0], *out.shape[-2:])
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if _stride(m) > 1]
+    tensors = {name: torch.empty_like(t, device="meta") for name, t in chain(model.named_parameters(), model.named_buffers())}
+    try:
+        functional_call(model.eval(), tensors, (torch.empty(2, channels, probe, probe, device="meta"),))
+    except (RuntimeError, AssertionError, ValueError):
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return probe // smallest[0] if smallest[0] < probe else None

@@ -85,6 +85,7 @@ class DataConfig(Section):
     on_bad_image: Literal["fail", "skip"] = "fail"
     # training order: uniform (a permutation per epoch) or class-balanced draws with replacement
     sampler: Literal["uniform", "balanced", "sqrt_balanced"] = "uniform"
+    duplicates: Literal["refuse", "keep"] = "refuse"  # the same image twice in one CSV
 
     @field_validator("image_extension")
     @classmethod

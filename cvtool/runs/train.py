@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from cvtool.recipe.schema import Recipe
 from cvtool.runs.artifacts import finish_run, record_sampling, save_predictions, split_metrics
 from cvtool.runs.layout import RunDir
 from cvtool.runs.normalization import normalization_line, normalization_source
+from cvtool.runs.resume import carry_thresholds, check_resume, extend_schedule, planned_epochs
 from cvtool.tasks import Task, get_task, higher_is_better
 
 
@@ -73,6 +75,8 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None, resume: bool = 
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     weights, positive = _loss_weights(recipe, task, bundle, class_weights, pos_weight)
+    meta = replace(meta, class_weights=None if weights is None else [float(w) for w in weights],
+                   pos_weight=positive, class_ids=list(info.class_ids) or None)  # evaluate rebuilds this loss
     loss_fn = task.build_loss(recipe.loss, weights, positive).to(device)
     # model.freeze sets requires_grad=False after wrapping: DDP must then expect gradient-less parameters
     net = dist.wrap(model, recipe.model.sync_batchnorm, find_unused=recipe.model.freeze is not None) if dist else model
@@ -168,7 +172,7 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
 
 @with_cpu_runtime
 def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bool = False,
-        stop: Any = None, dist: Any = None) -> dict[str, Any]:
+        stop: Any = None, dist: Any = None, extend: bool = False) -> dict[str, Any]:
     """Train `recipe`, writing the run into `run_dir`; returns the summary."""
     session = build_session(recipe, quiet, dist, resume)
     lead = dist is None or dist.rank == 0
@@ -177,6 +181,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     sampler = train_sampler(recipe.data.sampler, session.task, len(train_set), session.bundle.splits["train"].targets,
                             session.bundle.info.num_outputs, recipe.seed, rank, world)
     batch = recipe.data.batch_size
+    if lead and batch > len(sampler):
+        _warn_clipped_batch(batch, len(sampler), dist is not None)
     loader = make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
                          drop_last=len(sampler) % batch == 1)
     steps = optimizer_steps(min(len(loader), recipe.train.max_batches or len(loader)), recipe.train.accumulate)
@@ -185,7 +191,12 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
         session.step.stop = stop
     run = RunDir(run_dir) if run_dir is not None else None
     if resume:
-        state = restore(session, load_checkpoint(run.checkpoint("last")), steps)
+        payload = load_checkpoint(run.checkpoint("last"))
+        check_resume(recipe, payload, extend, run_dir)
+        state = restore(session, payload, steps)
+        if planned_epochs(payload) != recipe.train.epochs:
+            extend_schedule(session, state, steps)
+        carry_thresholds(session, run, payload)
     else:
         state = TrainState()
         if lead and run is not None:
@@ -200,6 +211,15 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     if not lead:
         return {}
     return finish_run(session, state, run_dir, quiet)
+
+
+def _warn_clipped_batch(batch: int, images: int, per_rank: bool) -> None:
+    from rich.console import Console
+
+    where = "this rank's share of the training split" if per_rank else "the training split"
+    Console(stderr=True, highlight=False).print(
+        f"[yellow]cvtool: data.batch_size {batch} is larger than {where} ({images} images): "
+        f"each epoch is one batch of {images}[/]", soft_wrap=True)
 
 
 def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, run: RunDir | None,

@@ -62,6 +62,8 @@ class Task(ABC):
         """Model outputs for a dataset with these classes / target columns."""
         return len(class_names)
 
+    label_key: str = "label_column"  # the data.* setting naming the CSV column of the labels
+
     def label_column(self, label_column: str, tags_column: str) -> str:
         """The CSV column that holds an image's label(s)."""
         return label_column
@@ -94,6 +96,7 @@ class Task(ABC):
     def class_table(self, result: Any, meta: Any) -> Any:
         """The per-class (or per-point) table of an evaluation (a tasks.reports.ClassTable)."""
         raise NotImplementedError
+    probabilities: bool = True  # outputs are class probabilities (`predict --probs` can write them)
 
     @abstractmethod
     def activate(self, logits: np.ndarray) -> np.ndarray:

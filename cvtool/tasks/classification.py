@@ -169,6 +169,8 @@ class Multilabel(Task):
     count_of = "positives"
     class_weighted = True
 
+    label_key = "tags_column"
+
     def label_column(self, label_column, tags_column):
         return tags_column
 

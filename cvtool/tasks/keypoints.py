@@ -27,6 +27,7 @@ class Keypoints(Task):
 
     def class_table(self, result, meta):
         return point_table(result, meta)
+    probabilities = False  # coordinates, not scores
 
     def activate(self, logits):
         return logits.astype(np.float32)
