@@ -21,6 +21,8 @@ def train(
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR from its last.pt.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
     detect_anomaly: Annotated[bool, typer.Option("--detect-anomaly", help="torch autograd anomaly detection (slow).")] = False,
+    fold: Annotated[str | None, typer.Option(
+        "--fold", help="K-fold (data.folds): all, or one fold index N, into DIR/fold_<N>/.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
@@ -42,6 +44,8 @@ def train(
     with stop_on_signals() as stop, torch.autograd.set_detect_anomaly(detect_anomaly):
         try:
             with failure_guard(dist):  # one rank's failure is reported once; the others exit quietly
+                if fold is not None or (resume is not None and RunDir(resume).is_fold_set()):
+                    return _folds(resolved, run_dir, fold, resume is not None, overwrite, quiet, stop, dist)
                 summary = run_recipe(resolved, run_dir, resume=resume is not None, overwrite=overwrite,
                                      quiet=quiet, stop=stop, dist=dist)
         except StopRequested:
@@ -55,3 +59,14 @@ def train(
 
         console.print(summary_table(summary))
         console.print(f"run: {run_dir}")
+
+
+def _folds(recipe, run_dir: Path, fold: str | None, resume: bool, overwrite: bool, quiet: bool, stop, dist) -> None:
+    from cvtool.cli.fold_tables import folds_table
+    from cvtool.runs.folds import run_folds
+
+    if dist is not None:
+        fail("--fold trains its folds one after the other in one process (no torchrun)")
+    summary = run_folds(recipe, run_dir, fold or "all", resume=resume, overwrite=overwrite, quiet=quiet, stop=stop)
+    console.print(folds_table(summary))
+    console.print(f"fold set: {run_dir}")

@@ -41,6 +41,8 @@ class Task(ABC):
     default_loss: str = ""
     confusion: bool = False  # confusion-matrix plots make sense
     roc: bool = False  # ROC curves make sense
+    fold_stratify: str = "none"  # k-fold: "classes" (StratifiedKFold), "tags" (iterative) or "none" (KFold)
+    activation: str = "identity"  # what `activate` applies: softmax, sigmoid or identity (ensembles invert it)
 
     @abstractmethod
     def activate(self, logits: np.ndarray) -> np.ndarray:

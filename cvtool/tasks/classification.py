@@ -40,6 +40,8 @@ class Multiclass(Task):
     default_monitor = "val/accuracy"
     default_loss = "cross_entropy"
     confusion = True
+    fold_stratify = "classes"
+    activation = "softmax"
 
     def activate(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits.astype(np.float64)).astype(np.float32)
@@ -79,6 +81,8 @@ class Binary(Task):
     default_loss = "bce"
     confusion = True
     roc = True
+    fold_stratify = "classes"
+    activation = "sigmoid"
 
     def activate(self, logits):
         return sigmoid(logits.astype(np.float64)).astype(np.float32)
@@ -113,6 +117,8 @@ class Multilabel(Task):
     default_monitor = "val/f1_macro"
     default_loss = "bce"
     roc = True
+    fold_stratify = "tags"
+    activation = "sigmoid"
 
     def activate(self, logits):
         return sigmoid(logits.astype(np.float64)).astype(np.float32)
