@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+
+from cvtool.cli.common import console, fail, is_tty
 
 
 def _fmt(value: Any) -> str:
@@ -49,3 +52,29 @@ def ensemble_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
     for key in dict.fromkeys(k for values in columns.values() for k in values):
         table.add_row(key, *(_fmt(values.get(key)) for values in columns.values()))
     return table
+
+
+def evaluate_folds(models: list[Path], split: str, which: str, data: Path | None, weights: str | None, oof: bool,
+                   tune: bool, quiet: bool) -> None:
+    """`cvtool evaluate` of an ensemble (each member and the mean) or of a fold set's oof.csv."""
+    from cvtool.evaluation.ensemble import evaluate_ensemble, evaluate_oof
+    from cvtool.inference.ensemble import parse_weights
+
+    if oof:
+        if len(models) != 1:
+            fail("--oof: give one fold set")
+        result = evaluate_oof(models[0], tune)
+        if result.tuned is not None:
+            tuned = result.tuned
+            console.print(ensemble_table(f"{tuned.metric} on the out-of-fold predictions (stored in folds.json)",
+                                         {"at default": {tuned.metric: tuned.at_default},
+                                          f"global {tuned.global_threshold:.3f}": {tuned.metric: tuned.at_global},
+                                          "per-class": {tuned.metric: tuned.at_per_class}}))
+        console.print(ensemble_table(f"out-of-fold: {result.images} images of {result.fold_set}",
+                                     {**result.per_fold, "all folds": result.metrics}))
+        return
+    if tune:
+        fail("--tune-thresholds: tune an ensemble on a fold set's out-of-fold predictions (--oof)")
+    result = evaluate_ensemble(models, split, which, data, parse_weights(weights), progress=not quiet and is_tty())
+    console.print(ensemble_table(f"{result.split}: {result.images} images, members and their ensemble",
+                                 result.columns))
