@@ -158,6 +158,8 @@ def test_ensemble_predictions_are_the_mean_of_the_members(task: str, tmp_path_fa
         assert np.abs(ensemble - expected).max() < 1e-6
     listed = activate(open_predictor([run / f"fold_{i}" / "checkpoints" / "best.pt" for i in range(K)])(images))
     assert np.abs(listed - np.mean(members, axis=0)).max() < 1e-6
+    tta = [open_predictor(run / f"fold_{i}").tta(images, 2, 0, 4, None) for i in range(K)]
+    assert np.abs(open_predictor(run).tta(images, 2, 0, 4, None) - np.mean(tta, axis=0)).max() < 1e-6
 
 
 @pytest.mark.slow

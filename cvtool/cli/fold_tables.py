@@ -58,7 +58,7 @@ def evaluate_folds(models: list[Path], split: str, which: str, data: Path | None
                    tune: bool, quiet: bool) -> None:
     """`cvtool evaluate` of an ensemble (each member and the mean) or of a fold set's oof.csv."""
     from cvtool.evaluation.ensemble import evaluate_ensemble, evaluate_oof
-    from cvtool.inference.ensemble import parse_weights
+    from cvtool.runs.members import parse_weights
 
     if oof:
         if len(models) != 1:

@@ -21,15 +21,15 @@ from cvtool.errors import CvtoolError
 from cvtool.evaluation.evaluate import check_split, evaluate_split, load_splits
 from cvtool.evaluation.thresholds import TunedThresholds, check_tunable, tune_thresholds
 from cvtool.fileio import write_json
-from cvtool.inference.ensemble import (
+from cvtool.model_card import card_from_checkpoint
+from cvtool.runs.layout import RunDir
+from cvtool.runs.members import (
     check_agreement,
     ensemble_card,
     fold_set_thresholds,
     member_paths,
     normalized_weights,
 )
-from cvtool.model_card import card_from_checkpoint
-from cvtool.runs.layout import RunDir
 from cvtool.runs.oof import read_oof
 from cvtool.runs.recipes import load_recipe
 from cvtool.tasks import get_task
@@ -76,7 +76,10 @@ def evaluate_ensemble(models: Sequence[str | Path], split: str = "test", which: 
     outputs = outputs.astype(np.float32)
     task = get_task(card.task)
     threshold = np.asarray(card.labels().thresholds)
-    columns = {member_name(m.path): r.metrics for m, r in zip(loaded, results, strict=True)}
+    columns: dict[str, dict[str, float]] = {}
+    for member, result in zip(loaded, results, strict=True):
+        name = member_name(member.path)
+        columns[name if name not in columns else f"{name} ({len(columns) + 1})"] = result.metrics
     columns["ensemble"] = task.metrics(results[0].targets, outputs, threshold, results[0].sizes)
     return EnsembleEval(split, len(outputs), columns, outputs)
 

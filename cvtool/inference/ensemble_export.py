@@ -17,16 +17,16 @@ import torch
 from torch import nn
 
 from cvtool.errors import CvtoolError
-from cvtool.inference.ensemble import (
-    EPS,
+from cvtool.inference.ensemble import EPS
+from cvtool.inference.export import ExportReport, RawInputModel, check_options, export_module
+from cvtool.model_card import ModelCard, card_from_checkpoint
+from cvtool.runs.members import (
     check_agreement,
     ensemble_card,
     fold_set_thresholds,
     member_paths,
     normalized_weights,
 )
-from cvtool.inference.export import ExportReport, RawInputModel, check_options, export_module
-from cvtool.model_card import ModelCard, card_from_checkpoint
 from cvtool.runs.model import LoadedModel, load_model
 from cvtool.tasks import get_task
 

@@ -71,7 +71,8 @@ def open_predictor(model: str | Path | Sequence[str | Path], which: str = "best"
                    weights: Sequence[float] | None = None) -> Predictor:
     """An .onnx file -> onnxruntime (torch is not imported); anything else -> a checkpoint;
     several models or a fold set -> their ensemble (cvtool.inference.ensemble)."""
-    from cvtool.inference.ensemble import EnsemblePredictor, fold_set_thresholds, member_paths
+    from cvtool.inference.ensemble import EnsemblePredictor
+    from cvtool.runs.members import fold_set_thresholds, member_paths
 
     paths = member_paths(model)
     if len(paths) > 1 or weights:
