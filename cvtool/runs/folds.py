@@ -8,6 +8,7 @@ A resumed set skips finished folds and continues the interrupted one from its la
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,18 @@ def collect_folds(recipe: Recipe, info: DatasetInfo, fold_of: np.ndarray, run: R
     oof = gather_oof(recipe, info, fold_of, run)
     write_oof(run.oof, oof)
     result["oof"] = task.metrics(oof.targets, oof.outputs, recipe.evaluate.threshold, oof.sizes)
-    result["thresholds"] = None
+    result["thresholds"] = _stored_thresholds(run)  # tuned on this OOF before a later resume: kept
     write_json(run.folds, result)
     return result
+
+
+def _stored_thresholds(run: RunDir) -> list[float] | None:
+    if not run.folds.is_file():
+        return None
+    try:
+        return json.loads(run.folds.read_text(encoding="utf-8")).get("thresholds")
+    except json.JSONDecodeError:
+        return None
 
 
 def mean_std(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
