@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cvtool.data.cache import DecodedSplit, decode_split
+from cvtool.data.folds import fold_view
 from cvtool.data.formats import DatasetInfo, read_dataset
 from cvtool.data.loaders import SampleDataset
 from cvtool.data.stats import resolve_normalization
@@ -26,7 +27,7 @@ def prepare_data(recipe: Recipe, splits: Iterable[str] = ("train", "val", "test"
                  normalization: tuple[list[float], list[float]] | None = None) -> DataBundle:
     """Read the sample tables, resolve normalization and decode the requested splits."""
     cfg = recipe.data
-    info = read_dataset(cfg, recipe.task, recipe.seed)
+    info = fold_view(read_dataset(cfg, recipe.task, recipe.seed), cfg, recipe.task, recipe.seed)
     wanted = [s for s in splits if s in info.splits]
     if normalization is None:
         normalization = resolve_normalization(cfg, recipe.task, recipe.seed)

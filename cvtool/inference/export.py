@@ -86,22 +86,26 @@ def export_onnx(target: str | Path, out: str | Path, *, which: str = "best", ops
     """Export a run dir / checkpoint to `out`; raises ParityError (nothing written) when
     onnxruntime and PyTorch differ by more than `tolerance` on real images."""
     start = time.perf_counter()
-    out = _check_out(out)
-    if tolerance <= 0 or (image_size is not None and image_size < 1) or (opset is not None and opset < 1):
-        raise CvtoolError("--tolerance, --image-size and --opset must be positive")
+    out = check_options(out, tolerance, image_size, opset)
     loaded = load_model(target, which, "cpu")
     if image_size is not None and image_size != loaded.meta.image_size:
         _check_export_size(loaded, image_size)
     card = card_from_checkpoint(loaded.meta, loaded.recipe, f"{loaded.path} (epoch {loaded.epoch})")
     card = card.with_export(image_size, raw_input)
     module = RawInputModel(loaded.model, card.mean, card.std, card.image_size) if raw_input else loaded.model
+    return export_module(module, card, loaded.recipe, out, opset, raw_input, tolerance, start)
+
+
+def export_module(module: nn.Module, card: ModelCard, recipe: Any, out: Path, opset: int | None, raw_input: bool,
+                  tolerance: float, start: float) -> ExportReport:
+    """Export `module` with `card` as metadata, check it on the recipe's images, write it to `out`."""
     module.eval()
     proto = to_onnx(module, _example(card), opset, raw_input)
     proto.doc_string = f"cvtool {card.task} model from {card.source}; input {card.input_layout}"
     _set_metadata(proto, card.to_metadata())
     _check_graph(proto)
     data = proto.SerializeToString()
-    images, images_from = parity_images(loaded.recipe, card)
+    images, images_from = parity_images(recipe, card)
     checks = parity(module, create_session(data), images, card)
     worst = max(checks, key=lambda c: c.max_abs_diff)
     if not worst.max_abs_diff <= tolerance:
@@ -128,6 +132,14 @@ def _check_export_size(loaded: Any, image_size: int) -> None:
         raise CvtoolError(f"--image-size {image_size}: this model's head flattens the feature map, which fixes "
                           f"its input at the {meta.image_size} px it was trained at; export without --image-size"
                           ) from None
+
+
+def check_options(out: str | Path, tolerance: float, image_size: int | None, opset: int | None) -> Path:
+    """The output path, once the options are known to be usable."""
+    out = _check_out(out)
+    if tolerance <= 0 or (image_size is not None and image_size < 1) or (opset is not None and opset < 1):
+        raise CvtoolError("--tolerance, --image-size and --opset must be positive")
+    return out
 
 
 def _check_out(out: str | Path) -> Path:

@@ -74,8 +74,17 @@ class CheckpointPredictor:
         return f"{self.card.source} (PyTorch, cpu)"
 
 
-def open_predictor(model: str | Path, which: str = "best") -> Predictor:
-    """An .onnx file -> onnxruntime (torch is not imported); anything else -> a checkpoint."""
+def open_predictor(model: str | Path | Sequence[str | Path], which: str = "best",
+                   weights: Sequence[float] | None = None) -> Predictor:
+    """An .onnx file -> onnxruntime (torch is not imported); anything else -> a checkpoint;
+    several models or a fold set -> their ensemble (cvtool.inference.ensemble)."""
+    from cvtool.inference.ensemble import EnsemblePredictor
+    from cvtool.runs.members import fold_set_thresholds, member_paths
+
+    paths = member_paths(model)
+    if len(paths) > 1 or weights:
+        return EnsemblePredictor([open_predictor(p, which) for p in paths], weights, fold_set_thresholds(model))
+    model = paths[0]
     if Path(model).suffix.lower() == ".onnx":
         from cvtool.inference.onnx_runtime import OnnxPredictor  # onnxruntime loads only when used
 
@@ -92,14 +101,16 @@ class PredictResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
 
 
-def predict(model: str | Path, images: str | Path, out: str | Path, *, which: str = "best",
+def predict(model: str | Path | Sequence[str | Path], images: str | Path, out: str | Path, *, which: str = "best",
             batch_size: int = 64, tta: int = 0, columns: str | Sequence[str] | None = None, probs: bool = False,
             on_bad_image: str = "fail", image_column: str | None = None, images_dir: str | Path | None = None,
-            progress: Progress | None = None, label_style: str | None = None) -> PredictResult:
-    """Predict every image of a folder / CSV and write the task's submission CSV atomically."""
+            progress: Progress | None = None, label_style: str | None = None,
+            weights: Sequence[float] | None = None) -> PredictResult:
+    """Predict every image of a folder / CSV and write the task's submission CSV atomically;
+    several models (or a fold set) predict as their `weights`-weighted mean."""
     _check_options(batch_size, tta, on_bad_image)
     check_out(out)
-    predictor = open_predictor(model, which)
+    predictor = open_predictor(model, which, weights)
     card, task = predictor.card, get_task(predictor.card.task)
     if probs and not task.probabilities:
         raise CvtoolError(f"--probs: a {task.name} model has no class probabilities (its columns are the outputs)")

@@ -56,6 +56,15 @@ class NormStats(Section):
 TransformSpec = dict[str, dict[str, Any] | None]
 
 
+class FoldsConfig(Section):
+    """K-fold cross-validation over the training split (`cvtool train --fold all|N`)."""
+
+    k: Annotated[int, Field(ge=2), NoBool] = 5
+    stratify: Literal["auto", "none"] = "auto"  # auto: by class / by tags, as the task says
+    seed: Annotated[int, NoBool] | None = None  # default: the recipe's seed
+    group_column: str | None = None  # format csv: images sharing a value stay in one fold (GroupKFold)
+
+
 class DataConfig(Section):
     format: Literal["folder", "csv", "tinyimagenet"] = "folder"
     root: Path
@@ -86,11 +95,21 @@ class DataConfig(Section):
     # training order: uniform (a permutation per epoch) or class-balanced draws with replacement
     sampler: Literal["uniform", "balanced", "sqrt_balanced"] = "uniform"
     duplicates: Literal["refuse", "keep"] = "refuse"  # the same image twice in one CSV
+    folds: FoldsConfig | None = None
+    fold: NonNegInt | None = None  # the held-out fold of a fold run (set by --fold; it is that run's val)
 
     @field_validator("image_extension")
     @classmethod
     def _dot(cls, value: str) -> str:
         return value if not value or value.startswith(".") else "." + value
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> DataConfig:
+        if self.fold is not None and self.folds is None:
+            raise ValueError("data.fold needs data.folds (k, stratify, seed)")
+        if self.fold is not None and self.folds is not None and self.fold >= self.folds.k:
+            raise ValueError(f"data.fold {self.fold} is out of range for data.folds.k {self.folds.k} (0 to {self.folds.k - 1})")
+        return self
 
 
 class SmallInput(Section):

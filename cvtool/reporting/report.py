@@ -103,7 +103,9 @@ def rank_runs(runs: list[Run], metric: str) -> list[Row]:
         scored.append((run, differs, best_epoch, best, s_epoch, smoothed, test))
     # ties on the best value (common on small validation sets) go to the better smoothed value
     ordered = sorted(scored, key=lambda item: (_sort_value(item[3], higher), _sort_value(item[5], higher)))
-    return [Row(rank, *item) for rank, item in enumerate(ordered, start=1)]
+    spread = lambda run, key: (run.summary.get("spread") or {}).get(key, "")  # noqa: E731
+    return [Row(rank, *item, spread(item[0], metric), spread(item[0], f"test/{metric.split('/', 1)[1]}"))
+            for rank, item in enumerate(ordered, start=1)]
 
 
 def _sort_value(value: float | None, higher: bool) -> float:

@@ -11,6 +11,7 @@ import torch
 from cvtool.engine.distributed import failure_guard, from_environment
 from cvtool.engine.loop import StopRequested
 from cvtool.engine.signals import stop_on_signals
+from cvtool.errors import CvtoolError
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.sweep import run_recipe
 
@@ -38,3 +39,17 @@ def launch(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool, quie
             if dist is not None:
                 dist.close()
     return summary if dist is None or dist.rank == 0 else None
+
+
+def launch_folds(recipe: Recipe, run_dir: Path, fold: str, *, resume: bool, overwrite: bool, quiet: bool,
+                 detect_anomaly: bool = False) -> dict[str, Any]:
+    """`--fold all|N`: the folds one after another in this process (torchrun is refused)."""
+    from cvtool.runs.folds import run_folds
+
+    if from_environment(recipe.train.device) is not None:
+        raise CvtoolError("--fold trains its folds one after the other in one process (no torchrun)")
+    with stop_on_signals() as stop, torch.autograd.set_detect_anomaly(detect_anomaly):
+        try:
+            return run_folds(recipe, run_dir, fold, resume=resume, overwrite=overwrite, quiet=quiet, stop=stop)
+        except StopRequested:
+            raise RunStopped(run_dir, stop.exit_code) from None

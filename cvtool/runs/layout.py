@@ -25,6 +25,10 @@ PREDICTIONS = "predictions"
 TENSORBOARD = "tensorboard"
 EVAL = "eval"
 SAMPLING = "sampling.csv"  # data.sampler: the classes each epoch drew
+FOLD_PREFIX = "fold_"
+FOLDS = "folds.json"
+FOLDS_TABLE = "folds.csv"
+OOF = "oof.csv"
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,30 @@ class RunDir:
     @property
     def sweep_table(self) -> Path:
         return self.path / SWEEP_TABLE
+
+    def fold(self, index: int) -> Path:
+        """fold_<index>/: the run of one fold of a k-fold set."""
+        return self.path / f"{FOLD_PREFIX}{index}"
+
+    @property
+    def folds(self) -> Path:
+        return self.path / FOLDS
+
+    @property
+    def folds_table(self) -> Path:
+        return self.path / FOLDS_TABLE
+
+    @property
+    def oof(self) -> Path:
+        return self.path / OOF
+
+    def is_fold_set(self) -> bool:
+        return self.folds_table.is_file()
+
+    def fold_runs(self) -> list[Path]:
+        """The fold_<N>/ runs that have a checkpoint, in fold order."""
+        found = [p for p in self.path.glob(f"{FOLD_PREFIX}*") if p.name[len(FOLD_PREFIX):].isdigit()]
+        return sorted((p for p in found if RunDir(p).is_run()), key=lambda p: int(p.name[len(FOLD_PREFIX):]))
 
     def checkpoint(self, name: str) -> Path:
         """checkpoints/<name>.pt: best, last, epoch_046 (or 46)."""

@@ -97,6 +97,8 @@ class Task(ABC):
         """The per-class (or per-point) table of an evaluation (a tasks.reports.ClassTable)."""
         raise NotImplementedError
     probabilities: bool = True  # outputs are class probabilities (`predict --probs` can write them)
+    fold_stratify: str = "none"  # k-fold: "classes" (StratifiedKFold), "tags" (iterative) or "none" (KFold)
+    activation: str = "identity"  # what `activate` applies: softmax, sigmoid or identity (ensembles invert it)
 
     @abstractmethod
     def activate(self, logits: np.ndarray) -> np.ndarray:

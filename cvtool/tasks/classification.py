@@ -64,6 +64,8 @@ class Multiclass(_OneClassPerImage):
         return multiclass_table(result, meta)
     has_classes = True
     mixable = True
+    fold_stratify = "classes"
+    activation = "softmax"
 
     def activate(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits.astype(np.float64)).astype(np.float32)
@@ -125,6 +127,8 @@ class Binary(_OneClassPerImage):
         return positive_table(result, meta)
     has_classes = True
     mixable = True
+    fold_stratify = "classes"
+    activation = "sigmoid"
 
     def activate(self, logits):
         return sigmoid(logits.astype(np.float64)).astype(np.float32)
@@ -192,6 +196,8 @@ class Multilabel(Task):
         return label_table(result, meta)
     has_classes = True
     mixable = True
+    fold_stratify = "tags"
+    activation = "sigmoid"
 
     def activate(self, logits):
         return sigmoid(logits.astype(np.float64)).astype(np.float32)
