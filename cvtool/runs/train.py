@@ -53,7 +53,7 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     weights, positive = _loss_weights(recipe, task, bundle, class_weights, pos_weight)
-    loss_fn = task.build_loss(recipe.loss, weights, positive).to(device)
+    loss_fn = task.build_loss(recipe.loss, weights, positive, image_size=cfg.image_size).to(device)
     # model.freeze sets requires_grad=False after wrapping: DDP must then expect gradient-less parameters
     net = dist.wrap(model, recipe.model.sync_batchnorm, find_unused=recipe.model.freeze is not None) if dist else model
     if recipe.train.compile:

@@ -69,5 +69,7 @@ class Task(ABC):
         return targets
 
     @abstractmethod
-    def build_loss(self, cfg: Any, class_weights: Any = None, pos_weight: float | None = None) -> Any:
-        """The training criterion: loss(logits, targets) -> scalar tensor."""
+    def build_loss(self, cfg: Any, class_weights: Any = None, pos_weight: float | None = None,
+                   image_size: int | None = None) -> Any:
+        """The training criterion: loss(logits, targets) -> scalar tensor (`image_size`: the
+        model's input side, which pixel-valued loss settings such as `loss.beta` need)."""

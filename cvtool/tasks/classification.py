@@ -69,7 +69,7 @@ class Multiclass(Task):
         return [[names[i], *(f"{p:.6f}" for p in row)] if probs else [names[i]]
                 for i, row in zip(outputs.argmax(axis=1), outputs, strict=True)]
 
-    def build_loss(self, cfg, class_weights=None, pos_weight=None):
+    def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
         return cross_entropy(cfg, class_weights)
 
 
@@ -104,7 +104,7 @@ class Binary(Task):
     def rows(self, outputs, labels, probs=False, sizes=None):
         return [[f"{p:.6f}"] for p in outputs.reshape(-1)]
 
-    def build_loss(self, cfg, class_weights=None, pos_weight=None):
+    def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)
 
 
@@ -141,5 +141,5 @@ class Multilabel(Task):
         return [[" ".join(names[mask]), *(f"{p:.6f}" for p in row)] if probs else [" ".join(names[mask])]
                 for mask, row in zip(above, outputs, strict=True)]
 
-    def build_loss(self, cfg, class_weights=None, pos_weight=None):
+    def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)

@@ -46,5 +46,6 @@ class Keypoints(Task):
         assert sizes is not None, "keypoint rows need the original image sizes"
         return [[f"{v:.4f}" for v in row] for row in self.to_pixels(outputs, sizes)]
 
-    def build_loss(self, cfg, class_weights=None, pos_weight=None):
-        return point_loss(cfg, self.default_loss)
+    def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
+        assert image_size is not None, "keypoint losses need the model's input size (loss.beta is in pixels)"
+        return point_loss(cfg, self.default_loss, image_size)
