@@ -16,7 +16,8 @@ app = typer.Typer()
 
 SplitOpt = Annotated[str, typer.Option("--split", help="Split to evaluate: val or test (train works too).")]
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Another data root with the recipe's layout.")]
-CheckpointOpt = Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")]
+CheckpointOpt = Annotated[str, typer.Option(
+    "--checkpoint", "-c", help="In a run dir: best, last, epoch_046, or all (one table of every kept checkpoint).")]
 
 
 @app.command("evaluate")
@@ -37,6 +38,8 @@ def evaluate(
     from cvtool.cli.render import metrics_table
     from cvtool.evaluation.evaluate import run_evaluation
 
+    if checkpoint == "all":
+        return _all_checkpoints(model, split, data, out, save_predictions, tune_thresholds, quiet)
     report = run_evaluation(model, split, checkpoint, data, out, save_predictions, tune_thresholds,
                             progress=not quiet and is_tty())
     result = report.result
@@ -49,6 +52,25 @@ def evaluate(
     console.print(f"report: {report.out_dir}")
     if save_predictions is not None:
         console.print(f"predictions: {save_predictions}")
+
+
+def _all_checkpoints(model: Path, split: str, data: Path | None, out: Path | None, save_predictions: Path | None,
+                     tune_thresholds: bool, quiet: bool) -> None:
+    from rich.table import Table
+
+    from cvtool.errors import CvtoolError
+    from cvtool.evaluation.checkpoints import evaluate_checkpoints
+
+    if save_predictions is not None or tune_thresholds:
+        raise CvtoolError("--checkpoint all: --save-predictions and --tune-thresholds need one checkpoint")
+    table = evaluate_checkpoints(model, split, data, out, progress=not quiet and is_tty())
+    view = Table(title=f"{table.split}: every kept checkpoint")
+    for i, name in enumerate(table.header):
+        view.add_column(name, justify="left" if i == 0 else "right")
+    for row in table.rows:
+        view.add_row(*("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(view)
+    console.print(f"table: {table.files[0]}")
 
 
 def class_table(table: Any) -> Table:

@@ -104,7 +104,7 @@ def evaluate_split(loaded: LoadedModel, split: str, data_root: str | Path | None
     order = np.argsort(indices, kind="stable")
     outputs, indices = task.activate(logits[order]), indices[order]
     targets = dataset.targets[indices] if labelled else None
-    result = EvalResult(split, outputs, targets, dataset.split.sizes[indices],
+    result = EvalResult(split, outputs, targets, dataset.split.frames[indices],
                         [dataset.split.paths[i] for i in indices], {}, loss if labelled else None,
                         default_threshold(loaded))
     return rescore(loaded, result, result.threshold)

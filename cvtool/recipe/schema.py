@@ -54,6 +54,7 @@ class DataConfig(Section):
     test: str | None = None
     val_fraction: Annotated[float, Field(gt=0, lt=1), NoBool] | None = None
     image_size: PosInt = 64
+    resize: Literal["squash", "crop", "pad"] = "squash"  # to image_size x image_size (cvtool.tasks.frame)
     channels: Literal[1, 3] = 3
     batch_size: PosInt = 32
     eval_batch_size: PosInt | None = None

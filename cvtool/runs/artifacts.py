@@ -31,20 +31,20 @@ def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool
     order = np.argsort(indices)
     logits, targets, indices = logits[order], targets[order], indices[order]
     outputs = session.task.activate(logits)
-    sizes = dataset.split.sizes[indices]
+    sizes, frames = dataset.split.sizes[indices], dataset.split.frames[indices]
     if session.task.name == "multiclass" or session.task.name == "binary":
         targets = targets.astype(np.int64)
-    metrics = session.task.metrics(targets, outputs, session.recipe.evaluate.threshold, sizes)
+    metrics = session.task.metrics(targets, outputs, session.recipe.evaluate.threshold, frames)
     result = {"split": split, "loss": loss, "metrics": metrics}
     if keep_outputs:
-        result.update(outputs=outputs, targets=targets, indices=indices, sizes=sizes)
+        result.update(outputs=outputs, targets=targets, indices=indices, sizes=sizes, frames=frames)
     return result
 
 
 def save_predictions(path: Path, result: dict[str, Any]) -> None:
     with atomic_open(path, "wb") as handle:
         np.savez_compressed(handle, outputs=result["outputs"], targets=result["targets"],
-                            indices=result["indices"], sizes=result["sizes"])
+                            indices=result["indices"], sizes=result["sizes"], frames=result["frames"])
 
 
 def load_predictions(path: Path) -> dict[str, np.ndarray]:

@@ -47,7 +47,8 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
     info, cfg = bundle.info, recipe.data
     meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
-                     cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None)
+                     cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None,
+                     resize=cfg.resize)
     device = dist.device if dist else select_device(recipe.train.device)
     model = build_model(recipe.model, info.num_outputs, cfg.channels, cfg.image_size)
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
@@ -210,9 +211,9 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, c
 def _gather_train(session: Session, result) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
     """Train-batch outputs as the task's metrics want them (keypoints need image sizes)."""
     outputs = session.task.activate(result.logits)
-    sizes = session.bundle.splits["train"].sizes[result.indices]
+    frames = session.bundle.splits["train"].frames[result.indices]
     targets = result.targets if session.task.name != "multiclass" else result.targets.astype(np.int64)
-    return targets, outputs, session.recipe.evaluate.threshold, sizes
+    return targets, outputs, session.recipe.evaluate.threshold, frames
 
 
 def _save_epoch(session: Session, state: TrainState, ckpt_dir: Path, is_best: bool, val: dict) -> None:

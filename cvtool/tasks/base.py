@@ -68,6 +68,10 @@ class Task(ABC):
         """Targets as the model learns them (identity except for keypoints)."""
         return targets
 
+    def cut_off(self, encoded: np.ndarray) -> int:
+        """How many encoded targets lie outside the model frame (keypoints a crop cuts off)."""
+        return 0
+
     @abstractmethod
     def build_loss(self, cfg: Any, class_weights: Any = None, pos_weight: float | None = None,
                    image_size: int | None = None) -> Any:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from cvtool.tasks.base import Task
+from cvtool.tasks.frame import from_frame, outside_frame, to_frame
 from cvtool.tasks.losses import point_loss
 
 
 class Keypoints(Task):
-    """Targets are x/y pairs normalized to [-1, 1] of the image extent, so they do not
-    change when the image is resized; metrics map them back to original pixels."""
+    """Targets are x/y pairs normalized to [-1, 1] of the model frame (`tasks.frame`), so they
+    do not change with image_size; metrics and rows map them back to original pixels.
+
+    `sizes` arguments are N x 4 frames from `frame_boxes(sizes, data.resize)`, or N x 2 original
+    (width, height) sizes, which mean `squash`."""
 
     name = "keypoints"
     default_monitor = "val/rmse"
@@ -20,13 +24,14 @@ class Keypoints(Task):
         return logits.astype(np.float32)
 
     def encode_targets(self, targets, sizes):
-        scale = np.tile(np.asarray(sizes, np.float32), targets.shape[1] // 2)
-        return (targets / scale * 2.0 - 1.0).astype(np.float32)
+        return to_frame(targets, sizes).astype(np.float32)
 
     @staticmethod
     def to_pixels(outputs: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        scale = np.tile(np.asarray(sizes, np.float64), outputs.shape[1] // 2)
-        return (outputs.astype(np.float64) + 1.0) / 2.0 * scale
+        return from_frame(outputs, sizes)
+
+    def cut_off(self, encoded):
+        return int(outside_frame(encoded).sum())
 
     def metrics(self, targets, outputs, threshold=0.5, sizes=None):
         from sklearn.metrics import mean_absolute_error, mean_squared_error
