@@ -52,6 +52,9 @@ def test_smooth_l1_and_mse_train_different_weights(tmp_path: Path, synthetic: Ca
         result = CliRunner().invoke(app, ["train", str(recipe), "--out", str(tmp_path / name), "--quiet"])
         assert result.exit_code == 0, result.output
         runs[name] = _weights(tmp_path / name)
-    difference = max(float((runs["mse"][k].float() - runs["smooth_l1"][k].float()).abs().max()) for k in runs["mse"])
-    # old code: SmoothL1(beta=1) on [-1, 1] targets is 0.5 * MSE, which Adam's update does not see (~1e-7 apart)
-    assert difference > 1e-4
+    mse, smooth = runs["mse"], runs["smooth_l1"]
+    apart = sum(float((mse[k].float() - smooth[k].float()).norm() ** 2) for k in mse) ** 0.5
+    size = sum(float(mse[k].float().norm() ** 2) for k in mse) ** 0.5
+    # SmoothL1(beta=1) on [-1, 1] targets was 0.5 * MSE, a scale Adam's update does not see: the
+    # weights came out 2e-4 apart (relative; only Adam's eps tells them apart); now about 1e-2
+    assert apart / size > 3e-3
