@@ -40,6 +40,7 @@ def test_points_map_both_ways_exactly(mode: str) -> None:
     sizes = rng.integers(10, 90, (50, 2))
     points = rng.uniform(0, 1, (50, 6)) * np.tile(sizes, 3)
     frames = frame_boxes(sizes, mode)
+    assert np.array_equal(frames, [frame_box(int(w), int(h), mode) for w, h in sizes])
     assert np.abs(from_frame(to_frame(points, frames), frames) - points).max() < 1e-9
     corners = to_frame(np.concatenate([frames[:, :2], frames[:, :2] + frames[:, 2:]], axis=1), frames)
     assert np.allclose(corners, np.tile([-1.0, -1.0, 1.0, 1.0], (50, 1)))

@@ -34,9 +34,16 @@ def frame_box(width: int, height: int, mode: str) -> tuple[int, int, int, int]:
 
 
 def frame_boxes(sizes: np.ndarray, mode: str) -> np.ndarray:
-    """N x 4 frames (x0, y0, width, height) for N x 2 original (width, height) sizes."""
+    """N x 4 frames (x0, y0, width, height) for N x 2 original (width, height) sizes: `frame_box`
+    for every row, vectorized."""
     sizes = np.asarray(sizes, np.int64).reshape(-1, 2)
-    return np.asarray([frame_box(int(w), int(h), mode) for w, h in sizes], np.float64).reshape(-1, 4)
+    if mode == "squash":
+        return np.concatenate([np.zeros_like(sizes), sizes], axis=1).astype(np.float64)
+    if mode not in RESIZE_MODES:
+        frame_box(1, 1, mode)  # raises, naming the modes
+    side = (sizes.min(axis=1) if mode == "crop" else sizes.max(axis=1))[:, None]
+    offset = (sizes - side) // 2 if mode == "crop" else -((side - sizes) // 2)
+    return np.concatenate([offset, side, side], axis=1).astype(np.float64)
 
 
 def _as_frames(frames: np.ndarray) -> np.ndarray:
