@@ -108,7 +108,8 @@ def predict(model: str | Path, images: str | Path, out: str | Path, *, which: st
     frames = frame_boxes(sizes, card.resize)
     cells = task.rows(outputs, labels, probs, frames)
     write_csv(out, header, [[item.key, *row] for item, row in zip(kept, cells, strict=True)])
-    return PredictResult(Path(out), header, len(kept), predictor.describe(), skipped, task.cut_off(outputs))
+    cut_off = task.cut_off(outputs) if card.resize == "crop" else 0
+    return PredictResult(Path(out), header, len(kept), predictor.describe(), skipped, cut_off)
 
 
 def _check_options(batch_size: int, tta: int, on_bad_image: str) -> None:
