@@ -445,3 +445,32 @@ def test_frozen_batchnorm_keeps_running_stats() -> None:
     model(torch.randn(4, 3, 16, 16) * 3 + 1)
     assert torch.equal(model.bn1.running_mean, before[0])
     assert not torch.equal(model.layer4[1].bn2.running_mean, before[1])
+
+
+def test_simplenet_avg_builds_global_average_pooling() -> None:
+    model = build("simplenet", size=32, blocks=[8, 16])
+    assert isinstance(model.pool, nn.AdaptiveAvgPool2d)
+    assert (model.fc.in_features, model.fc.out_features) == (16, 10)
+    flat = build("simplenet", size=32, blocks=[8, 16], pool="flatten")
+    assert isinstance(flat.pool, nn.Identity) and flat.fc.in_features == 16 * 8 * 8
+
+
+STRIDE1_RESNET18 = {
+    1: ["conv1"],
+    2: ["conv1", "layer2.0.conv1", "layer2.0.downsample.0"],
+    3: ["conv1", "layer2.0.conv1", "layer2.0.downsample.0", "layer3.0.conv1", "layer3.0.downsample.0"],
+}
+
+
+@pytest.mark.parametrize("count", sorted(STRIDE1_RESNET18))
+def test_stride1_lists_the_changed_modules(count: int) -> None:
+    from cvtool.models.surgery import small_input_changes
+    from cvtool.recipe.schema import SmallInput
+
+    expected = STRIDE1_RESNET18[count]
+    assert small_input_changes(SmallInput(remove_maxpool=False, stride1=count), "resnet18") == expected
+    assert small_input_changes(SmallInput(stride1=count), "resnet18") == ["maxpool", *expected]
+    model = build_meta("resnet18", small_input={"remove_maxpool": False, "stride1": count})
+    unit_strides = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.stride == (1, 1)
+                    and name in {n for names in STRIDE1_RESNET18.values() for n in names}]
+    assert unit_strides == expected

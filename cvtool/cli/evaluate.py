@@ -51,6 +51,8 @@ def evaluate(
     from cvtool.evaluation.evaluate import run_evaluation
     from cvtool.runs.layout import RunDir
 
+    if checkpoint == "all":
+        return _all_checkpoints(model[0], split, data, out, save_predictions, tune_thresholds, quiet)
     if oof or len(model) > 1 or RunDir(model[0]).is_fold_set():  # an ensemble, or a fold set's OOF
         from cvtool.cli.fold_tables import evaluate_folds
 
@@ -67,6 +69,25 @@ def evaluate(
     console.print(f"report: {report.out_dir}")
     if save_predictions is not None:
         console.print(f"predictions: {save_predictions}")
+
+
+def _all_checkpoints(model: Path, split: str, data: Path | None, out: Path | None, save_predictions: Path | None,
+                     tune_thresholds: bool, quiet: bool) -> None:
+    from rich.table import Table
+
+    from cvtool.errors import CvtoolError
+    from cvtool.evaluation.checkpoints import evaluate_checkpoints
+
+    if save_predictions is not None or tune_thresholds:
+        raise CvtoolError("--checkpoint all: --save-predictions and --tune-thresholds need one checkpoint")
+    table = evaluate_checkpoints(model, split, data, out, progress=not quiet and is_tty())
+    view = Table(title=f"{table.split}: every kept checkpoint")
+    for i, name in enumerate(table.header):
+        view.add_column(name, justify="left" if i == 0 else "right")
+    for row in table.rows:
+        view.add_row(*("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(view)
+    console.print(f"table: {table.files[0]}")
 
 
 def class_table(table: Any) -> Table:

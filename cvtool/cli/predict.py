@@ -57,6 +57,10 @@ def predict(
                              weights=parse_weights(weights))
     if result.skipped:
         err_console.print(f"[yellow]cvtool: {escape(describe_skipped(result.skipped))}[/]", markup=True, soft_wrap=True)
+    if result.cut_off:
+        err_console.print(f"[yellow]cvtool: {result.cut_off} predicted keypoints lie outside the model frame "
+                          "(data.resize crop cut them off); written as predicted, in original pixels[/]",
+                          markup=True, soft_wrap=True)
     console.print(f"wrote {result.out}: {result.rows} rows, columns {','.join(result.header)}", soft_wrap=True)
     if not quiet:
         console.print(f"model: {result.model}", soft_wrap=True)

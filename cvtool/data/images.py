@@ -12,6 +12,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from cvtool.errors import BadImageError
+from cvtool.tasks.frame import frame_box
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # A decompression-bomb guard: larger images are refused instead of exhausting memory.
@@ -70,13 +71,19 @@ def to_channels(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def decode(path: str | Path, channels: int, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """(uint8 array H x W x C, original (width, height)); resized to size x size when given."""
+def decode(path: str | Path, channels: int, size: int | None,
+           resize: str = "squash") -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 array H x W x C, original (width, height)); when `size` is given, the model frame of
+    `data.resize` (`tasks.frame`: squash, crop or pad; pad fills with zeros) at size x size."""
     img = open_image(path)
     original = img.size
     img = to_channels(img, channels)
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
+    if size is not None:
+        x0, y0, width, height = frame_box(*original, resize)
+        if (x0, y0, width, height) != (0, 0, *original):
+            img = img.crop((x0, y0, x0 + width, y0 + height))  # outside the image: zeros
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]

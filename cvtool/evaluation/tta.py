@@ -113,7 +113,7 @@ def restore_points(outputs: np.ndarray, affines: Sequence[np.ndarray], out_size:
 def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: int, aggregate: str = "vote",
                 seed: int = 0, transforms: Sequence[dict[str, Any]] | None = None,
                 batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Aggregated TTA outputs (activated; keypoints normalized to [-1, 1] of the original frame).
+    """Aggregated TTA outputs (activated; keypoints normalized to [-1, 1] of the model frame).
 
     `images`: N x H x W x C uint8 at the checkpoint's image size (or a DecodedSplit).
     `transforms`: None -> the recipe's TTA transforms; [] -> none (one pass = plain inference).

@@ -44,19 +44,33 @@ class ParityError(CvtoolError):
 
 
 class RawInputModel(nn.Module):
-    """uint8 N x H x W x C -> bilinear (antialiased, like PIL) resize to size x size ->
-    (x / 255 - mean) / std -> the model. At H = W = size the resize is the identity, so images
-    decoded at the model's size (what `cvtool predict` feeds) match the checkpoint path exactly;
-    other sizes differ from PIL's uint8 resize by under one pixel level."""
+    """uint8 N x H x W x C -> the model frame of `resize` (crop: the centred min(H, W) square;
+    pad: zeros around to the centred max(H, W) square; `cvtool.tasks.frame`) -> bilinear
+    (antialiased, like PIL) resize to size x size -> (x / 255 - mean) / std -> the model. At
+    H = W = size both steps are the identity, so images decoded at the model's size (what
+    `cvtool predict` feeds) match the checkpoint path exactly; other sizes differ from PIL's
+    uint8 resize by under one pixel level."""
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float], size: int) -> None:
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float], size: int,
+                 resize: str = "squash") -> None:
         super().__init__()
-        self.model, self.size = model, size
+        self.model, self.size, self.resize = model, size, resize
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float()
+        height, width = x.shape[2], x.shape[3]
+        if self.resize == "crop":  # the offsets of tasks.frame.frame_box, as symbolic shapes
+            side = torch.sym_min(height, width)
+            top, left = (height - side) // 2, (width - side) // 2
+            x = x[:, :, top:top + side, left:left + side]
+        elif self.resize == "pad":
+            side = torch.sym_max(height, width)
+            top, left = (side - height) // 2, (side - width) // 2
+            x = nn.functional.pad(x, (left, side - width - left, top, side - height - top))
+        torch._check(x.shape[2] > 0)  # lets torch.export prove the resize input is not empty
+        torch._check(x.shape[3] > 0)
         x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
                                       antialias=True)
         return self.model((x / 255.0 - self.mean) / self.std)
@@ -92,7 +106,8 @@ def export_onnx(target: str | Path, out: str | Path, *, which: str = "best", ops
         _check_export_size(loaded, image_size)
     card = card_from_checkpoint(loaded.meta, loaded.recipe, f"{loaded.path} (epoch {loaded.epoch})")
     card = card.with_export(image_size, raw_input)
-    module = RawInputModel(loaded.model, card.mean, card.std, card.image_size) if raw_input else loaded.model
+    module = (RawInputModel(loaded.model, card.mean, card.std, card.image_size, card.resize) if raw_input
+              else loaded.model)
     return export_module(module, card, loaded.recipe, out, opset, raw_input, tolerance, start)
 
 
@@ -295,7 +310,8 @@ def parity(module: nn.Module, session: Any, paths: list[Path], card: ModelCard) 
     for batch in PARITY_BATCHES:
         chosen = [paths[i % len(paths)] for i in range(batch)]
         size = None if batch == 1 else card.image_size * 2 + 1
-        uint8 = np.stack([decode(p, card.channels, size if card.raw_input else card.image_size)[0] for p in chosen])
+        uint8 = np.stack([(decode(p, card.channels, size) if card.raw_input  # raw: the graph does the frame
+                           else decode(p, card.channels, card.image_size, card.resize))[0] for p in chosen])
         feed = uint8 if card.raw_input else normalize_batch(uint8, card.mean, card.std)
         try:
             (onnx_out,) = session.run([OUTPUT_NAME], {INPUT_NAME: feed})

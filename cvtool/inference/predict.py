@@ -29,6 +29,7 @@ from cvtool.inference.submission import (
 )
 from cvtool.model_card import ModelCard, card_from_checkpoint
 from cvtool.tasks import get_task
+from cvtool.tasks.frame import frame_boxes
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
 TTA_CHUNK = 2048  # images per TTA call; chunk k uses seed k, so results do not depend on --batch-size
@@ -99,6 +100,7 @@ class PredictResult:
     rows: int
     model: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
+    cut_off: int = 0  # keypoints predicted outside the model frame (data.resize crop); written as predicted
 
 
 def predict(model: str | Path | Sequence[str | Path], images: str | Path, out: str | Path, *, which: str = "best",
@@ -124,9 +126,11 @@ def predict(model: str | Path | Sequence[str | Path], images: str | Path, out: s
     kept, outputs, sizes, skipped = _run(predictor, inputs.items, batch_size, tta, on_bad_image, progress)
     if not kept:
         raise CvtoolError(f"{images}: no readable images ({len(skipped)} skipped)")
-    cells = task.rows(outputs, labels, probs, sizes)
+    frames = frame_boxes(sizes, card.resize)
+    cells = task.rows(outputs, labels, probs, frames)
     write_csv(out, header, [[item.key, *row] for item, row in zip(kept, cells, strict=True)])
-    return PredictResult(Path(out), header, len(kept), predictor.describe(), skipped)
+    cut_off = task.cut_off(outputs) if card.resize == "crop" else 0
+    return PredictResult(Path(out), header, len(kept), predictor.describe(), skipped, cut_off)
 
 
 def _check_options(batch_size: int, tta: int, on_bad_image: str) -> None:
@@ -172,7 +176,7 @@ def _decoded(items: list[ImageInput], card: ModelCard, batch_size: int
 
     def work(out: np.ndarray, row: int, item: ImageInput) -> tuple[int, int] | BadImageError:
         try:
-            out[row], size = decode(item.path, card.channels, card.image_size)
+            out[row], size = decode(item.path, card.channels, card.image_size, card.resize)
         except BadImageError as exc:
             return exc
         return size

@@ -43,12 +43,15 @@ def _stride2_units(module: nn.Module, blocks: tuple[type, ...]) -> list[list[nn.
     return [unit for child in module.children() for unit in _stride2_units(child, blocks)]
 
 
-def apply_small_input(model: nn.Module, cfg: SmallInput, arch: str) -> None:
-    """Keep small images large for longer.
+def apply_small_input(model: nn.Module, cfg: SmallInput, arch: str) -> list[str]:
+    """Keep small images large for longer; returns the names of the modules it changed.
 
     `remove_maxpool` swaps ResNet's stem max-pool for Identity (EfficientNet and VGG have none).
-    `stride1: N` sets stride 1 in the first N strided convs in module order; a ResNet block's
-    shortcut conv changes with the block and the block counts once. VGG has no strided convs:
+    `stride1: N` counts the main-path stride-2 convolutions in forward order (the stem conv,
+    then each downsampling block once) and sets stride 1 in the first N; a residual block's
+    strided shortcut (ResNet's `downsample`) changes with its block and is not counted on its own.
+    ResNet-18 `stride1: 3` therefore changes five convolutions: conv1, layer2.0.conv1 +
+    layer2.0.downsample.0, layer3.0.conv1 + layer3.0.downsample.0. VGG has no strided convs:
     there `stride1: N` removes the first N max-pools.
     """
     from torchvision.models import VGG, EfficientNet, ResNet
@@ -57,18 +60,32 @@ def apply_small_input(model: nn.Module, cfg: SmallInput, arch: str) -> None:
 
     if not isinstance(model, ResNet | EfficientNet | VGG):
         raise CvtoolError(f"model.small_input: not supported for {arch} (supported: {SMALL_INPUT_FAMILIES})")
+    changed: list[str] = []
     if isinstance(model, ResNet) and cfg.remove_maxpool:
         model.maxpool = nn.Identity()
+        changed.append("maxpool")
     if isinstance(model, VGG):
         pools = [name for name, m in model.features.named_children() if isinstance(m, nn.MaxPool2d)]
         _check_count(cfg.stride1, len(pools), arch, "max-pools")
         for name in pools[: cfg.stride1]:
             model.features.set_submodule(name, nn.Identity())
-        return
+        return changed + [f"features.{name}" for name in pools[: cfg.stride1]]
     units = _stride2_units(model, (BasicBlock, Bottleneck, MBConv, FusedMBConv))
     _check_count(cfg.stride1, len(units), arch, "stride-2 convolutions")
+    names = {id(m): name for name, m in model.named_modules()}
     for conv in chain.from_iterable(units[: cfg.stride1]):
         conv.stride = (1, 1)
+        changed.append(names[id(conv)])
+    return changed
+
+
+def small_input_changes(cfg: SmallInput, arch: str, image_size: int = 224) -> list[str]:
+    """The modules `apply_small_input` changes in `arch` (built on the meta device: no memory)."""
+    from cvtool.models.torchvision import build_torchvision
+
+    with torch.device("meta"):
+        model = build_torchvision(arch, image_size)
+    return apply_small_input(model, cfg, arch)
 
 
 def _check_count(wanted: int, available: int, arch: str, what: str) -> None:

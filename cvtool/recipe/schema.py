@@ -73,6 +73,7 @@ class DataConfig(Section):
     test: str | None = None
     val_fraction: Annotated[float, Field(gt=0, lt=1), NoBool] | None = None
     image_size: PosInt = 64
+    resize: Literal["squash", "crop", "pad"] = "squash"  # to image_size x image_size (cvtool.tasks.frame)
     channels: Literal[1, 3] = 3
     batch_size: PosInt = 32
     eval_batch_size: PosInt | None = None
@@ -196,13 +197,16 @@ class OptimConfig(Section):
     lr: PosFloat = 0.01
     momentum: NonNegFloat = 0.9
     nesterov: bool = False
-    weight_decay: NonNegFloat = 0.0
+    weight_decay: NonNegFloat | None = None  # None: the optimizer's own default (SGD 0, Adam 0, AdamW 0.01)
     betas: tuple[Probability, Probability] = (0.9, 0.999)
+    amsgrad: bool = False  # adam / adamw
 
     @model_validator(mode="after")
     def _nesterov(self) -> OptimConfig:
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optim.name sgd with momentum > 0")
+        if self.amsgrad and self.name == "sgd":
+            raise ValueError("amsgrad needs optim.name adam or adamw")
         return self
 
 
@@ -215,6 +219,7 @@ class OptimPatch(Section):
     nesterov: bool | None = None
     weight_decay: NonNegFloat | None = None
     betas: tuple[Probability, Probability] | None = None
+    amsgrad: bool | None = None
 
 
 class Phase(Section):

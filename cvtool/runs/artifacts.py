@@ -27,14 +27,15 @@ def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool
                           channels_last=step.channels_last, dist=session.dist)
     result = {"split": split, "loss": found.loss, "metrics": found.metrics}
     if keep_outputs:
-        result.update(outputs=found.outputs, targets=found.targets, indices=found.indices, sizes=found.sizes)
+        result.update(outputs=found.outputs, targets=found.targets, indices=found.indices, sizes=found.sizes,
+                      frames=found.frames)
     return result
 
 
 def save_predictions(path: Path, result: dict[str, Any]) -> None:
     with atomic_open(path, "wb") as handle:
         np.savez_compressed(handle, outputs=result["outputs"], targets=result["targets"],
-                            indices=result["indices"], sizes=result["sizes"])
+                            indices=result["indices"], sizes=result["sizes"], frames=result["frames"])
 
 
 def load_predictions(path: Path) -> dict[str, np.ndarray]:

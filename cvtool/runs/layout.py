@@ -29,6 +29,8 @@ FOLD_PREFIX = "fold_"
 FOLDS = "folds.json"
 FOLDS_TABLE = "folds.csv"
 OOF = "oof.csv"
+CHECKPOINT_TABLE = "checkpoints.csv"  # `cvtool evaluate RUN --checkpoint all`, in eval/<split>-all/
+CHECKPOINT_METRICS = "checkpoints.json"
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,12 @@ class RunDir:
 
     def eval_dir(self, split: str, checkpoint: str) -> Path:
         return self.path / EVAL / f"{split}-{checkpoint}"
+
+    def kept_checkpoints(self) -> list[Path]:
+        """best.pt, last.pt, then epoch_NNN.pt by epoch: the ones that exist."""
+        named = [self.checkpoint(name) for name in ("best", "last")]
+        epochs = sorted(self.checkpoints.glob("epoch_*.pt"), key=lambda p: (len(p.stem), p.stem))
+        return [path for path in named if path.is_file()] + epochs
 
     def is_run(self) -> bool:
         return self.summary.is_file() or self.checkpoint("last").is_file()

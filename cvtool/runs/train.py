@@ -69,7 +69,8 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None, resume: bool = 
         print(normalization_line(origin, bundle.mean, bundle.std), file=sys.stderr)
     info, cfg = bundle.info, recipe.data
     meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
-                     cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None)
+                     cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None,
+                     resize=cfg.resize)
     device = dist.device if dist else select_device(recipe.train.device)
     model = build_model(model_cfg, info.num_outputs, cfg.channels, cfg.image_size)
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
@@ -77,7 +78,7 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None, resume: bool = 
     weights, positive = _loss_weights(recipe, task, bundle, class_weights, pos_weight)
     meta = replace(meta, class_weights=None if weights is None else [float(w) for w in weights],
                    pos_weight=positive, class_ids=list(info.class_ids) or None)  # evaluate rebuilds this loss
-    loss_fn = task.build_loss(recipe.loss, weights, positive).to(device)
+    loss_fn = task.build_loss(recipe.loss, weights, positive, image_size=cfg.image_size).to(device)
     # model.freeze sets requires_grad=False after wrapping: DDP must then expect gradient-less parameters
     net = dist.wrap(model, recipe.model.sync_batchnorm, find_unused=recipe.model.freeze is not None) if dist else model
     if recipe.train.compile:
@@ -277,8 +278,8 @@ def _raw_val_metrics(session: Session, val_set: Any) -> dict[str, float]:
 def _gather_train(session: Session, result) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
     """Train-batch outputs as the task's metrics want them (keypoints need image sizes)."""
     outputs = session.task.activate(result.logits)
-    sizes = session.bundle.splits["train"].sizes[result.indices]
-    return session.task.metric_targets(result.targets), outputs, session.recipe.evaluate.threshold, sizes
+    frames = session.bundle.splits["train"].frames[result.indices]
+    return session.task.metric_targets(result.targets), outputs, session.recipe.evaluate.threshold, frames
 
 
 def _save_epoch(session: Session, state: TrainState, run: RunDir, is_best: bool, val: dict) -> None:

@@ -126,9 +126,15 @@ class Task(ABC):
         """Targets as the model learns them (identity except for keypoints)."""
         return targets
 
+    def cut_off(self, encoded: np.ndarray) -> int:
+        """How many encoded targets lie outside the model frame (keypoints a crop cuts off)."""
+        return 0
+
     @abstractmethod
-    def build_loss(self, cfg: Any, class_weights: Any = None, pos_weight: float | None = None) -> Any:
-        """The training criterion: loss(logits, targets) -> scalar tensor."""
+    def build_loss(self, cfg: Any, class_weights: Any = None, pos_weight: float | None = None,
+                   image_size: int | None = None) -> Any:
+        """The training criterion: loss(logits, targets) -> scalar tensor (`image_size`: the
+        model's input side, which pixel-valued loss settings such as `loss.beta` need)."""
 
     def dense_targets(self, targets: Any, num_outputs: int) -> Any:
         """Targets as one float row per sample (what MixUp/CutMix mix): N x outputs tensor."""

@@ -100,7 +100,7 @@ class Multiclass(_OneClassPerImage):
 
         return torch.nn.functional.one_hot(targets.long(), num_outputs).float()
 
-    def build_loss(self, cfg, class_weights=None, pos_weight=None):
+    def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
         return cross_entropy(cfg, class_weights)
 
 
@@ -157,7 +157,7 @@ class Binary(_OneClassPerImage):
     def dense_targets(self, targets, num_outputs):
         return targets.float().reshape(-1, 1)
 
-    def build_loss(self, cfg, class_weights=None, pos_weight=None):
+    def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)
 
 
@@ -236,5 +236,5 @@ class Multilabel(Task):
         rarity = np.where(positives, counts[None, :], np.iinfo(np.int64).max)
         return np.where(positives.any(axis=1), rarity.argmin(axis=1), num_outputs).astype(np.int64)
 
-    def build_loss(self, cfg, class_weights=None, pos_weight=None):
+    def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)
