@@ -43,7 +43,6 @@ class Task(ABC):
     confusion: bool = False  # confusion-matrix plots make sense
     has_classes: bool = False  # targets name classes (class-balanced sampling applies)
     mixable: bool = False  # MixUp/CutMix can mix the targets (a convex combination means something)
-    point_targets: bool = False  # targets are points that geometric augmentation must move
     roc: bool = False  # ROC curves make sense
     losses: tuple[str, ...] = ()  # loss names a recipe may choose (recipe.schema asks)
     formats: tuple[str, ...] = ()  # layouts `cvtool data synthetic` writes; the first is the default
@@ -57,12 +56,12 @@ class Task(ABC):
     class_weighted: bool = False  # loss.class_weights inverse / sqrt_inverse apply
     positive_class: bool = False  # one output scores the positive class (stats report its pos_weight)
     figures: tuple[str, ...] = ()  # extra evaluation figures (names in evaluation.reports.FIGURES)
+    probabilities: bool = True  # outputs are class probabilities (`predict --probs` can write them)
+    label_key: str = "label_column"  # the data.* setting naming the CSV column of the labels
 
     def num_outputs(self, class_names: list[str], target_names: list[str]) -> int:
         """Model outputs for a dataset with these classes / target columns."""
         return len(class_names)
-
-    label_key: str = "label_column"  # the data.* setting naming the CSV column of the labels
 
     def label_column(self, label_column: str, tags_column: str) -> str:
         """The CSV column that holds an image's label(s)."""
@@ -93,10 +92,10 @@ class Task(ABC):
         """Targets as collected from batches -> the dtype `metrics` expects."""
         return targets
 
+    @abstractmethod
     def class_table(self, result: Any, meta: Any) -> Any:
         """The per-class (or per-point) table of an evaluation (a tasks.reports.ClassTable)."""
-        raise NotImplementedError
-    probabilities: bool = True  # outputs are class probabilities (`predict --probs` can write them)
+
     fold_stratify: str = "none"  # k-fold: "classes" (StratifiedKFold), "tags" (iterative) or "none" (KFold)
     activation: str = "identity"  # what `activate` applies: softmax, sigmoid or identity (ensembles invert it)
 
