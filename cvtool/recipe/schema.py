@@ -175,6 +175,14 @@ class EarlyStop(Section):
     min_delta: NonNegFloat = 0.0
 
 
+class MlflowConfig(Section):
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else a local store beside the run
+    experiment: str | None = None  # default: the recipe's name
+
+
+LoggerName = Literal["csv", "tensorboard", "mlflow", "wandb", "clearml"]
+
+
 class TrainConfig(Section):
     epochs: PosInt = 10
     monitor: str | None = None  # default: the task's main metric, e.g. val/accuracy
@@ -187,6 +195,9 @@ class TrainConfig(Section):
     compile: bool = False
     grad_clip: PosFloat | None = None
     max_batches: PosInt | None = None  # cut each training epoch short (smoke tests, benchmarks)
+    loggers: list[LoggerName] = ["csv", "tensorboard"]
+    mlflow: MlflowConfig = MlflowConfig()
+    log_checkpoints: Literal["none", "best"] = "none"  # best.pt and an exported .onnx as artifacts
 
     @field_validator("monitor")
     @classmethod
@@ -194,6 +205,41 @@ class TrainConfig(Section):
         if value is not None and not value.startswith(("val/", "train/")):
             raise ValueError("monitor must look like val/<metric>, e.g. val/accuracy")
         return value
+
+
+class SearchRange(Section):
+    low: Annotated[int | float, NoBool]
+    high: Annotated[int | float, NoBool]
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if not self.low < self.high:
+            raise ValueError("low must be below high")
+        if self.log and self.low <= 0:
+            raise ValueError("log: true needs low > 0")
+        return self
+
+
+class SearchConfig(Section):
+    """Optuna search: one trial per sampled point of `space`, each a normal run dir."""
+
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    trials: PosInt = 20
+    space: dict[str, SearchRange | Annotated[list[Any], Field(min_length=1)]]
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: NonNegInt = 2  # finished trials before the median pruner may stop one
+    warmup_epochs: NonNegInt = 1  # epochs of each trial that are never pruned
+    storage: str | None = None  # Optuna storage URL; default a journal file in the search dir
+    study: str | None = None  # default: the recipe's name
+
+    @model_validator(mode="after")
+    def _space(self) -> SearchConfig:
+        if not self.space:
+            raise ValueError("space: needs at least one key")
+        if self.sampler == "grid" and any(isinstance(v, SearchRange) for v in self.space.values()):
+            raise ValueError("sampler grid needs a list of values for every space key")
+        return self
 
 
 class EvalConfig(Section):
@@ -223,6 +269,7 @@ class Recipe(Section):
     evaluate: EvalConfig = EvalConfig()
     tta: TTAConfig = TTAConfig()
     sweep: dict[str, list[Any]] | None = None
+    search: SearchConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -233,6 +280,8 @@ class Recipe(Section):
             raise ValueError("data.val is null: set data.val_fraction to split off a validation set")
         if self.schedule.name == "onecycle" and self.schedule.warmup_epochs:
             raise ValueError("schedule.warmup_epochs: onecycle warms up by itself (schedule.pct_start)")
+        if self.sweep and self.search:
+            raise ValueError("sweep and search: use one of them (a grid, or sampler: grid)")
         epochs = [phase.epoch for phase in self.phases]
         if epochs != sorted(set(epochs)):
             raise ValueError("phases must have increasing, distinct epochs")

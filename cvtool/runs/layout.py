@@ -24,6 +24,11 @@ PLOTS = "plots"
 PREDICTIONS = "predictions"
 TENSORBOARD = "tensorboard"
 EVAL = "eval"
+EXPORTED = "model.onnx"  # the best checkpoint exported for tracking artifacts (train.log_checkpoints)
+SEARCH = "search.json"
+SEARCH_TABLE = "search.csv"
+SEARCH_JOURNAL = "optuna-journal.log"
+TRACKING = "tracking.json"  # ids of the tracker runs, so --resume continues them
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,30 @@ class RunDir:
     def sweep_table(self) -> Path:
         return self.path / SWEEP_TABLE
 
+    @property
+    def exported(self) -> Path:
+        return self.path / EXPORTED
+
+    @property
+    def search(self) -> Path:
+        return self.path / SEARCH
+
+    @property
+    def search_table(self) -> Path:
+        return self.path / SEARCH_TABLE
+
+    @property
+    def search_journal(self) -> Path:
+        return self.path / SEARCH_JOURNAL
+
+    @property
+    def tracking(self) -> Path:
+        return self.path / TRACKING
+
+    def trial(self, number: int) -> Path:
+        """A search's trial run dir: trial_007."""
+        return self.path / f"trial_{number:03d}"
+
     def checkpoint(self, name: str) -> Path:
         """checkpoints/<name>.pt: best, last, epoch_046 (or 46)."""
         name = f"epoch_{int(name):03d}" if name.isdigit() else name
@@ -81,6 +110,9 @@ class RunDir:
 
     def is_sweep(self) -> bool:
         return self.sweep.is_file()
+
+    def is_search(self) -> bool:
+        return self.search.is_file()
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path) -> RunDir | None:

@@ -29,6 +29,7 @@ from cvtool.errors import CvtoolError
 from cvtool.model_card import ModelMeta
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.artifacts import finish_run, split_metrics
+from cvtool.runs.loggers import open_loggers
 from cvtool.tasks import Task, get_task, higher_is_better
 
 
@@ -134,8 +135,9 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
 
 @with_cpu_runtime
 def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bool = False,
-        stop: Any = None, dist: Any = None) -> dict[str, Any]:
-    """Train `recipe`, writing the run into `run_dir`; returns the summary."""
+        stop: Any = None, dist: Any = None, on_epoch: Any = None) -> dict[str, Any]:
+    """Train `recipe`, writing the run into `run_dir`; returns the summary. `on_epoch(row)` is
+    called after each epoch is saved (a search prunes a trial by raising there)."""
     session = build_session(recipe, quiet, dist)
     lead = dist is None or dist.rank == 0
     train_set = train_dataset(session.bundle, recipe, session.task)
@@ -155,17 +157,22 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
         state = TrainState()
         if lead and ckpt_dir is not None:
             save_checkpoint(ckpt_dir / "last.pt", checkpoint_payload(session, state))
-    log = RunLog(run_dir if lead else None, quiet or not lead, history=state.history)
+    trackers = open_loggers(recipe, run_dir, resume, state.history) if lead and run_dir is not None else None
+    log = RunLog(run_dir if lead else None, quiet or not lead, history=state.history, loggers=trackers)
     try:
-        _epochs(session, state, loader, sampler, log, ckpt_dir, steps)
-    finally:
-        log.close()
-    if not lead:
-        return {}
-    return finish_run(session, state, run_dir, quiet)
+        _epochs(session, state, loader, sampler, log, ckpt_dir, steps, on_epoch)
+        summary = finish_run(session, state, run_dir, quiet) if lead else {}
+        if trackers is not None:
+            trackers.finish(summary)
+    except BaseException as exc:
+        log.close(exc)
+        raise
+    log.close()
+    return summary
 
 
-def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, ckpt_dir, steps: int) -> None:
+def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, ckpt_dir, steps: int,
+            on_epoch: Any = None) -> None:
     from cvtool.models import set_trainable
 
     recipe, step = session.recipe, session.step
@@ -202,6 +209,8 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, c
         log.add(row, session.monitor, is_best)
         if lead and ckpt_dir is not None:
             _save_epoch(session, state, ckpt_dir, is_best, val)
+        if on_epoch is not None:
+            on_epoch(row)
         if stopper and state.bad_epochs >= stopper.patience:
             log.console.print(f"early stop: no {session.monitor} gain for {stopper.patience} epochs")
             break
