@@ -21,6 +21,8 @@ def train(
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR from its last.pt.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
     detect_anomaly: Annotated[bool, typer.Option("--detect-anomaly", help="torch autograd anomaly detection (slow).")] = False,
+    search_worker: Annotated[bool, typer.Option(
+        "--search-worker", help="Join the recipe's search in --out DIR (or its storage) as one more worker.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
@@ -43,7 +45,7 @@ def train(
         try:
             with failure_guard(dist):  # one rank's failure is reported once; the others exit quietly
                 summary = run_recipe(resolved, run_dir, resume=resume is not None, overwrite=overwrite,
-                                     quiet=quiet, stop=stop, dist=dist)
+                                     quiet=quiet, stop=stop, dist=dist, search_worker=search_worker)
         except StopRequested:
             err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
             raise typer.Exit(stop.exit_code) from None

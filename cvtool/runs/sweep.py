@@ -34,8 +34,14 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
-               quiet: bool = False, stop: Any = None, dist: Any = None) -> dict[str, Any]:
-    """Train a recipe (every grid point of its sweep) into run_dir; returns the summary."""
+               quiet: bool = False, stop: Any = None, dist: Any = None, search_worker: bool = False) -> dict[str, Any]:
+    """Train a recipe (every grid point of its sweep, or its search's trials) into run_dir;
+    returns the summary."""
+    if recipe.search or search_worker:
+        from cvtool.runs.search import start_search
+
+        return start_search(recipe, run_dir, resume=resume, overwrite=overwrite, worker=search_worker,
+                            quiet=quiet, stop=stop, dist=dist)
     lead = dist is None or dist.rank == 0
     if lead:
         prepare_run_dir(run_dir, resume, overwrite)
