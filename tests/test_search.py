@@ -24,14 +24,15 @@ runner = CliRunner()
 TINY = {"image_size": 8, "channels": 1, "batch_size": 32}
 
 
-def search_recipe(make_recipe, tmp_path: Path, digits_dir: Path, epochs: int, **search) -> Path:
+def search_recipe(make_recipe, tmp_path: Path, digits_dir: Path, epochs: int, batches: int = 4, **search) -> Path:
     return make_recipe(tmp_path, digits_dir, data=TINY, optim={"name": "adam", "lr": 0.01},
-                       train={"epochs": epochs, "max_batches": 4, "loggers": ["csv"]},
+                       train={"epochs": epochs, "max_batches": batches, "loggers": ["csv"]},
                        search={"trials": 4, "sampler": "random", "pruner": "none",
                                "space": {"optim.lr": {"low": 1e-4, "high": 0.05, "log": True}}, **search})
 
 
-def test_search_schema_errors(make_recipe, tmp_path, digits_dir) -> None:
+def test_search_schema_errors(make_recipe, tmp_path) -> None:
+    digits_dir = tmp_path  # loading a recipe does not read its data
     grid = make_recipe(tmp_path, digits_dir, search={"sampler": "grid", "space": {"optim.lr": {"low": 0.1, "high": 1}}})
     with pytest.raises(CvtoolError, match="grid needs a list"):
         load_recipe(grid)
@@ -59,7 +60,8 @@ def test_claims_stop_at_the_limit_and_void_the_surplus() -> None:
 @pytest.mark.slow
 def test_tpe_search_prunes_then_report_ranks_trials(make_recipe, tmp_path, digits_dir) -> None:
     space = {"optim.lr": {"low": 1e-5, "high": 10.0, "log": True}}  # lr near 10 or 1e-5 learns nothing
-    recipe = search_recipe(make_recipe, tmp_path, digits_dir, 4, trials=6, sampler="tpe", pruner="median",
+    # enough batches that a good lr clearly beats chance, so the median pruner has something to cut
+    recipe = search_recipe(make_recipe, tmp_path, digits_dir, 3, batches=20, trials=6, sampler="tpe", pruner="median",
                            space=space)
     out = tmp_path / "search"
     result = runner.invoke(app, ["train", str(recipe), "--out", str(out), "--quiet"])
