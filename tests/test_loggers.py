@@ -47,7 +47,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     log = (root / "server.log").open("w")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # a loaded 2-core machine needs minutes for its first start
     while True:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:

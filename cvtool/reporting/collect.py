@@ -84,7 +84,7 @@ def collect_runs(run_dirs: Sequence[Path]) -> list[Run]:
         elif RunDir(folder).is_search():
             from cvtool.reporting.search import search_points
 
-            points = [(f"{_sweep_name(folder)}/{p.name}", p) for p in search_points(folder)]
+            points = [(f"{name}/{p.name}", p) for name, p in search_points(folder)]
         elif RunDir(folder).summary.is_file():
             points = [(None, folder)]
         else:

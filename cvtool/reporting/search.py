@@ -20,14 +20,15 @@ class SearchSection:
     rows: list[dict[str, Any]]
 
 
-def search_points(search_dir: Path) -> list[Path]:
-    """A search's finished trials (those with a summary.json), best first."""
+def search_points(search_dir: Path) -> list[tuple[str, Path]]:
+    """(search name, trial dir) of a search's finished trials (with a summary.json), best first."""
     try:
-        rows = json.loads(RunDir(search_dir).search.read_text(encoding="utf-8")).get("trials") or []
+        summary = json.loads(RunDir(search_dir).search.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise CvtoolError(f"{RunDir(search_dir).search}: unreadable ({exc})") from None
-    points = [search_dir / row["run"] for row in rows if row.get("run")]
-    points = [p for p in points if RunDir(p).summary.is_file()]
+    name = str(summary.get("name") or search_dir.name)
+    points = [search_dir / row["run"] for row in summary.get("trials") or [] if row.get("run")]
+    points = [(name, p) for p in points if RunDir(p).summary.is_file()]
     if not points:
         raise CvtoolError(f"{search_dir}: a search without any finished trial")
     return points

@@ -99,7 +99,6 @@ def requeue_stale(study: Any) -> int:
 
 def run_trial(recipe: Recipe, search_dir: Path, study: Any, trial: Any, quiet: bool, stop: Any) -> str:
     """Train one trial into DIR/trial_NNN; tells the study how it ended."""
-    from cvtool.runs.sweep import prepare_run_dir
     from cvtool.runs.train import fit
 
     optuna = need_optuna()
@@ -110,7 +109,9 @@ def run_trial(recipe: Recipe, search_dir: Path, study: Any, trial: Any, quiet: b
     run_dir = RunDir(search_dir).trial(trial.number)
     trial.set_user_attr("run_dir", str(run_dir.resolve()))
     trial.set_user_attr("host", socket.gethostname())
-    prepare_run_dir(run_dir, resume=False, overwrite=True)  # a requeued trial's folder starts afresh
+    if run_dir.exists():  # left by a try that was voided
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
     write_text(RunDir(run_dir).recipe, recipe_to_yaml(point))
 
     def report(row: dict[str, float]) -> None:
@@ -158,18 +159,13 @@ def run_search(recipe: Recipe, search_dir: Path, *, resume: bool = False, worker
     return rank_search(recipe, search_dir, study)
 
 
-def start_search(recipe: Recipe, search_dir: Path, *, resume: bool, overwrite: bool, worker: bool,
+def start_search(recipe: Recipe, search_dir: Path, *, resume: bool, worker: bool,
                  quiet: bool, stop: Any, dist: Any) -> dict[str, Any]:
-    """`cvtool train` of a recipe with `search:`: the first process, a resumed one or a worker."""
-    from cvtool.runs.sweep import prepare_run_dir
-
+    """`cvtool train` of a recipe with `search:` (its run dir prepared): the first process, a
+    resumed one or a worker."""
     if recipe.search is None:
         raise CvtoolError("--search-worker: the recipe has no search: section")
     if dist is not None:
         raise CvtoolError("search: trials run one process each (start more --search-worker processes "
                           "instead of torchrun)")
-    if worker:
-        Path(search_dir).mkdir(parents=True, exist_ok=True)
-    else:
-        prepare_run_dir(search_dir, resume, overwrite)
     return run_search(recipe, search_dir, resume=resume, worker=worker, quiet=quiet, stop=stop)

@@ -40,8 +40,11 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite
     if recipe.search or search_worker:
         from cvtool.runs.search import start_search
 
-        return start_search(recipe, run_dir, resume=resume, overwrite=overwrite, worker=search_worker,
-                            quiet=quiet, stop=stop, dist=dist)
+        if search_worker:  # joins a search that another process may have started in run_dir
+            run_dir.mkdir(parents=True, exist_ok=True)
+        elif dist is None:
+            prepare_run_dir(run_dir, resume, overwrite)
+        return start_search(recipe, run_dir, resume=resume, worker=search_worker, quiet=quiet, stop=stop, dist=dist)
     lead = dist is None or dist.rank == 0
     if lead:
         prepare_run_dir(run_dir, resume, overwrite)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cvtool.runs.layout import RunDir
-from cvtool.runs.loggers import LogContext
+from cvtool.runs.loggers.base import LogContext
 
 EXPORT_TIMEOUT_S = 600
 

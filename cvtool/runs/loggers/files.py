@@ -7,7 +7,7 @@ from typing import Any
 
 from cvtool.fileio import write_csv
 from cvtool.runs.layout import RunDir
-from cvtool.runs.loggers import LOGGERS, LogContext, metric_values
+from cvtool.runs.loggers.base import LOGGERS, LogContext, metric_values
 
 FIXED_COLUMNS = ["epoch", "lr", "seconds", "train/loss", "val/loss"]
 

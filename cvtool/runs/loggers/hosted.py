@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cvtool.runs.loggers import LOGGERS, LogContext, metric_values, need, summary_values
+from cvtool.runs.loggers.base import LOGGERS, LogContext, metric_values, need, summary_values
 
 
 class WandbLogger:

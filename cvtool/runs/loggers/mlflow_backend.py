@@ -12,7 +12,7 @@ from typing import Any
 
 from cvtool.fileio import write_json
 from cvtool.runs.layout import RunDir
-from cvtool.runs.loggers import LOGGERS, LogContext, metric_values, need, summary_values
+from cvtool.runs.loggers.base import LOGGERS, LogContext, metric_values, need, summary_values
 
 LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlartifacts"
