@@ -105,7 +105,7 @@ def test_interrupted_search_resumes_without_repeating_finished_trials(make_recip
     assert {name: (out / name / "summary.json").stat().st_mtime_ns for name in finished} == finished
     _, study = load_search(out)
     trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert trials[3].params == trials[2].params  # the interrupted trial's point runs again
     assert sorted(row["trial"] for row in summary["trials"]) == [0, 1, 3, 4]
     assert not (out / "trial_002").exists()
