@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +47,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
     log = (root / "server.log").open("w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    # its own process group: `mlflow server` runs uvicorn as a child, which must stop with it
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600  # a loaded 2-core machine needs minutes for its first start
     while True:
@@ -56,16 +59,26 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         except OSError:
             pass
         if server.poll() is not None or time.time() > deadline:
-            server.kill()
+            stop_group(server)
             pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
     yield url
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
+    stop_group(server)
     log.close()
+
+
+def stop_group(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, then SIGKILL to whatever of it is left."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.wait()
 
 
 @pytest.mark.slow
