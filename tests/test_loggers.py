@@ -48,7 +48,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
                "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
     log = (root / "server.log").open("w")
     # its own process group: `mlflow server` runs uvicorn as a child, which must stop with it
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # no job runner: its eight worker processes are for GenAI jobs this test does not use
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600  # a loaded 2-core machine needs minutes for its first start
     while True:
