@@ -217,11 +217,14 @@ def test_wandb_and_clearml_offline_files_hold_the_metrics(make_recipe, tmp_path,
 
     (wandb_file,) = (tmp_path / "wandb-dir").glob("wandb/offline-run-*/run-*.wandb")
     records = wandb_records(wandb_file)
-    steps = [{item.key: json.loads(item.value_json) for item in r.history.item}
+    # a key is either flat ('val/accuracy') or nested (['val', 'accuracy']), depending on the writer
+    steps = [(r.history.step.num, {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                   for item in r.history.item})
              for r in records if r.WhichOneof("record_type") == "history"]
-    assert [(s["_step"], s["val/accuracy"]) for s in steps] == \
-        [(int(r["epoch"]), pytest.approx(float(r["val/accuracy"]))) for r in rows]
-    summary_keys = {item.key for r in records if r.WhichOneof("record_type") == "summary" for item in r.summary.update}
+    assert [(values.get("_step", step), values.get("val/accuracy")) for step, values in steps] == \
+        [(int(r["epoch"]), pytest.approx(float(r["val/accuracy"]))) for r in rows], steps
+    summary_keys = {item.key or "/".join(item.nested_key) for r in records
+                    if r.WhichOneof("record_type") == "summary" for item in r.summary.update}
     assert "summary.best_value" in summary_keys
     (artifact,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     assert {"summary.json", "plots/loss.png"} <= {entry.path for entry in artifact.manifest.contents}
