@@ -9,29 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from cvtool.recipe.experiments import LoggerName, MlflowConfig, SearchConfig
+from cvtool.recipe.fields import (  # noqa: F401  (names the rest of cvtool imports from here)
+    NoBool,
+    NonNegFloat,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    Probability,
+    Section,
+    TaskName,
+)
 from cvtool.tasks import get_task
-
-
-def _no_bool(value: Any) -> Any:
-    """YAML's true/false are not numbers (pydantic would read them as 1/0)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number, not true/false")
-    return value
-
-
-NoBool = BeforeValidator(_no_bool)
-TaskName = Literal["multiclass", "binary", "multilabel", "keypoints"]
-PosFloat = Annotated[float, Field(gt=0), NoBool]
-NonNegFloat = Annotated[float, Field(ge=0), NoBool]
-Probability = Annotated[float, Field(ge=0, le=1), NoBool]
-PosInt = Annotated[int, Field(gt=0), NoBool]
-NonNegInt = Annotated[int, Field(ge=0), NoBool]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NormStats(Section):
@@ -75,6 +66,8 @@ class DataConfig(Section):
     cache: Literal["auto", "memory", "disk"] = "auto"
     cache_max_gb: PosFloat = 4.0
     on_bad_image: Literal["fail", "skip"] = "fail"
+    # training order: uniform (a permutation per epoch) or class-balanced draws with replacement
+    sampler: Literal["uniform", "balanced", "sqrt_balanced"] = "uniform"
 
     @field_validator("image_extension")
     @classmethod
@@ -172,17 +165,26 @@ class LossConfig(Section):
     beta: PosFloat = 1.0
 
 
+class EmaConfig(Section):
+    """An exponential moving average of the weights (BatchNorm buffers included)."""
+
+    decay: Annotated[float, Field(gt=0, lt=1), NoBool] = 0.9998
+    warmup_epochs: NonNegInt = 0  # the average follows the raw weights until this epoch is done
+    every: PosInt = 1  # update every N optimizer steps
+
+
+class MixArgs(Section):
+    alpha: PosFloat = 1.0
+    p: Probability | None = None  # chance per batch; unset: the entries share what is left of 1
+
+
+MIXERS = ("MixUp", "CutMix")
+BatchMixSpec = dict[Literal["MixUp", "CutMix"], MixArgs]
+
+
 class EarlyStop(Section):
     patience: PosInt = 10
     min_delta: NonNegFloat = 0.0
-
-
-class MlflowConfig(Section):
-    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else a local store beside the run
-    experiment: str | None = None  # default: the recipe's name
-
-
-LoggerName = Literal["csv", "tensorboard", "mlflow", "wandb", "clearml"]
 
 
 class TrainConfig(Section):
@@ -197,6 +199,8 @@ class TrainConfig(Section):
     compile: bool = False
     grad_clip: PosFloat | None = None
     max_batches: PosInt | None = None  # cut each training epoch short (smoke tests, benchmarks)
+    ema: EmaConfig | None = None
+    accumulate: PosInt = 1  # an optimizer step every N batches (gradient accumulation)
     loggers: list[LoggerName] = ["csv", "tensorboard"]
     mlflow: MlflowConfig = MlflowConfig()
     log_checkpoints: Literal["none", "best"] = "none"  # best.pt and an exported .onnx as artifacts
@@ -207,41 +211,6 @@ class TrainConfig(Section):
         if value is not None and not value.startswith(("val/", "train/")):
             raise ValueError("monitor must look like val/<metric>, e.g. val/accuracy")
         return value
-
-
-class SearchRange(Section):
-    low: Annotated[int | float, NoBool]
-    high: Annotated[int | float, NoBool]
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> SearchRange:
-        if not self.low < self.high:
-            raise ValueError("low must be below high")
-        if self.log and self.low <= 0:
-            raise ValueError("log: true needs low > 0")
-        return self
-
-
-class SearchConfig(Section):
-    """Optuna search: one trial per sampled point of `space`, each a normal run dir."""
-
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
-    trials: PosInt = 20
-    space: dict[str, SearchRange | Annotated[list[Any], Field(min_length=1)]]
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    startup_trials: NonNegInt = 2  # finished trials before the median pruner may stop one
-    warmup_epochs: NonNegInt = 1  # epochs of each trial that are never pruned
-    storage: str | None = None  # Optuna storage URL; default a journal file in the search dir
-    study: str | None = None  # default: the recipe's name
-
-    @model_validator(mode="after")
-    def _space(self) -> SearchConfig:
-        if not self.space:
-            raise ValueError("space: needs at least one key")
-        if self.sampler == "grid" and any(isinstance(v, SearchRange) for v in self.space.values()):
-            raise ValueError("sampler grid needs a list of values for every space key")
-        return self
 
 
 class EvalConfig(Section):
@@ -262,6 +231,7 @@ class Recipe(Section):
     seed: Annotated[int, NoBool] = 42
     data: DataConfig
     augment: list[TransformSpec] = []
+    augment_batch: list[BatchMixSpec] = []  # MixUp / CutMix on whole training batches
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     phases: list[Phase] = []
@@ -287,5 +257,20 @@ class Recipe(Section):
         epochs = [phase.epoch for phase in self.phases]
         if epochs != sorted(set(epochs)):
             raise ValueError("phases must have increasing, distinct epochs")
+        self._check_batch_features()
         return self
+
+    def _check_batch_features(self) -> None:
+        from cvtool.tasks import get_task
+
+        task = get_task(self.task)
+        if any(len(spec) != 1 for spec in self.augment_batch):
+            raise ValueError("augment_batch: each entry is one of MixUp or CutMix, e.g. [{MixUp: {alpha: 0.2}}]")
+        if self.augment_batch and not task.mixable:
+            raise ValueError(f"augment_batch: MixUp/CutMix cannot mix {self.task} targets")
+        given = sum(args.p for spec in self.augment_batch for args in spec.values() if args.p is not None)
+        if given > 1 + 1e-9:
+            raise ValueError(f"augment_batch: the p of the entries add up to {given:g}, more than 1")
+        if self.data.sampler != "uniform" and not task.has_classes:
+            raise ValueError(f"data.sampler {self.data.sampler} needs class labels (task {self.task} has none)")
 

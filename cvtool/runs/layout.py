@@ -24,6 +24,7 @@ PLOTS = "plots"
 PREDICTIONS = "predictions"
 TENSORBOARD = "tensorboard"
 EVAL = "eval"
+SAMPLING = "sampling.csv"  # data.sampler: the classes each epoch drew
 EXPORTED = "model.onnx"  # the best checkpoint exported for tracking artifacts (train.log_checkpoints)
 SEARCH = "search.json"
 SEARCH_TABLE = "search.csv"
@@ -64,6 +65,10 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD
+
+    @property
+    def sampling(self) -> Path:
+        return self.path / SAMPLING
 
     @property
     def sweep(self) -> Path:

@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from cvtool.data.transforms import build_transform
+from cvtool.data.transforms import build_transform, point_blind
 from cvtool.errors import CvtoolError
 from cvtool.models.registry import check_arch
 from cvtool.recipe.load import load_raw, validate
 from cvtool.recipe.messages import _from_set, _one_line
 from cvtool.recipe.schema import Recipe
 from cvtool.recipe.sweep import expand_sweep as _expand_grid
+from cvtool.tasks import get_task
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
@@ -49,6 +50,12 @@ def check_names(recipe: Recipe, source: str, set_keys: Collection[str] = ()) -> 
             except Exception as exc:  # torchvision refusing user-given arguments
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise CvtoolError(_one_line(f"{origin}: {where}: cannot build this transform: {reason}")) from None
+    if get_task(recipe.task).point_targets:
+        for key, specs in (("augment", recipe.augment), ("tta.transforms", recipe.tta.transforms or [])):
+            if blind := point_blind(specs):
+                origin = f"{source}: --set" if _from_set(key, "", set_keys) else source
+                raise CvtoolError(f"{origin}: {key}: {', '.join(blind)} would move the image but not the "
+                                  f"keypoints (task {recipe.task}); use RandomAffine / flips / colour transforms")
     try:
         check_arch(recipe.model.arch)
     except CvtoolError as exc:

@@ -6,9 +6,10 @@ import copy
 from typing import Any
 
 from cvtool.errors import CvtoolError
+from cvtool.recipe.experiments import SearchConfig, SearchRange
 from cvtool.recipe.load import set_dotted, validate
 from cvtool.recipe.messages import _one_line
-from cvtool.recipe.schema import Recipe, SearchConfig, SearchRange
+from cvtool.recipe.schema import Recipe
 
 
 def need_optuna() -> Any:
