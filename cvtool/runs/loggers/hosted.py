@@ -39,6 +39,9 @@ class WandbLogger:
 class ClearmlLogger:
     def __init__(self, context: LogContext) -> None:
         clearml = need("clearml", "clearml", "clearml")
+        # ClearML's Linux default forks a reporting subprocess; forked from a process whose other
+        # threads hold locks (W&B, MLflow, loader threads) it deadlocked at close in our tests
+        clearml.Task._report_subprocess_enabled = False
         # cvtool reports what it wants tracked; ClearML's hooks into torch, matplotlib, argv and
         # stdout would log every checkpoint save and plot a second time
         self.task = clearml.Task.init(project_name=context.recipe.name, task_name=context.run_dir.name,
