@@ -20,6 +20,8 @@ def metrics_table(title: str, columns: dict[str, dict[str, float] | None]) -> Ta
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
+    if summary.get("search"):
+        return search_table(summary)
     if summary.get("sweep"):
         table = Table(title=f"sweep {summary['name']}: ranked by {summary['monitor']}")
         for column in ("rank", "run", "best_epoch", "best_value", "smoothed_best_value", "test"):
@@ -32,6 +34,19 @@ def summary_table(summary: dict[str, Any]) -> Table:
              f"{summary['best_epoch']} (smoothed {_fmt(summary['smoothed_best_value'])} at epoch "
              f"{summary['smoothed_best_epoch']})")
     return metrics_table(title, {"val (best epoch)": summary["val"], "test (best checkpoint)": summary["test"]})
+
+
+def search_table(summary: dict[str, Any]) -> Table:
+    """A search's trials, ranked: completed by value, then pruned, then failed."""
+    table = Table(title=f"search {summary['name']}: {len(summary['trials'])} trials ranked by "
+                        f"{summary['monitor']} ({summary['direction']})")
+    keys = [k for k in (summary["trials"][0] if summary["trials"] else {}) if k not in ("rank", "run")]
+    for column in ("rank", *keys, "run"):
+        table.add_column(column, justify="left" if column in ("state", "run") else "right")
+    for row in summary["trials"]:
+        table.add_row(*(f"{v:.4g}" if isinstance(v := row.get(column), float) else _fmt(v)
+                        for column in ("rank", *keys, "run")))
+    return table
 
 
 def _fmt(value: Any) -> str:

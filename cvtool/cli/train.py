@@ -28,6 +28,8 @@ def train(
     detect_anomaly: Annotated[bool, typer.Option("--detect-anomaly", help="torch autograd anomaly detection (slow).")] = False,
     fold: Annotated[str | None, typer.Option(
         "--fold", help="K-fold (data.folds): all, or one fold index N, into DIR/fold_<N>/.")] = None,
+    search_worker: Annotated[bool, typer.Option(
+        "--search-worker", help="Join the recipe's search in --out DIR (or its storage) as one more worker.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
@@ -45,7 +47,7 @@ def train(
         if fold is not None or (resume is not None and RunDir(resume).is_fold_set()):
             return _folds(resolved, run_dir, fold, resume is not None, overwrite, quiet, detect_anomaly)
         summary = launch(resolved, run_dir, resume=resume is not None, overwrite=overwrite, quiet=quiet,
-                         detect_anomaly=detect_anomaly, extend=extend)
+                         detect_anomaly=detect_anomaly, extend=extend, search_worker=search_worker)
     except RunStopped as stopped:
         err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
         raise typer.Exit(stopped.exit_code) from None

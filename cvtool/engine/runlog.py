@@ -1,46 +1,27 @@
-"""What a run reports while it trains: metrics.csv, TensorBoard events, a console row per
-epoch and a progress bar per epoch (none with --quiet)."""
+"""What a run reports while it trains: each epoch's row to its loggers (metrics.csv,
+TensorBoard, trackers: `cvtool/runs/loggers/`), a console row per epoch and a progress bar per
+epoch (none with --quiet)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cvtool.fileio import write_csv
-
-FIXED_COLUMNS = ["epoch", "lr", "seconds", "train/loss", "val/loss"]
-
 
 class RunLog:
-    """`metrics_csv` and `tensorboard` come from the run's layout (None: write no files)."""
-
-    def __init__(self, metrics_csv: Path | None, quiet: bool, console: Console | None = None,
-                 history: list[dict[str, float]] | None = None, *, tensorboard: Path | None = None) -> None:
-        self.metrics_csv = metrics_csv
+    def __init__(self, quiet: bool, console: Console | None = None,
+                 history: list[dict[str, float]] | None = None, loggers: Any = None) -> None:
         self.quiet = quiet
         self.console = console or Console(highlight=False)
         self.history: list[dict[str, float]] = list(history or [])
-        self.writer = _tensorboard(tensorboard) if tensorboard is not None else None
-
-    def columns(self) -> list[str]:
-        extra = sorted({k for row in self.history for k in row} - set(FIXED_COLUMNS),
-                       key=lambda k: (not k.startswith("train/"), k))
-        return FIXED_COLUMNS + extra
+        self.loggers = loggers  # has log_epoch(row, history) and close(error)
 
     def add(self, row: dict[str, float], monitor: str, is_best: bool) -> None:
         self.history.append(row)
-        if self.metrics_csv is not None:
-            columns = self.columns()
-            write_csv(self.metrics_csv, columns,
-                      [[_cell(r.get(c)) for c in columns] for r in self.history])
-        if self.writer is not None:
-            for key, value in row.items():
-                if key != "epoch":
-                    self.writer.add_scalar(key, value, int(row["epoch"]))
-            self.writer.flush()
+        if self.loggers is not None:
+            self.loggers.log_epoch(row, self.history)
         self._print_row(row, monitor, is_best)
 
     def _print_row(self, row: dict[str, float], monitor: str, is_best: bool) -> None:
@@ -56,24 +37,9 @@ class RunLog:
     def progress(self, epoch: int, epochs: int, batches: int) -> EpochProgress | None:
         return None if self.quiet else EpochProgress(self.console, epoch, epochs, batches)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _tensorboard(folder: Path) -> Any:
-    """A SummaryWriter when the optional `tensorboard` extra is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(folder))
+    def close(self, error: BaseException | None = None) -> None:
+        if self.loggers is not None:
+            self.loggers.close(error)
 
 
 class EpochProgress:

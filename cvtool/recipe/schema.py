@@ -9,37 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+
+from cvtool.recipe.experiments import LoggerName, MlflowConfig, SearchConfig
+from cvtool.recipe.fields import (  # noqa: F401  (names the rest of cvtool imports from here)
+    NoBool,
+    NonNegFloat,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    Probability,
+    Section,
+    TaskName,
 )
-
 from cvtool.tasks import get_task
-
-
-def _no_bool(value: Any) -> Any:
-    """YAML's true/false are not numbers (pydantic would read them as 1/0)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number, not true/false")
-    return value
-
-
-NoBool = BeforeValidator(_no_bool)
-TaskName = Literal["multiclass", "binary", "multilabel", "keypoints"]
-PosFloat = Annotated[float, Field(gt=0), NoBool]
-NonNegFloat = Annotated[float, Field(ge=0), NoBool]
-Probability = Annotated[float, Field(ge=0, le=1), NoBool]
-PosInt = Annotated[int, Field(gt=0), NoBool]
-NonNegInt = Annotated[int, Field(ge=0), NoBool]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NormStats(Section):
@@ -288,6 +271,9 @@ class TrainConfig(Section):
     max_batches: PosInt | None = None  # cut each training epoch short (smoke tests, benchmarks)
     ema: EmaConfig | None = None
     accumulate: PosInt = 1  # an optimizer step every N batches (gradient accumulation)
+    loggers: list[LoggerName] = ["csv", "tensorboard"]
+    mlflow: MlflowConfig = MlflowConfig()
+    log_checkpoints: Literal["none", "best"] = "none"  # best.pt and an exported .onnx as artifacts
 
     @field_validator("monitor")
     @classmethod
@@ -325,6 +311,7 @@ class Recipe(Section):
     evaluate: EvalConfig = EvalConfig()
     tta: TTAConfig = TTAConfig()
     sweep: dict[str, list[Any]] | None = None
+    search: SearchConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -335,6 +322,8 @@ class Recipe(Section):
             raise ValueError("data.val is null: set data.val_fraction to split off a validation set")
         if self.schedule.name == "onecycle" and self.schedule.warmup_epochs:
             raise ValueError("schedule.warmup_epochs: onecycle warms up by itself (schedule.pct_start)")
+        if self.sweep and self.search:
+            raise ValueError("sweep and search: use one of them (a grid, or sampler: grid)")
         epochs = [phase.epoch for phase in self.phases]
         if epochs != sorted(set(epochs)):
             raise ValueError("phases must have increasing, distinct epochs")

@@ -64,6 +64,10 @@ def render_markdown(report: Report) -> str:
         description = run.settings.get("description") or ""
         lines.append(f"- **{_md_cell(run.label)}** — `{run.path}`, {run.summary.get('epochs_run', '?')} epochs, "
                      f"{run.summary.get('seconds', '?')} s" + (f". {description}" if description else ""))
+    for section in report.searches:
+        from cvtool.reporting.search import section_markdown
+
+        lines += section_markdown(section)
     shared = [f for f in report.figures if f.run is None]
     per_run = [f for f in report.figures if f.run is not None]
     if shared:
@@ -105,6 +109,10 @@ def render_html(report: Report) -> str:
                      f"{esc(str(run.summary.get('epochs_run', '?')))} epochs, {esc(str(run.summary.get('seconds', '?')))} s"
                      + (f". {esc(str(description))}" if description else "") + "</li>")
     parts.append("</ul>")
+    if report.searches:
+        from cvtool.reporting.search import section_html
+
+        parts += [section_html(section) for section in report.searches]
     shared = [f for f in report.figures if f.run is None]
     per_run = [f for f in report.figures if f.run is not None]
     for title, figures in (("Curves across runs", shared), ("Confusion matrices and ROC (best epoch)", per_run)):

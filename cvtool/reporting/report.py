@@ -40,6 +40,7 @@ def write_report(run_dirs: Sequence[Path], out: Path, metric: str | None = None)
     report = Report(metric, higher_is_better(metric), [Path(p) for p in run_dirs], rank_runs(runs, metric),
                     varying_keys(runs), runs[0].label, runs[0].smoothing, markdown, html, files_dir)
     report.figures = draw_figures(runs, metric, files_dir)
+    add_searches(report, run_dirs, files_dir)
     write_text(markdown, render_markdown(report))
     write_text(html, render_html(report))
     return report
@@ -54,6 +55,18 @@ def _check_one_task(runs: list[Run]) -> None:
         listed = "; ".join(f"{task}: {' '.join(paths)}" for task, paths in groups.items())
         raise CvtoolError(f"cvtool report: the runs are of {len(groups)} tasks, which share no metric to rank by; "
                           f"report each task on its own ({listed})")
+
+
+def add_searches(report: Report, run_dirs: Sequence[Path], files_dir: Path) -> None:
+    """Each search directory's trial table and Optuna plots."""
+    from cvtool.reporting.search import search_section
+    from cvtool.runs.layout import RunDir
+
+    for folder in run_dirs:
+        if RunDir(Path(folder)).is_search():
+            section, plots = search_section(Path(folder), files_dir)
+            report.searches.append(section)
+            report.figures += [Figure(f"{section.name}: {p.stem.replace('_', ' ')}", p) for p in plots]
 
 
 # ---- ranking ---------------------------------------------------------------------------------

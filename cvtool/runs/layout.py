@@ -31,6 +31,11 @@ FOLDS_TABLE = "folds.csv"
 OOF = "oof.csv"
 CHECKPOINT_TABLE = "checkpoints.csv"  # `cvtool evaluate RUN --checkpoint all`, in eval/<split>-all/
 CHECKPOINT_METRICS = "checkpoints.json"
+EXPORTED = "model.onnx"  # the best checkpoint exported for tracking artifacts (train.log_checkpoints)
+SEARCH = "search.json"
+SEARCH_TABLE = "search.csv"
+SEARCH_JOURNAL = "optuna-journal.log"
+TRACKING = "tracking.json"  # ids of the tracker runs, so --resume continues them
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,30 @@ class RunDir:
         found = [p for p in self.path.glob(f"{FOLD_PREFIX}*") if p.name[len(FOLD_PREFIX):].isdigit()]
         return sorted((p for p in found if RunDir(p).is_run()), key=lambda p: int(p.name[len(FOLD_PREFIX):]))
 
+    @property
+    def exported(self) -> Path:
+        return self.path / EXPORTED
+
+    @property
+    def search(self) -> Path:
+        return self.path / SEARCH
+
+    @property
+    def search_table(self) -> Path:
+        return self.path / SEARCH_TABLE
+
+    @property
+    def search_journal(self) -> Path:
+        return self.path / SEARCH_JOURNAL
+
+    @property
+    def tracking(self) -> Path:
+        return self.path / TRACKING
+
+    def trial(self, number: int) -> Path:
+        """A search's trial run dir: trial_007."""
+        return self.path / f"trial_{number:03d}"
+
     def checkpoint(self, name: str) -> Path:
         """checkpoints/<name>.pt: best, last, epoch_046 (or 46)."""
         name = f"epoch_{int(name):03d}" if name.isdigit() else name
@@ -126,6 +155,9 @@ class RunDir:
 
     def is_sweep(self) -> bool:
         return self.sweep.is_file()
+
+    def is_search(self) -> bool:
+        return self.search.is_file()
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path) -> RunDir | None:

@@ -35,8 +35,18 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
-               quiet: bool = False, stop: Any = None, dist: Any = None, extend: bool = False) -> dict[str, Any]:
-    """Train a recipe (every grid point of its sweep) into run_dir; returns the summary."""
+               quiet: bool = False, stop: Any = None, dist: Any = None, extend: bool = False,
+               search_worker: bool = False) -> dict[str, Any]:
+    """Train a recipe (every grid point of its sweep, or its search's trials) into run_dir;
+    returns the summary."""
+    if recipe.search or search_worker:
+        from cvtool.runs.search import start_search
+
+        if search_worker:  # joins a search that another process may have started in run_dir
+            run_dir.mkdir(parents=True, exist_ok=True)
+        elif dist is None:
+            prepare_run_dir(run_dir, resume, overwrite)
+        return start_search(recipe, run_dir, resume=resume, worker=search_worker, quiet=quiet, stop=stop, dist=dist)
     lead = dist is None or dist.rank == 0
     if lead:
         prepare_run_dir(run_dir, resume, overwrite)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from cvtool.data.batch_mix import build_mixer
 from cvtool.data.loaders import Normalize, make_loader
@@ -45,6 +46,7 @@ from cvtool.models.pretrained import ensure_weights, record_weights, weights_rec
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.artifacts import finish_run, record_sampling, save_predictions, split_metrics
 from cvtool.runs.layout import RunDir
+from cvtool.runs.loggers import open_loggers
 from cvtool.runs.normalization import normalization_line, normalization_source
 from cvtool.runs.resume import carry_thresholds, check_resume, extend_schedule, planned_epochs
 from cvtool.tasks import Task, get_task, higher_is_better
@@ -173,8 +175,9 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
 
 @with_cpu_runtime
 def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bool = False,
-        stop: Any = None, dist: Any = None, extend: bool = False) -> dict[str, Any]:
-    """Train `recipe`, writing the run into `run_dir`; returns the summary."""
+        stop: Any = None, dist: Any = None, extend: bool = False, on_epoch: Any = None) -> dict[str, Any]:
+    """Train `recipe`, writing the run into `run_dir`; returns the summary. `on_epoch(row)` is
+    called after each epoch is saved (a search prunes a trial by raising there)."""
     session = build_session(recipe, quiet, dist, resume)
     lead = dist is None or dist.rank == 0
     train_set = train_dataset(session.bundle, recipe, session.task)
@@ -202,21 +205,21 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
         state = TrainState()
         if lead and run is not None:
             save_checkpoint(run.checkpoint("last"), checkpoint_payload(session, state))
-    files = run if lead else None
-    log = RunLog(files and files.metrics, quiet or not lead, history=state.history,
-                 tensorboard=files and files.tensorboard)
+    trackers = open_loggers(recipe, run_dir, resume, state.history) if lead and run is not None else None
+    log = RunLog(quiet or not lead, history=state.history, loggers=trackers)
     try:
-        _epochs(session, state, loader, sampler, log, run, steps)
-    finally:
-        log.close()
-    if not lead:
-        return {}
-    return finish_run(session, state, run_dir, quiet)
+        _epochs(session, state, loader, sampler, log, run, steps, on_epoch)
+        summary = finish_run(session, state, run_dir, quiet) if lead else {}
+        if trackers is not None:
+            trackers.finish(summary)
+    except BaseException as exc:
+        log.close(exc)
+        raise
+    log.close()
+    return summary
 
 
 def _warn_clipped_batch(batch: int, images: int, per_rank: bool) -> None:
-    from rich.console import Console
-
     where = "this rank's share of the training split" if per_rank else "the training split"
     Console(stderr=True, highlight=False).print(
         f"[yellow]cvtool: data.batch_size {batch} is larger than {where} ({images} images): "
@@ -224,7 +227,7 @@ def _warn_clipped_batch(batch: int, images: int, per_rank: bool) -> None:
 
 
 def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, run: RunDir | None,
-            steps: int) -> None:
+            steps: int, on_epoch: Any = None) -> None:
     recipe, step = session.recipe, session.step
     higher = higher_is_better(session.monitor)
     stopper = recipe.train.early_stop
@@ -262,6 +265,8 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, r
         if lead and run is not None:
             _save_epoch(session, state, run, is_best, val)
             record_sampling(sampler, session, run.path, epoch)
+        if on_epoch is not None:
+            on_epoch(row)
         if stopper and state.bad_epochs >= stopper.patience:
             log.console.print(f"early stop: no {session.monitor} gain for {stopper.patience} epochs")
             break
