@@ -24,7 +24,7 @@ from cvtool.models import (
 )
 from cvtool.models.heads import head_names
 from cvtool.models.shakedrop import ShakeDropFunction
-from cvtool.recipe.schema import FreezeConfig, ModelConfig
+from cvtool.recipe.model_config import FreezeConfig, ModelConfig
 
 
 def build(arch: str, num_outputs: int = 10, channels: int = 3, size: int = 32, **options: object) -> nn.Module:
@@ -465,7 +465,7 @@ STRIDE1_RESNET18 = {
 @pytest.mark.parametrize("count", sorted(STRIDE1_RESNET18))
 def test_stride1_lists_the_changed_modules(count: int) -> None:
     from cvtool.models.surgery import small_input_changes
-    from cvtool.recipe.schema import SmallInput
+    from cvtool.recipe.model_config import SmallInput
 
     expected = STRIDE1_RESNET18[count]
     assert small_input_changes(SmallInput(remove_maxpool=False, stride1=count), "resnet18") == expected

@@ -109,7 +109,7 @@ def test_resume_with_more_epochs_needs_extend_and_keeps_tuned_thresholds(synthet
 
 def test_resnet_below_32_px_is_refused_with_the_size_it_needs() -> None:
     from cvtool.models import build_model
-    from cvtool.recipe.schema import ModelConfig
+    from cvtool.recipe.model_config import ModelConfig
 
     with pytest.raises(CvtoolError, match=r"data.image_size 16 does not fit resnet18 .*needs at least 32 px"):
         build_model(ModelConfig(arch="resnet18"), 3, 3, 16)

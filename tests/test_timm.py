@@ -19,7 +19,7 @@ from cvtool.cli.main import app
 from cvtool.errors import CvtoolError
 from cvtool.models import build_model
 from cvtool.models.pretrained import weights_record
-from cvtool.recipe.schema import ModelConfig
+from cvtool.recipe.model_config import ModelConfig
 from cvtool.runs.recipes import load_recipe
 
 timm = pytest.importorskip("timm")

@@ -21,7 +21,7 @@ from cvtool.cli.main import app
 from cvtool.errors import CvtoolError
 from cvtool.models import build_model
 from cvtool.models.pretrained import weights_record
-from cvtool.recipe.schema import ModelConfig
+from cvtool.recipe.model_config import ModelConfig
 from cvtool.runs.recipes import load_recipe
 
 RESNET18_URL = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url

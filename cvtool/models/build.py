@@ -12,7 +12,7 @@ from cvtool.models.surgery import adapt_input_channels, apply_small_input, check
 from cvtool.models.timm import build_timm, is_timm
 from cvtool.models.torchvision import build_torchvision
 from cvtool.models.weights import ensure_cached
-from cvtool.recipe.schema import ModelConfig
+from cvtool.recipe.model_config import ModelConfig
 
 
 def build_model(cfg: ModelConfig, num_outputs: int, channels: int, image_size: int) -> nn.Module:

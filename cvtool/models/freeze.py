@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from cvtool.models.heads import head_names
-from cvtool.recipe.schema import FreezeConfig
+from cvtool.recipe.model_config import FreezeConfig
 
 
 def _in_head(name: str, head: tuple[str, ...]) -> bool:

@@ -20,7 +20,7 @@ from cvtool.errors import CvtoolError
 from cvtool.models.timm import is_timm, timm_weights
 from cvtool.models.torchvision import torchvision_weights
 from cvtool.models.weights import WeightsSpec, ensure_cached
-from cvtool.recipe.schema import ModelConfig, is_weights_file
+from cvtool.recipe.model_config import ModelConfig, is_weights_file
 
 WEIGHTS_ATTR = "cvtool_pretrained"
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from cvtool.errors import CvtoolError
 from cvtool.models.simplenet import SimpleNet
-from cvtool.recipe.schema import ShakeDropConfig
+from cvtool.recipe.model_config import ShakeDropConfig
 
 SHAKEDROP_FAMILIES = "ResNet, ResNeXt, WideResNet, EfficientNet, EfficientNetV2, simplenet with skip: true"
 

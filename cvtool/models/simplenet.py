@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from cvtool.models.heads import make_activation
-from cvtool.recipe.schema import ModelConfig
+from cvtool.recipe.model_config import ModelConfig
 
 
 class ConvBlock(nn.Module):

@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from cvtool.errors import CvtoolError
-from cvtool.recipe.schema import SmallInput
+from cvtool.recipe.model_config import SmallInput
 
 SMALL_INPUT_FAMILIES = "ResNet, ResNeXt, WideResNet, EfficientNet, EfficientNetV2, VGG"
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from cvtool.errors import CvtoolError
 from cvtool.models.weights import WeightsSpec, hub_cached, hub_manual_file, hub_url, url_file
-from cvtool.recipe.schema import HF_HUB_PREFIX, TIMM_PREFIX
+from cvtool.recipe.model_config import HF_HUB_PREFIX, TIMM_PREFIX
 from cvtool.registry import suggest
 
 if TYPE_CHECKING:
