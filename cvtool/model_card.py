@@ -50,6 +50,12 @@ class ModelMeta:
     num_outputs: int
     thresholds: list[float] | None = None  # multilabel/binary, tuned by `cvtool evaluate`
     flip_pairs: list[list[int]] | None = None
+    decode_size: int | None = None  # images are decoded at this size, then resized to image_size
+
+    @property
+    def input_size(self) -> int:
+        """The size clients decode images at (what the exported graph or the checkpoint takes)."""
+        return self.decode_size or self.image_size
 
     def labels(self, default_threshold: float = 0.5) -> Labels:
         """What the task needs to turn outputs into decisions and submission cells."""

@@ -84,6 +84,34 @@ def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+def cuda_defaults(device: torch.device, cfg: TrainConfig) -> None:
+    """What a user would otherwise set by hand on CUDA (`train.cudnn_benchmark`, `train.tf32`):
+    cuDNN autotuning for the (fixed) input shape, TensorFloat-32 for float32 matrix products."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark  # GPU only
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32  # GPU only
+    torch.backends.cudnn.allow_tf32 = cfg.tf32  # GPU only
+
+
+def compile_model(model: torch.nn.Module, device: torch.device, mode: str | bool) -> Any:
+    """torch.compile(model) when `train.compile` asks for it (auto: on CUDA), else None. Compiling
+    is lazy: `Stepper.forward` falls back to eager when the first compiled call fails."""
+    if not (device.type == "cuda" if mode == "auto" else mode):
+        return None
+    try:
+        return torch.compile(model)
+    except Exception as exc:  # e.g. a Python version this torch cannot compile for
+        _compile_failed(exc)
+        return None
+
+
+def _compile_failed(exc: BaseException) -> None:
+    reason = (str(exc).strip().splitlines() or [""])[0][:160]
+    print(f"cvtool: torch.compile failed ({type(exc).__name__}: {reason}); training without it",
+          file=sys.stderr, flush=True)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
@@ -106,10 +134,31 @@ class Stepper:
     scaler: Any = None
     stop: Callable[[], bool] = field(default=lambda: False)
     after_train_mode: Callable[[torch.nn.Module], None] = field(default=lambda m: None)
+    augment: Any = None  # data.batch_augment.BatchAugment applying a Batch's drawn plan on the device
+    # MixUp / CutMix plug in here: (normalized device images, device targets) -> mixed images and
+    # (soft) targets, after augmentation and before the forward pass
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    compiled: Any = None  # torch.compile(model) for training steps; None: eager
 
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(images.to(self.device, non_blocking=True))
+    def inputs(self, images: torch.Tensor, plan: Any = None) -> torch.Tensor:
+        """uint8 batch -> model input, in one pass on the device: the drawn flips/affines, the resize
+        to the model's size, normalization, then channels_last."""
+        images = images.to(self.device, non_blocking=True)
+        if plan is not None and self.augment is not None:
+            images = self.augment.apply(images, plan)
+        x = self.normalize(images)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The compiled model when there is one; on its first failure one line says so and training
+        goes on eagerly (a backend without its compiler, an operator it cannot trace)."""
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except Exception as exc:  # the compiler raises many types; any one means: run eagerly
+                _compile_failed(exc)
+                self.compiled = None
+        return self.model(x)
 
 
 @dataclass
@@ -122,37 +171,64 @@ class EpochResult:
     images: int
 
 
+SHOW_LOSS_EVERY = 25  # CUDA: steps between progress-bar loss reads (each read waits for the device)
+
+
 def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None) -> EpochResult:
-    """One pass over the training loader; returns the mean loss and the batch outputs."""
+    """One pass over the training loader; returns the mean loss and the batch outputs. Loss and
+    outputs stay on the device until the epoch ends: on CUDA no step waits for the GPU (a
+    non-finite loss is then reported after the epoch, naming its batch; on CPU at once)."""
     step.model.train()
     step.after_train_mode(step.model)
-    start, total_loss, count = time.perf_counter(), 0.0, 0
-    logits_all, targets_all, index_all = [], [], []
-    for batch, (images, targets, index) in enumerate(_with_progress(loader, progress)):
+    eager_check = step.device.type != "cuda"  # reading a loss on the CPU costs nothing
+    start, count = time.perf_counter(), 0
+    # CUDA: a float64 sum on the device (MPS has no float64; elsewhere a Python float is as cheap)
+    total_loss: Any = 0.0 if eager_check else torch.zeros((), dtype=torch.float64, device=step.device)
+    losses, logits_all, targets_all, index_all = [], [], [], []
+    for batch_no, batch in enumerate(_with_progress(loader, progress)):
         if step.stop():
             raise StopRequested
-        if step.cfg.max_batches is not None and batch >= step.cfg.max_batches:
+        if step.cfg.max_batches is not None and batch_no >= step.cfg.max_batches:
             break
-        x = step.inputs(images)
+        images, targets, index = batch
+        x = step.inputs(images, getattr(batch, "augment", None))
         y = targets.to(step.device, non_blocking=True)
+        if step.mix is not None:
+            x, y = step.mix(x, y)
         with autocast(step.device, step.dtype):
-            logits = step.model(x)
+            logits = step.forward(x)
             loss = step.loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(epoch, batch + 1, float(loss.detach()))
+        if eager_check and not torch.isfinite(loss):
+            raise NonFiniteLoss(epoch, batch_no + 1, float(loss.detach()))
         step.optimizer.zero_grad(set_to_none=True)
         _backward_and_step(step, loss)
         step.schedule.step_batch()
         n = images.shape[0]
-        total_loss += float(loss.detach()) * n
+        losses.append(loss.detach())
+        total_loss = total_loss + (float(losses[-1]) if eager_check else losses[-1].double()) * n
         count += n
-        logits_all.append(logits.detach().float().cpu())
+        logits_all.append(logits.detach().float())
         targets_all.append(targets)
         index_all.append(index)
         if progress is not None:
-            progress.update(loss=total_loss / count, images=count, seconds=time.perf_counter() - start)
-    return EpochResult(total_loss / max(count, 1), torch.cat(logits_all).numpy(), torch.cat(targets_all).numpy(),
-                       torch.cat(index_all).numpy(), time.perf_counter() - start, count)
+            shown = eager_check or batch_no % SHOW_LOSS_EVERY == 0
+            progress.update(loss=float(total_loss) / count if shown else None, images=count,
+                            seconds=time.perf_counter() - start)
+    _check_finite(losses, epoch)
+    return EpochResult(float(total_loss) / max(count, 1), torch.cat(logits_all).cpu().numpy(),
+                       torch.cat(targets_all).cpu().numpy(), torch.cat(index_all).numpy(),
+                       time.perf_counter() - start, count)
+
+
+def _check_finite(losses: list[torch.Tensor], epoch: int) -> None:
+    """The first non-finite loss of an epoch (one device read for the whole epoch)."""
+    if not losses:
+        return
+    stacked = torch.stack(losses)
+    finite = torch.isfinite(stacked)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0, 0])
+        raise NonFiniteLoss(epoch, first + 1, float(stacked[first]))
 
 
 def _backward_and_step(step: Stepper, loss: torch.Tensor) -> None:
@@ -176,7 +252,9 @@ def run_inference(model: torch.nn.Module, normalize: torch.nn.Module, loader: An
                   channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(logits, targets, indices, mean loss) over a loader, model in eval mode."""
     model.eval()
-    logits_all, targets_all, index_all, total_loss, count = [], [], [], 0.0, 0
+    eager = device.type != "cuda"  # CUDA: sums stay on the device until the pass ends
+    logits_all, targets_all, index_all, count = [], [], [], 0
+    total_loss: Any = 0.0 if eager else torch.zeros((), dtype=torch.float64, device=device)
     for images, targets, index in loader:
         x = normalize(images.to(device, non_blocking=True))
         if channels_last:
@@ -184,15 +262,16 @@ def run_inference(model: torch.nn.Module, normalize: torch.nn.Module, loader: An
         with autocast(device, dtype):
             logits = model(x).float()
         if loss_fn is not None:
-            total_loss += float(loss_fn(logits, targets.to(device))) * images.shape[0]
+            loss = loss_fn(logits, targets.to(device, non_blocking=True)).detach()
+            total_loss = total_loss + (float(loss) if eager else loss.double()) * images.shape[0]
         count += images.shape[0]
-        logits_all.append(logits.cpu())
+        logits_all.append(logits if not eager else logits.cpu())
         targets_all.append(targets)
         index_all.append(index)
     if not logits_all:  # an empty shard (more ranks than samples)
         return np.zeros((0, 0), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64), 0.0
-    return (torch.cat(logits_all).numpy(), torch.cat(targets_all).numpy(), torch.cat(index_all).numpy(),
-            total_loss / max(count, 1))
+    return (torch.cat(logits_all).cpu().numpy(), torch.cat(targets_all).numpy(), torch.cat(index_all).numpy(),
+            float(total_loss) / max(count, 1))
 
 
 def _with_progress(loader: Any, progress: Any) -> Iterator:

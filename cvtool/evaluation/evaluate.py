@@ -97,7 +97,7 @@ def evaluate_split(loaded: LoadedModel, split: str, data_root: str | Path | None
     labelled = dataset.split.targets is not None
     loader = make_loader(dataset, eval_batch_size(recipe), EpochSampler(len(dataset), 0, False),
                          recipe.data.num_workers, device)
-    normalize = Normalize(loaded.meta.mean, loaded.meta.std).to(device)
+    normalize = Normalize(loaded.meta.mean, loaded.meta.std, loaded.meta.image_size).to(device)
     loss_fn = task.build_loss(recipe.loss).to(device) if labelled else None  # unweighted criterion
     logits, _, indices, loss = run_inference(loaded.model, normalize, loader, device, loss_fn=loss_fn)
     order = np.argsort(indices, kind="stable")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from cvtool.data.images import decode, normalize_batch
+from cvtool.data.loaders import Normalize, resize
 from cvtool.errors import BadImageError, CvtoolError
 from cvtool.fileio import atomic_open
 from cvtool.inference.onnx_runtime import create_session
@@ -44,21 +45,31 @@ class ParityError(CvtoolError):
 
 class RawInputModel(nn.Module):
     """uint8 N x H x W x C -> bilinear (antialiased, like PIL) resize to size x size ->
-    (x / 255 - mean) / std -> the model. At H = W = size the resize is the identity, so images
-    decoded at the model's size (what `cvtool predict` feeds) match the checkpoint path exactly;
-    other sizes differ from PIL's uint8 resize by under one pixel level."""
+    (x / 255 - mean) / std -> the model: training's own resize and normalization
+    (`data.loaders.Normalize`). At H = W = size the resize is the identity, so images decoded at
+    the model's size match the checkpoint path exactly, and images decoded at a recipe's
+    `data.decode_size` (what `cvtool predict` feeds then) go through what training did; other
+    sizes differ from PIL's uint8 resize by under one pixel level."""
 
     def __init__(self, model: nn.Module, mean: list[float], std: list[float], size: int) -> None:
         super().__init__()
         self.model, self.size = model, size
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.normalize = Normalize(mean, std, size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float()
-        x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                      antialias=True)
-        return self.model((x / 255.0 - self.mean) / self.std)
+        x = resize(images.permute(0, 3, 1, 2).float(), self.size)  # always: the graph takes any size
+        return self.model(self.normalize.standardize(x))
+
+
+class ResizedInputModel(nn.Module):
+    """Normalized N x C x S x S at the recipe's `data.decode_size` -> the model's size -> the model."""
+
+    def __init__(self, model: nn.Module, size: int) -> None:
+        super().__init__()
+        self.model, self.size = model, size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(resize(images, self.size))
 
 
 @dataclass
@@ -91,7 +102,11 @@ def export_onnx(target: str | Path, out: str | Path, *, which: str = "best", ops
     loaded = load_model(target, which, "cpu")
     card = card_from_checkpoint(loaded.meta, loaded.recipe, f"{loaded.path} (epoch {loaded.epoch})")
     card = card.with_export(image_size, raw_input)
-    module = RawInputModel(loaded.model, card.mean, card.std, card.image_size) if raw_input else loaded.model
+    module = loaded.model
+    if raw_input:
+        module = RawInputModel(loaded.model, card.mean, card.std, card.image_size)
+    elif card.input_size != card.image_size:
+        module = ResizedInputModel(loaded.model, card.image_size)
     module.eval()
     proto = to_onnx(module, _example(card), opset, raw_input)
     proto.doc_string = f"cvtool {card.task} model from {card.source}; input {card.input_layout}"
@@ -122,7 +137,7 @@ def _example(card: ModelCard) -> torch.Tensor:
     """A batch of 2 (a batch of 1 would be specialized); raw input at a non-model size."""
     if card.raw_input:
         return torch.zeros(2, card.image_size + 3, card.image_size + 5, card.channels, dtype=torch.uint8)
-    return torch.zeros(2, card.channels, card.image_size, card.image_size)
+    return torch.zeros(2, card.channels, card.input_size, card.input_size)
 
 
 def to_onnx(module: nn.Module, example: torch.Tensor, opset: int | None, raw_input: bool) -> Any:
@@ -263,7 +278,7 @@ def parity(module: nn.Module, session: Any, paths: list[Path], card: ModelCard) 
     for batch in PARITY_BATCHES:
         chosen = [paths[i % len(paths)] for i in range(batch)]
         size = None if batch == 1 else card.image_size * 2 + 1
-        uint8 = np.stack([decode(p, card.channels, size if card.raw_input else card.image_size)[0] for p in chosen])
+        uint8 = np.stack([decode(p, card.channels, size if card.raw_input else card.input_size)[0] for p in chosen])
         feed = uint8 if card.raw_input else normalize_batch(uint8, card.mean, card.std)
         try:
             (onnx_out,) = session.run([OUTPUT_NAME], {INPUT_NAME: feed})

@@ -10,10 +10,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from cvtool.data.device import DeviceFeeder
 from cvtool.data.loaders import EpochSampler, Normalize, make_loader
 from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
 from cvtool.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from cvtool.engine.loop import Stepper, amp_dtype, select_device, train_one_epoch, with_cpu_runtime
+from cvtool.engine.loop import (
+    Stepper,
+    amp_dtype,
+    compile_model,
+    cuda_defaults,
+    select_device,
+    train_one_epoch,
+    with_cpu_runtime,
+)
 from cvtool.engine.optim import (
     OPTIMIZERS,
     Schedule,
@@ -47,8 +56,10 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
     info, cfg = bundle.info, recipe.data
     meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
-                     cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None)
+                     cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None,
+                     decode_size=cfg.decode_size if cfg.cached_size != cfg.image_size else None)
     device = dist.device if dist else select_device(recipe.train.device)
+    cuda_defaults(device, recipe.train)
     model = build_model(recipe.model, info.num_outputs, cfg.channels, cfg.image_size)
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -56,14 +67,13 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     loss_fn = task.build_loss(recipe.loss, weights, positive).to(device)
     # model.freeze sets requires_grad=False after wrapping: DDP must then expect gradient-less parameters
     net = dist.wrap(model, recipe.model.sync_batchnorm, find_unused=recipe.model.freeze is not None) if dist else model
-    if recipe.train.compile:
-        net = torch.compile(net)
     optimizer = build_optimizer(model.parameters(), recipe.optim)
     monitor = recipe.train.monitor or task.default_monitor
     dtype = amp_dtype(device, recipe.train.amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None  # GPU only
-    step = Stepper(net, Normalize(bundle.mean, bundle.std).to(device), loss_fn, optimizer, None, device,
-                   recipe.train, dtype, channels_last, scaler, after_train_mode=frozen_batchnorm_eval)
+    step = Stepper(net, Normalize(bundle.mean, bundle.std, cfg.image_size).to(device), loss_fn, optimizer, None,
+                   device, recipe.train, dtype, channels_last, scaler, after_train_mode=frozen_batchnorm_eval,
+                   compiled=compile_model(net, device, recipe.train.compile))
     return Session(recipe, task, bundle, meta, device, step, monitor, dist)
 
 
@@ -138,12 +148,13 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     """Train `recipe`, writing the run into `run_dir`; returns the summary."""
     session = build_session(recipe, quiet, dist)
     lead = dist is None or dist.rank == 0
-    train_set = train_dataset(session.bundle, recipe, session.task)
+    train_set = train_dataset(session.bundle, recipe, session.task, defer_augment=True)
+    session.step.augment = train_set.batched if train_set.defer_augment else None
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     sampler = EpochSampler(len(train_set), recipe.seed, True, rank, world)
     batch = recipe.data.batch_size
-    loader = make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
-                         drop_last=len(sampler) % batch == 1)
+    loader = DeviceFeeder(make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
+                                      drop_last=len(sampler) % batch == 1), session.device)
     steps = min(len(loader), recipe.train.max_batches or len(loader))
     session.step.schedule = make_schedule(session, 1, steps)
     if stop is not None:
