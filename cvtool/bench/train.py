@@ -74,6 +74,15 @@ class BenchReport:
     notes: list[str] = field(default_factory=list)
 
 
+def write_report(report: BenchReport, path: Path) -> None:
+    """The report as JSON: title, figures (name, measured, target, unit, passed), notes, machine."""
+    from cvtool.fileio import write_json
+
+    figures = [{"name": f.name, "measured": f.measured, "target": f.target, "unit": f.unit, "passed": f.passed}
+               for f in report.figures]
+    write_json(Path(path), {"title": report.title, "figures": figures, "notes": report.notes, "machine": machine()})
+
+
 def machine() -> str:
     """'2 cores (Intel(R) Xeon(R) Processor), load average 0.42 0.80 1.10': where the figures come from."""
     model = ""
@@ -83,7 +92,9 @@ def machine() -> str:
     except OSError:
         pass
     load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return f"{os.cpu_count()} cores{f' ({model})' if model else ''}, load average {load}"
+    torch = sys.modules.get("torch")  # named only when a bench already imported it
+    gpu = f", {torch.cuda.get_device_name()}" if torch is not None and torch.cuda.is_available() else ""  # GPU only
+    return f"{os.cpu_count()} cores{f' ({model})' if model else ''}{gpu}, load average {load}"
 
 
 # ---- training ------------------------------------------------------------------------------
