@@ -77,9 +77,11 @@ def run_bench(recipe: str, sets: list[str], out: Path, timeout: float, workers: 
 
 
 def figure(report: dict | None, prefix: str) -> float | None:
+    """The first figure whose name is `prefix` or starts with `prefix (`."""
     if report is None:
         return None
-    return next((f["measured"] for f in report["figures"] if f["name"].startswith(prefix)), None)
+    return next((f["measured"] for f in report["figures"] if f["name"] == prefix or f["name"].startswith(prefix + " (")),
+                None)
 
 
 def table(rows: list[list[str]]) -> str:
@@ -97,7 +99,7 @@ def bench_rows(results: list[tuple[str, dict | None, dict | None]]) -> tuple[lis
     for label, fast, fp32 in results:
         if fast is None or fp32 is None:
             failed += 1
-        loader, ceiling, peak = figure(fast, "real loader"), figure(fast, "compute ceiling"), figure(fast, "peak GPU")
+        loader, ceiling, peak = figure(fast, "real loader"), figure(fast, "compute ceiling"), figure(fast, "peak GPU memory")
         ratio = loader / ceiling if loader and ceiling else None
         speedup = ceiling / figure(fp32, "compute ceiling") if ceiling and figure(fp32, "compute ceiling") else None
         missed += (ratio is not None and ratio < RATIO_TARGET) + (speedup is not None and speedup < BF16_TARGET)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvtool.data.device import DeviceFeeder
+from cvtool.data.device import DeviceFeeder, augment_on_device
 from cvtool.data.loaders import Batch, EpochSampler, Normalize, make_loader, resize
 from cvtool.engine.loop import NonFiniteLoss, Stepper, _check_finite, compile_model
 
@@ -40,6 +40,8 @@ def _stepper(train_set, bundle, size: int) -> Stepper:
 def test_device_side_augmentation_equals_the_per_sample_pipeline(synthetic, make_recipe, tmp_path: Path) -> None:
     _, bundle, deferred = _train_set(synthetic, make_recipe, tmp_path, defer=True)
     assert deferred.defer_augment
+    cpu = torch.device("cpu")
+    assert augment_on_device(cpu, 0) and not augment_on_device(cpu, 2)  # CPU workers augment in parallel
     sampler = EpochSampler(len(deferred), 7, True)
     sampler.set_epoch(3)
     loader = DeviceFeeder(make_loader(deferred, 8, sampler, 0, torch.device("cpu")), torch.device("cpu"))

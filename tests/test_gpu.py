@@ -73,7 +73,8 @@ def test_fp16_trains_with_loss_scaling_and_channels_last(amp: str, scaled: bool,
     from cvtool.runs.train import build_session
 
     recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=80, size=16),
-                                     model={"arch": "resnet18"}, train={**CUDA_TRAIN, "amp": amp}))
+                                     model={"arch": "resnet18"}, train={**CUDA_TRAIN, "amp": amp},
+                                     data={"image_size": 32}))
     session = build_session(recipe, quiet=True)
     assert (session.step.scaler is not None) == scaled
     assert session.step.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16, "none": None}[amp]
@@ -107,7 +108,8 @@ def test_ddp_over_nccl_with_one_process(synthetic, make_recipe, tmp_path: Path, 
     dist = Dist(0, 0, 1, device)
     try:
         recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), augment=FLIP_AFFINE,
-                                         model={"arch": "resnet18", "sync_batchnorm": True}, train=CUDA_TRAIN))
+                                         model={"arch": "resnet18", "sync_batchnorm": True}, train=CUDA_TRAIN,
+                                         data={"image_size": 32}))
         summary = run_recipe(recipe, tmp_path / "ddp", quiet=True, dist=dist)
     finally:
         dist.close()

@@ -109,7 +109,7 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
     peak GPU memory."""
     import torch
 
-    from cvtool.data.device import DeviceFeeder
+    from cvtool.data.device import DeviceFeeder, augment_on_device
     from cvtool.data.loaders import EpochSampler, make_loader
     from cvtool.data.pipeline import train_dataset
     from cvtool.runs.train import build_session, make_schedule
@@ -117,7 +117,8 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
     if steps < 1 or warmup < 1 or rounds < 1:
         raise CvtoolError("--steps, --warmup and --rounds need at least 1")
     session = build_session(recipe, quiet=True)
-    train_set = train_dataset(session.bundle, recipe, session.task, defer_augment=True)
+    defer = augment_on_device(session.device, recipe.data.num_workers)
+    train_set = train_dataset(session.bundle, recipe, session.task, defer_augment=defer)
     session.step.augment = train_set.batched if train_set.defer_augment else None
     batch = recipe.data.batch_size
     sampler = EpochSampler(len(train_set), recipe.seed, True)

@@ -17,6 +17,13 @@ import torch
 from cvtool.data.loaders import Batch
 
 
+def augment_on_device(device: torch.device, workers: int) -> bool:
+    """Whether flips/affines run on the training device rather than in the loader: on CUDA always;
+    on the CPU when the main process would run them anyway (no workers; with workers they
+    augment in parallel, the same images either way)."""
+    return device.type == "cuda" or (device.type == "cpu" and workers == 0)
+
+
 class DeviceFeeder:
     """Iterates a loader's `Batch`es with images and targets already on `device` (CUDA: one
     batch ahead, overlapping the copy with the current step). `len()` is the loader's."""

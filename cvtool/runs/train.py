@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cvtool.data.device import DeviceFeeder
+from cvtool.data.device import DeviceFeeder, augment_on_device
 from cvtool.data.loaders import EpochSampler, Normalize, make_loader
 from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
 from cvtool.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -148,7 +148,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     """Train `recipe`, writing the run into `run_dir`; returns the summary."""
     session = build_session(recipe, quiet, dist)
     lead = dist is None or dist.rank == 0
-    train_set = train_dataset(session.bundle, recipe, session.task, defer_augment=True)
+    defer = augment_on_device(session.device, recipe.data.num_workers)
+    train_set = train_dataset(session.bundle, recipe, session.task, defer_augment=defer)
     session.step.augment = train_set.batched if train_set.defer_augment else None
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     sampler = EpochSampler(len(train_set), recipe.seed, True, rank, world)
