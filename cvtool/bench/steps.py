@@ -7,6 +7,10 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
+
+from cvtool.data.loaders import Batch
+
 
 class StepClock:
     """A `progress` for train_one_epoch that records when the loop starts and each step ends.
@@ -31,10 +35,6 @@ def ceiling_batch(step: Any, batch: Any) -> Any:
     """The ceiling's input. CPU: one real batch with its augmentation done (the loader's share of
     the work). CUDA: random uint8 pixels of the same shape already on the device, with the batch's
     drawn augmentation still to apply there (device work belongs to the compute)."""
-    import torch
-
-    from cvtool.data.loaders import Batch
-
     images, targets, indices = batch
     plan = getattr(batch, "augment", None)
     if step.device.type == "cuda":  # GPU only
