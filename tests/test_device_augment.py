@@ -91,6 +91,7 @@ def test_normalize_resizes_with_antialiased_bilinear_only_when_sizes_differ() ->
     assert torch.equal(resize(images.float(), 20), expected)
 
 
+@pytest.mark.slow  # two exports with their parity checks
 def test_decode_size_caches_small_trains_and_exports_with_parity(synthetic, make_recipe, tmp_path: Path) -> None:
     from cvtool.data.images import decode
     from cvtool.evaluation.evaluate import evaluate_split
