@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -56,19 +57,32 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Valid JSON (RFC 8259 has no NaN / Infinity): an undefined number is written as null."""
+    text = json.dumps(_nulls(data), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    write_text(path, text + "\n")
+
+
+def _nulls(obj: Any) -> Any:
+    """`obj` with every NaN / infinite float replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _nulls(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nulls(value) for value in obj]
+    return obj
 
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")  # not csv's \r\n: what submission checkers expect
         writer.writerow(header)
         writer.writerows(rows)
 
 
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
-        return obj.tolist()
+        return _nulls(obj.tolist())
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")

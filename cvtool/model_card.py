@@ -31,6 +31,7 @@ FORMAT = "cvtool-onnx/1"
 # Input layouts: `images` is either ready for the network or raw pixels the graph prepares itself.
 NORMALIZED = "NCHW float32, normalized (x / 255 - mean) / std, H = W = image_size"
 RAW = "NHWC uint8, any H x W; resized (bilinear, antialiased) to image_size and normalized in the graph"
+# With `resize` crop or pad, a RAW graph first crops / zero-pads each image to its model frame (cvtool.tasks.frame).
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 OUTPUT_DOC = "raw model outputs; apply the task's activation (multiclass softmax, binary/multilabel sigmoid, keypoints none: x/y in [-1, 1] of the image extent)"
@@ -50,6 +51,11 @@ class ModelMeta:
     num_outputs: int
     thresholds: list[float] | None = None  # multilabel/binary, tuned by `cvtool evaluate`
     flip_pairs: list[list[int]] | None = None
+    # the training loss's weights, so that `cvtool evaluate` reports the loss training reported
+    class_weights: list[float] | None = None
+    pos_weight: float | None = None
+    class_ids: list[str] | None = None  # Tiny ImageNet's wnids beside the readable class names
+    resize: str = "squash"  # data.resize: squash | crop | pad (cvtool.tasks.frame)
     decode_size: int | None = None  # images are decoded at this size, then resized to image_size
 
     @property

@@ -14,7 +14,8 @@ import torch
 
 from cvtool.data.device import DeviceFeeder, augment_on_device
 from cvtool.data.loaders import Batch, EpochSampler, Normalize, make_loader, resize
-from cvtool.engine.loop import NonFiniteLoss, Stepper, _check_finite, compile_model
+from cvtool.engine.accel import compile_model
+from cvtool.engine.loop import NonFiniteLoss, Stepper, _check_finite
 
 FLIP_AFFINE = [{"RandomHorizontalFlip": {"p": 0.5}},
                {"RandomAffine": {"degrees": 10, "translate": [0.1, 0.1], "scale": [0.9, 1.1]}}]

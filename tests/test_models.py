@@ -101,8 +101,8 @@ FORWARD_CASES = [
     ("simplenet", 8, {}),
     ("simplenet", 8, {"blocks": [16, 16, 32, 32, 64], "skip": True, "batch_norm": True, "activation": "gelu", "head": [32]}),
     ("resnet18", 32, {"dropout": 0.3}),
-    ("resnext50_32x4d", 16, {}),
-    ("wide_resnet50_2", 16, {}),
+    ("resnext50_32x4d", 32, {}),
+    ("wide_resnet50_2", 32, {}),
     ("efficientnet_b0", 32, {"dropout": 0.5, "head": [64]}),
     ("efficientnet_v2_s", 32, {"small_input": {"stride1": 2}, "shakedrop": {"p": 0.5}}),
     ("vgg11", 32, {"head": [64]}),
@@ -309,9 +309,9 @@ def test_shakedrop_training_forward_is_stochastic_and_p0_is_plain_residual() -> 
     model = build("simplenet", size=8, skip=True, shakedrop={"p": 0.5, "at": "all"}).train()
     assert not torch.equal(model(x), model(x))
     torch.manual_seed(1)
-    plain = build("resnet18", size=16).train()
+    plain = build("resnet18", size=32).train()
     torch.manual_seed(1)
-    with_p0 = build("resnet18", size=16, shakedrop={"p": 0.0, "at": "all"}).train()
+    with_p0 = build("resnet18", size=32, shakedrop={"p": 0.0, "at": "all"}).train()
     assert len(_shakedrops(with_p0)) == 8
     with torch.no_grad():
         assert torch.equal(plain(x), with_p0(x))
@@ -434,7 +434,7 @@ def test_unfreeze_at_epoch() -> None:
 
 
 def test_frozen_batchnorm_keeps_running_stats() -> None:
-    model = build("resnet18", size=16)
+    model = build("resnet18", size=32)
     set_trainable(model, FreezeConfig(unfreeze_last=2), epoch=1)
     model.train()
     frozen_batchnorm_eval(model)
@@ -445,3 +445,32 @@ def test_frozen_batchnorm_keeps_running_stats() -> None:
     model(torch.randn(4, 3, 16, 16) * 3 + 1)
     assert torch.equal(model.bn1.running_mean, before[0])
     assert not torch.equal(model.layer4[1].bn2.running_mean, before[1])
+
+
+def test_simplenet_avg_builds_global_average_pooling() -> None:
+    model = build("simplenet", size=32, blocks=[8, 16])
+    assert isinstance(model.pool, nn.AdaptiveAvgPool2d)
+    assert (model.fc.in_features, model.fc.out_features) == (16, 10)
+    flat = build("simplenet", size=32, blocks=[8, 16], pool="flatten")
+    assert isinstance(flat.pool, nn.Identity) and flat.fc.in_features == 16 * 8 * 8
+
+
+STRIDE1_RESNET18 = {
+    1: ["conv1"],
+    2: ["conv1", "layer2.0.conv1", "layer2.0.downsample.0"],
+    3: ["conv1", "layer2.0.conv1", "layer2.0.downsample.0", "layer3.0.conv1", "layer3.0.downsample.0"],
+}
+
+
+@pytest.mark.parametrize("count", sorted(STRIDE1_RESNET18))
+def test_stride1_lists_the_changed_modules(count: int) -> None:
+    from cvtool.models.surgery import small_input_changes
+    from cvtool.recipe.schema import SmallInput
+
+    expected = STRIDE1_RESNET18[count]
+    assert small_input_changes(SmallInput(remove_maxpool=False, stride1=count), "resnet18") == expected
+    assert small_input_changes(SmallInput(stride1=count), "resnet18") == ["maxpool", *expected]
+    model = build_meta("resnet18", small_input={"remove_maxpool": False, "stride1": count})
+    unit_strides = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.stride == (1, 1)
+                    and name in {n for names in STRIDE1_RESNET18.values() for n in names}]
+    assert unit_strides == expected

@@ -13,7 +13,6 @@ import typer
 from cvtool.cli.common import (
     CheckpointOpt,
     DataOpt,
-    ModelArg,
     QuietOpt,
     SplitOpt,
     console,
@@ -31,7 +30,9 @@ app = typer.Typer()
 @app.command("evaluate")
 @handle_errors
 def evaluate(
-    model: ModelArg,
+    model: Annotated[list[Path], typer.Argument(
+        help="Run directory, fold set or checkpoint (.pt); several: each one and their ensemble.",
+        show_default=False)],
     split: SplitOpt = "test",
     data: DataOpt = None,
     checkpoint: CheckpointOpt = "best",
@@ -40,13 +41,23 @@ def evaluate(
         "--save-predictions", help="CSV of image, targets and outputs (probabilities / pixels).")] = None,
     tune_thresholds: Annotated[bool, typer.Option(
         "--tune-thresholds", help="Tune global and per-class thresholds on val; store them in the checkpoint.")] = False,
+    oof: Annotated[bool, typer.Option(
+        "--oof", help="Score a fold set's out-of-fold predictions (with --tune-thresholds: tune on them).")] = False,
+    weights: Annotated[str | None, typer.Option("--weights", help="Ensemble: one weight per model, e.g. 2,1,1.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a checkpoint: metric table, per-class report, metrics.json, per_class.csv, plots."""
     from cvtool.cli.render import metrics_table
     from cvtool.evaluation.evaluate import run_evaluation
+    from cvtool.runs.layout import RunDir
 
-    report = run_evaluation(model, split, checkpoint, data, out, save_predictions, tune_thresholds,
+    if checkpoint == "all":
+        return _all_checkpoints(model[0], split, data, out, save_predictions, tune_thresholds, quiet)
+    if oof or len(model) > 1 or RunDir(model[0]).is_fold_set():  # an ensemble, or a fold set's OOF
+        from cvtool.cli.fold_tables import evaluate_folds
+
+        return evaluate_folds(model, split, checkpoint, data, weights, oof, tune_thresholds, quiet)
+    report = run_evaluation(model[0], split, checkpoint, data, out, save_predictions, tune_thresholds,
                             progress=not quiet and is_tty())
     result = report.result
     if report.tuning is not None:
@@ -58,6 +69,25 @@ def evaluate(
     console.print(f"report: {report.out_dir}")
     if save_predictions is not None:
         console.print(f"predictions: {save_predictions}")
+
+
+def _all_checkpoints(model: Path, split: str, data: Path | None, out: Path | None, save_predictions: Path | None,
+                     tune_thresholds: bool, quiet: bool) -> None:
+    from rich.table import Table
+
+    from cvtool.errors import CvtoolError
+    from cvtool.evaluation.checkpoints import evaluate_checkpoints
+
+    if save_predictions is not None or tune_thresholds:
+        raise CvtoolError("--checkpoint all: --save-predictions and --tune-thresholds need one checkpoint")
+    table = evaluate_checkpoints(model, split, data, out, progress=not quiet and is_tty())
+    view = Table(title=f"{table.split}: every kept checkpoint")
+    for i, name in enumerate(table.header):
+        view.add_column(name, justify="left" if i == 0 else "right")
+    for row in table.rows:
+        view.add_row(*("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(view)
+    console.print(f"table: {table.files[0]}")
 
 
 def class_table(table: Any) -> Table:

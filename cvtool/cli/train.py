@@ -23,7 +23,11 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<name>/<time>).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in DIR from its last.pt.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
+    extend: Annotated[bool, typer.Option(
+        "--extend", help="With --resume and a changed train.epochs: train on, the schedule restarted over the added epochs.")] = False,
     detect_anomaly: Annotated[bool, typer.Option("--detect-anomaly", help="torch autograd anomaly detection (slow).")] = False,
+    fold: Annotated[str | None, typer.Option(
+        "--fold", help="K-fold (data.folds): all, or one fold index N, into DIR/fold_<N>/.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
@@ -38,8 +42,10 @@ def train(
     resolved = load_recipe(source, set_ or [])
     run_dir = resume or out or default_run_dir(resolved)
     try:
+        if fold is not None or (resume is not None and RunDir(resume).is_fold_set()):
+            return _folds(resolved, run_dir, fold, resume is not None, overwrite, quiet, detect_anomaly)
         summary = launch(resolved, run_dir, resume=resume is not None, overwrite=overwrite, quiet=quiet,
-                         detect_anomaly=detect_anomaly)
+                         detect_anomaly=detect_anomaly, extend=extend)
     except RunStopped as stopped:
         err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
         raise typer.Exit(stopped.exit_code) from None
@@ -48,3 +54,14 @@ def train(
 
         console.print(summary_table(summary))
         console.print(f"run: {run_dir}")
+
+
+def _folds(recipe, run_dir: Path, fold: str | None, resume: bool, overwrite: bool, quiet: bool,
+           detect_anomaly: bool) -> None:
+    from cvtool.cli.fold_tables import folds_table
+    from cvtool.runs.launch import launch_folds
+
+    summary = launch_folds(recipe, run_dir, fold or "all", resume=resume, overwrite=overwrite, quiet=quiet,
+                           detect_anomaly=detect_anomaly)
+    console.print(folds_table(summary))
+    console.print(f"fold set: {run_dir}")

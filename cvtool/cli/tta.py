@@ -37,7 +37,8 @@ def tta(
     no_transforms: Annotated[bool, typer.Option("--no-transforms", help="Passes without transforms.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """N passes with the recipe's tta.transforms, aggregated; plain vs TTA metrics and the gain."""
+    """N passes with the recipe's tta.transforms, aggregated; plain vs TTA metrics and the gain
+    (positive when TTA improves the metric, lower-is-better metrics included)."""
     from cvtool.cli.render import metrics_table
     from cvtool.evaluation.tta import compare_tta
 

@@ -22,6 +22,7 @@ from cvtool.data.formats import Split
 from cvtool.data.images import decode
 from cvtool.errors import BadImageError, CvtoolError
 from cvtool.fileio import atomic_open, write_json
+from cvtool.tasks.frame import frame_boxes
 
 CACHE_DIR = ".cvtool-cache"
 
@@ -34,13 +35,19 @@ class DecodedSplit:
     sizes: np.ndarray  # N x 2 original (width, height)
     targets: np.ndarray | None  # raw targets of the kept images
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    resize: str = "squash"  # data.resize the images were decoded with
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def frames(self) -> np.ndarray:
+        """N x 4 model frames (x0, y0, width, height) in original pixels (`tasks.frame`)."""
+        return frame_boxes(self.sizes, self.resize)
 
-def cache_key(split: Split, size: int, channels: int) -> str:
-    digest = hashlib.sha256(f"v1|{size}|{channels}".encode())
+
+def cache_key(split: Split, size: int, channels: int, resize: str = "squash") -> str:
+    digest = hashlib.sha256((f"v1|{size}|{channels}" + ("" if resize == "squash" else f"|{resize}")).encode())
     for path in split.paths:
         try:
             stat = path.stat()
@@ -52,14 +59,14 @@ def cache_key(split: Split, size: int, channels: int) -> str:
 
 def decode_split(split: Split, size: int, channels: int, *, root: Path, mode: str = "auto",
                  max_gb: float = 4.0, on_bad_image: str = "fail",
-                 progress: Callable[[int], None] | None = None) -> DecodedSplit:
+                 progress: Callable[[int], None] | None = None, resize: str = "squash") -> DecodedSplit:
     """The decoded split; bad images raise (naming the file) or are skipped and counted."""
     nbytes = len(split) * size * size * channels
     use_disk = mode == "disk" or (mode == "auto" and nbytes > max_gb * 1e9)
-    key = cache_key(split, size, channels)
+    key = cache_key(split, size, channels, resize)
     folder = root / CACHE_DIR
     if use_disk:
-        cached = _load_disk(folder, key, split)
+        cached = _load_disk(folder, key, split, resize)
         if cached is not None:
             if cached.skipped and on_bad_image == "fail":
                 path, reason = cached.skipped[0]
@@ -74,7 +81,7 @@ def decode_split(split: Split, size: int, channels: int, *, root: Path, mode: st
 
     def work(i: int) -> tuple[int, str | None]:
         try:
-            array, original = decode(split.paths[i], channels, size)
+            array, original = decode(split.paths[i], channels, size, resize)
         except BadImageError as exc:
             return i, exc.reason
         images[i] = array
@@ -94,16 +101,17 @@ def decode_split(split: Split, size: int, channels: int, *, root: Path, mode: st
     if use_disk:
         images.flush()
         _finish_disk(folder, key, images, sizes, ok, skipped)
-    return _keep(split, images, sizes, ok, skipped)
+    return _keep(split, images, sizes, ok, skipped, resize)
 
 
 def _keep(split: Split, images: np.ndarray, sizes: np.ndarray, ok: np.ndarray,
-          skipped: list[tuple[str, str]]) -> DecodedSplit:
+          skipped: list[tuple[str, str]], resize: str) -> DecodedSplit:
     if ok.all():
-        return DecodedSplit(split.name, list(split.paths), images, sizes, split.targets, skipped)
+        return DecodedSplit(split.name, list(split.paths), images, sizes, split.targets, skipped, resize)
     index = np.flatnonzero(ok)
     targets = None if split.targets is None else split.targets[index]
-    return DecodedSplit(split.name, [split.paths[i] for i in index], images[index], sizes[index], targets, skipped)
+    return DecodedSplit(split.name, [split.paths[i] for i in index], images[index], sizes[index], targets, skipped,
+                        resize)
 
 
 def _allocate(folder: Path, key: str, count: int, size: int, channels: int, disk: bool) -> np.ndarray:
@@ -127,7 +135,7 @@ def _finish_disk(folder: Path, key: str, images: np.ndarray, sizes: np.ndarray, 
     write_json(folder / f"{key}.skipped.json", skipped)
 
 
-def _load_disk(folder: Path, key: str, split: Split) -> DecodedSplit | None:
+def _load_disk(folder: Path, key: str, split: Split, resize: str) -> DecodedSplit | None:
     data, meta, bad = folder / f"{key}.npy", folder / f"{key}.meta.npz", folder / f"{key}.skipped.json"
     if not (data.is_file() and meta.is_file() and bad.is_file()):
         return None
@@ -140,4 +148,4 @@ def _load_disk(folder: Path, key: str, split: Split) -> DecodedSplit | None:
         return None
     if len(images) != len(split):
         return None
-    return _keep(split, images, sizes, ok, skipped)
+    return _keep(split, images, sizes, ok, skipped, resize)

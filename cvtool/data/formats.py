@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cvtool.data import tables
 from cvtool.data.images import is_image_file
 from cvtool.errors import CvtoolError
 from cvtool.fileio import read_csv_rows
@@ -41,6 +42,7 @@ class DatasetInfo:
     class_names: list[str]
     target_names: list[str] = field(default_factory=list)  # keypoint columns
     splits: dict[str, Split] = field(default_factory=dict)
+    class_ids: list[str] = field(default_factory=list)  # Tiny ImageNet's wnids, in class order
 
     @property
     def num_outputs(self) -> int:
@@ -62,6 +64,8 @@ def read_dataset(cfg: DataConfig, task: str, seed: int) -> DatasetInfo:
         if folder is not None and not (split == "val" and cfg.val_fraction is not None):
             raw[split] = reader(cfg, folder, task)
     info = _encode(cfg, task, raw)
+    if cfg.format == "tinyimagenet":
+        info = replace(info, class_ids=_wnids(root))
     if cfg.val_fraction is not None:
         train, val = split_off(info.splits["train"], cfg.val_fraction, seed, task)
         info = replace(info, splits={**info.splits, "train": train, "val": val})
@@ -137,22 +141,30 @@ def read_csv_split(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], 
     columns, rows = read_csv_rows(csv_path)
     if cfg.image_column not in columns:
         raise CvtoolError(f"{csv_path}: no column '{cfg.image_column}' (data.image_column); columns: {columns[:8]}")
+    tables.require_rows(csv_path, rows)
+    if cfg.duplicates == "refuse":
+        tables.check_duplicates(csv_path, [row[cfg.image_column] for row in rows], cfg.image_column)
+    labelled = _key(cfg, split) in tables.LABELLED_SPLITS
     image_root = cfg.root / cfg.images_dir
     paths = [safe_join(image_root, row[cfg.image_column] + cfg.image_extension, csv_path) for row in rows]
     rules = get_task(task)
     if rules.point_targets:
         names = keypoint_columns(cfg, columns, csv_path)
-        if not all(name in columns for name in names):
+        missing = [name for name in names if name not in columns]
+        if missing and labelled:
+            tables.require_column(csv_path, missing[0], "data.target_columns", columns)
+        if missing:
             return paths, None, names
-        try:
-            targets = np.asarray([[float(row[c]) for c in names] for row in rows], np.float32).reshape(len(rows), -1)
-        except ValueError as exc:
-            raise CvtoolError(f"{csv_path}: non-numeric keypoint value ({exc})") from None
-        return paths, targets, names
+        return paths, tables.keypoint_targets(csv_path, rows, names), names
     column = rules.label_column(cfg.label_column, cfg.tags_column)
+    key = f"data.{rules.label_key}"
     if column not in columns:
+        if labelled:
+            tables.require_column(csv_path, column, key, columns)
         return paths, None, []
     labels = [row[column].strip() for row in rows]
+    if not rules.one_label_per_image:  # space-separated tags in one column
+        tables.check_tags(csv_path, labels, column)
     return paths, labels, rules.classes_of(labels)
 
 
@@ -180,11 +192,7 @@ def read_tinyimagenet(cfg: DataConfig, split: str, task: str) -> tuple[list[Path
     if task not in ("multiclass",):
         raise CvtoolError(f"data.format: tinyimagenet is a multiclass dataset, not {task}")
     root = cfg.root
-    wnids_file = root / "wnids.txt"
-    if wnids_file.is_file():
-        wnids = [line.strip() for line in wnids_file.read_text().splitlines() if line.strip()]
-    else:
-        wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    wnids = _wnids(root)
     words = _read_words(root / "words.txt")
     names = _unique_names([words.get(w, w) for w in wnids], wnids)
     by_wnid = dict(zip(wnids, names, strict=True))
@@ -210,6 +218,14 @@ def read_tinyimagenet(cfg: DataConfig, split: str, task: str) -> tuple[list[Path
         paths = sorted(p for p in (base / "images").rglob("*") if is_image_file(p))
         labels = None
     return paths, labels, names
+
+
+def _wnids(root: Path) -> list[str]:
+    """The class ids in class order: wnids.txt, else the train folder's class folders."""
+    wnids_file = root / "wnids.txt"
+    if wnids_file.is_file():
+        return [line.strip() for line in wnids_file.read_text().splitlines() if line.strip()]
+    return sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
 
 
 def _read_words(path: Path) -> dict[str, str]:

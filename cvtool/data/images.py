@@ -9,9 +9,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from cvtool.errors import BadImageError
+from cvtool.tasks.frame import frame_box
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # A decompression-bomb guard: larger images are refused instead of exhausting memory.
@@ -24,7 +25,8 @@ def is_image_file(path: Path) -> bool:
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """The fully decoded PIL image, or BadImageError naming the file and the reason."""
+    """The fully decoded PIL image as a viewer shows it (EXIF orientation applied, so a phone's
+    portrait JPEG and keypoints marked on it agree), or BadImageError naming the file and the reason."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -36,7 +38,8 @@ def open_image(path: str | Path) -> Image.Image:
                 if width * height > MAX_IMAGE_PIXELS:
                     raise BadImageError(path, f"{width}x{height} exceeds the {MAX_IMAGE_PIXELS} pixel limit")
                 img.load()
-                return img.copy() if img.mode != "P" else img.convert("RGBA")
+                upright = ImageOps.exif_transpose(img)  # a copy, rotated/mirrored per its EXIF tag
+                return upright if upright.mode != "P" else upright.convert("RGBA")
     except BadImageError:
         raise
     except FileNotFoundError:
@@ -68,13 +71,19 @@ def to_channels(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def decode(path: str | Path, channels: int, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """(uint8 array H x W x C, original (width, height)); resized to size x size when given."""
+def decode(path: str | Path, channels: int, size: int | None,
+           resize: str = "squash") -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 array H x W x C, original (width, height)); when `size` is given, the model frame of
+    `data.resize` (`tasks.frame`: squash, crop or pad; pad fills with zeros) at size x size."""
     img = open_image(path)
     original = img.size
     img = to_channels(img, channels)
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
+    if size is not None:
+        x0, y0, width, height = frame_box(*original, resize)
+        if (x0, y0, width, height) != (0, 0, *original):
+            img = img.crop((x0, y0, x0 + width, y0 + height))  # outside the image: zeros
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -82,10 +91,11 @@ def decode(path: str | Path, channels: int, size: int | None) -> tuple[np.ndarra
 
 
 def image_size_of(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the header alone."""
+    """(width, height) from the header alone, as a viewer shows it (EXIF orientation applied)."""
     try:
         with Image.open(path) as img:
-            return img.size
+            turned = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+            return (img.height, img.width) if turned else img.size
     except (OSError, ValueError) as exc:
         raise BadImageError(path, str(exc) or type(exc).__name__) from None
 

@@ -103,7 +103,7 @@ class SampleDataset(torch.utils.data.Dataset):
         if split.targets is None:
             self.targets = np.zeros((len(split), 1), np.float32)
         else:
-            self.targets = task.encode_targets(split.targets, split.sizes)
+            self.targets = task.encode_targets(split.targets, split.frames)
 
     def __len__(self) -> int:
         return len(self.split)

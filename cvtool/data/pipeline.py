@@ -6,12 +6,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cvtool.data.cache import DecodedSplit, decode_split
+from cvtool.data.folds import fold_view
 from cvtool.data.formats import DatasetInfo, read_dataset
 from cvtool.data.loaders import SampleDataset
 from cvtool.data.stats import resolve_normalization
 from cvtool.data.transforms import build_pipeline
 from cvtool.recipe.schema import DataConfig, Recipe
-from cvtool.tasks import Task
+from cvtool.tasks import Task, get_task
 
 
 @dataclass
@@ -26,7 +27,7 @@ def prepare_data(recipe: Recipe, splits: Iterable[str] = ("train", "val", "test"
                  normalization: tuple[list[float], list[float]] | None = None) -> DataBundle:
     """Read the sample tables, resolve normalization and decode the requested splits."""
     cfg = recipe.data
-    info = read_dataset(cfg, recipe.task, recipe.seed)
+    info = fold_view(read_dataset(cfg, recipe.task, recipe.seed), cfg, recipe.task, recipe.seed)
     wanted = [s for s in splits if s in info.splits]
     if normalization is None:
         normalization = resolve_normalization(cfg, recipe.task, recipe.seed)
@@ -38,7 +39,21 @@ def prepare_data(recipe: Recipe, splits: Iterable[str] = ("train", "val", "test"
 
             print(f"cvtool: {split.name}: skipped {len(split.skipped)} unreadable images "
                   f"(data.on_bad_image: skip), e.g. {split.skipped[0][0]}: {split.skipped[0][1]}", file=sys.stderr)
+    _report_cut_off(decoded.values(), get_task(recipe.task))
     return DataBundle(info, decoded, list(mean), list(std))
+
+
+def _report_cut_off(splits: Iterable[DecodedSplit], task: Task) -> None:
+    """Keypoints that `data.resize: crop` cuts off keep their targets (outside [-1, 1]); say how many."""
+    import sys
+
+    for split in splits:
+        if split.targets is None:
+            continue
+        count = task.cut_off(task.encode_targets(split.targets, split.frames))
+        if count:
+            print(f"cvtool: {split.name}: data.resize {split.resize} cuts off {count} keypoints; their "
+                  "targets lie outside the model frame ([-1, 1]) and are kept", file=sys.stderr)
 
 
 def skipped_counts(bundle: DataBundle) -> dict[str, int]:
@@ -48,14 +63,14 @@ def skipped_counts(bundle: DataBundle) -> dict[str, int]:
 def _decode(split, cfg: DataConfig, progress: bool) -> DecodedSplit:
     if not progress:
         return decode_split(split, cfg.cached_size, cfg.channels, root=cfg.root, mode=cfg.cache,
-                            max_gb=cfg.cache_max_gb, on_bad_image=cfg.on_bad_image)
+                            max_gb=cfg.cache_max_gb, on_bad_image=cfg.on_bad_image, resize=cfg.resize)
     from rich.progress import Progress
 
     with Progress(transient=True) as bar:
         task = bar.add_task(f"decoding {split.name}", total=len(split))
         return decode_split(split, cfg.cached_size, cfg.channels, root=cfg.root, mode=cfg.cache,
                             max_gb=cfg.cache_max_gb, on_bad_image=cfg.on_bad_image,
-                            progress=lambda n: bar.advance(task, n))
+                            progress=lambda n: bar.advance(task, n), resize=cfg.resize)
 
 
 def train_dataset(bundle: DataBundle, recipe: Recipe, task: Task, defer_augment: bool = False) -> SampleDataset:

@@ -74,7 +74,8 @@ class _Tally:
         self.unreadable.extend(other.unreadable)
 
 
-def _scan_chunk(jobs: Sequence[tuple[str, str, bool]], channels: int, size: int | None) -> _Tally:
+def _scan_chunk(jobs: Sequence[tuple[str, str, bool]], channels: int, size: int | None,
+                resize: str = "squash") -> _Tally:
     """Decode each (split, path, accumulate) file; pixel sums only for training files."""
     from PIL import Image
 
@@ -82,7 +83,7 @@ def _scan_chunk(jobs: Sequence[tuple[str, str, bool]], channels: int, size: int 
     for split, path, accumulate in jobs:
         try:
             if accumulate:
-                arr, original = decode(path, channels, size)
+                arr, original = decode(path, channels, size, resize)
             else:
                 original = open_image(path).size
             with Image.open(path) as img:  # the mode as stored (open_image turns palette into RGBA)
@@ -122,23 +123,24 @@ def _pool(workers: int) -> futures.Executor:
 
 
 def _scan(jobs: list[tuple[str, str, bool]], channels: int, size: int | None, progress: bool,
-          workers: int | None) -> _Tally:
+          workers: int | None, resize: str = "squash") -> _Tally:
     """Totals over all (split, path, accumulate) jobs, read in chunks on all cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = workers or max(1, min(cores, len(jobs) // FILES_PER_WORKER))
     chunks = (jobs[i:i + CHUNK_FILES] for i in range(0, len(jobs), CHUNK_FILES))
     total = _Tally(channels)
     with _progress_bar(progress, len(jobs), "reading images") as advance:
-        for tally in _chunk_results(chunks, channels, size, workers):
+        for tally in _chunk_results(chunks, channels, size, workers, resize):
             total.merge(tally)
             advance(tally.files)
     return total
 
 
-def _chunk_results(chunks: Iterator[list], channels: int, size: int | None, workers: int) -> Iterator[_Tally]:
+def _chunk_results(chunks: Iterator[list], channels: int, size: int | None, workers: int,
+                   resize: str) -> Iterator[_Tally]:
     """One tally per chunk; at most two chunks per worker in flight, so memory stays constant."""
     if workers <= 1:
-        yield from (_scan_chunk(chunk, channels, size) for chunk in chunks)
+        yield from (_scan_chunk(chunk, channels, size, resize) for chunk in chunks)
         return
     with warnings.catch_warnings(), _pool(workers) as pool:
         warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks", category=DeprecationWarning)
@@ -148,7 +150,7 @@ def _chunk_results(chunks: Iterator[list], channels: int, size: int | None, work
                 if len(pending) >= 2 * workers:
                     done, pending = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
                     yield from (future.result() for future in done)
-                pending.add(pool.submit(_scan_chunk, chunk, channels, size))
+                pending.add(pool.submit(_scan_chunk, chunk, channels, size, resize))
             yield from (future.result() for future in futures.as_completed(pending))
         finally:
             for future in pending:
@@ -168,7 +170,7 @@ def compute_stats(cfg: DataConfig, task: str, seed: int, image_size: int | None,
     info = read_dataset(cfg, task, seed)
     chosen = [name for name in info.splits if splits is None or name in splits]
     jobs = [(name, str(path), name == "train") for name in chosen for path in info.splits[name].paths]
-    tally = _scan(jobs, cfg.channels, image_size, progress, workers)
+    tally = _scan(jobs, cfg.channels, image_size, progress, workers, cfg.resize)
     order = {name: i for i, name in enumerate(chosen)}
     unreadable = sorted(tally.unreadable, key=lambda row: (order[row["split"]], row["path"]))
     root = cfg.root.resolve()
@@ -201,6 +203,8 @@ def _identity(cfg: DataConfig, task: str, seed: int) -> dict[str, Any]:
     if cfg.format == "csv":
         ident.update(images_dir=cfg.images_dir, image_column=cfg.image_column,
                      image_extension=cfg.image_extension)
+    if cfg.resize != "squash":  # crop and pad change the pixels at image_size (squash files stay valid)
+        ident.update(resize=cfg.resize)
     return ident
 
 

@@ -27,6 +27,7 @@ class SplitPrediction:
     targets: np.ndarray | None  # as the metrics want them; None for a split without labels
     indices: np.ndarray
     sizes: np.ndarray  # original (width, height) per sample
+    frames: np.ndarray  # the model frame per sample (tasks.frame): what the task's metrics take
     loss: float | None
     metrics: dict[str, float]
 
@@ -47,8 +48,9 @@ def predict_split(model: torch.nn.Module, normalize: torch.nn.Module, dataset: S
     order = np.argsort(indices, kind="stable")
     indices = indices[order]
     outputs = task.activate(logits[order])
-    sizes = dataset.split.sizes[indices]
+    sizes, frames = dataset.split.sizes[indices], dataset.split.frames[indices]
     if not labelled:
-        return SplitPrediction(outputs, None, indices, sizes, None, {})
+        return SplitPrediction(outputs, None, indices, sizes, frames, None, {})
     targets = task.metric_targets(targets[order])
-    return SplitPrediction(outputs, targets, indices, sizes, loss, task.metrics(targets, outputs, threshold, sizes))
+    return SplitPrediction(outputs, targets, indices, sizes, frames, loss,
+                           task.metrics(targets, outputs, threshold, frames))

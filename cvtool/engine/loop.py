@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from cvtool.engine.accel import compile_failed
 from cvtool.errors import CvtoolError
 from cvtool.recipe.schema import TrainConfig
 
@@ -84,34 +85,6 @@ def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def cuda_defaults(device: torch.device, cfg: TrainConfig) -> None:
-    """What a user would otherwise set by hand on CUDA (`train.cudnn_benchmark`, `train.tf32`):
-    cuDNN autotuning for the (fixed) input shape, TensorFloat-32 for float32 matrix products."""
-    if device.type != "cuda":
-        return
-    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark  # GPU only
-    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32  # GPU only
-    torch.backends.cudnn.allow_tf32 = cfg.tf32  # GPU only
-
-
-def compile_model(model: torch.nn.Module, device: torch.device, mode: str | bool) -> Any:
-    """torch.compile(model) when `train.compile` asks for it (auto: on CUDA), else None. Compiling
-    is lazy: `Stepper.forward` falls back to eager when the first compiled call fails."""
-    if not (device.type == "cuda" if mode == "auto" else mode):
-        return None
-    try:
-        return torch.compile(model)
-    except Exception as exc:  # e.g. a Python version this torch cannot compile for
-        _compile_failed(exc)
-        return None
-
-
-def _compile_failed(exc: BaseException) -> None:
-    reason = (str(exc).strip().splitlines() or [""])[0][:160]
-    print(f"cvtool: torch.compile failed ({type(exc).__name__}: {reason}); training without it",
-          file=sys.stderr, flush=True)
-
-
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
@@ -135,14 +108,12 @@ class Stepper:
     stop: Callable[[], bool] = field(default=lambda: False)
     after_train_mode: Callable[[torch.nn.Module], None] = field(default=lambda m: None)
     augment: Any = None  # data.batch_augment.BatchAugment applying a Batch's drawn plan on the device
-    # MixUp / CutMix plug in here: (normalized device images, device targets) -> mixed images and
-    # (soft) targets, after augmentation and before the forward pass
-    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    mix: Any = None  # cvtool.data.batch_mix.BatchMixer: MixUp / CutMix per batch, on the device
+    after_step: Callable[[int], None] | None = None  # after each optimizer step, with the epoch (EMA)
     compiled: Any = None  # torch.compile(model) for training steps; None: eager
 
     def inputs(self, images: torch.Tensor, plan: Any = None) -> torch.Tensor:
-        """uint8 batch -> model input, in one pass on the device: the drawn flips/affines, the resize
-        to the model's size, normalization, then channels_last."""
+        """uint8 batch -> model input on the device: drawn flips/affines, resize, normalize, channels_last."""
         images = images.to(self.device, non_blocking=True)
         if plan is not None and self.augment is not None:
             images = self.augment.apply(images, plan)
@@ -150,13 +121,12 @@ class Stepper:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The compiled model when there is one; on its first failure one line says so and training
-        goes on eagerly (a backend without its compiler, an operator it cannot trace)."""
+        """The compiled model when there is one; on its first failure, one line and eager from then on."""
         if self.compiled is not None:
             try:
                 return self.compiled(x)
             except Exception as exc:  # the compiler raises many types; any one means: run eagerly
-                _compile_failed(exc)
+                compile_failed(exc)
                 self.compiled = None
         return self.model(x)
 
@@ -177,7 +147,9 @@ SHOW_LOSS_EVERY = 25  # CUDA: steps between progress-bar loss reads (each read w
 def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None) -> EpochResult:
     """One pass over the training loader; returns the mean loss and the batch outputs. Loss and
     outputs stay on the device until the epoch ends: on CUDA no step waits for the GPU (a
-    non-finite loss is then reported after the epoch, naming its batch; on CPU at once)."""
+    non-finite loss is reported after the epoch, naming its batch; on CPU at once). With `train.accumulate: N` the optimizer steps every N batches; each batch's loss is weighted
+    by its share of the images of its group, so N batches of B give the gradient of one batch of
+    N x B (also for a short last group)."""
     step.model.train()
     step.after_train_mode(step.model)
     eager_check = step.device.type != "cuda"  # reading a loss on the CPU costs nothing
@@ -185,25 +157,34 @@ def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None
     # CUDA: a float64 sum on the device (MPS has no float64; elsewhere a Python float is as cheap)
     total_loss: Any = 0.0 if eager_check else torch.zeros((), dtype=torch.float64, device=step.device)
     losses, logits_all, targets_all, index_all = [], [], [], []
+    groups = accumulation_groups(loader, step.cfg.accumulate, step.cfg.max_batches)
     for batch_no, batch in enumerate(_with_progress(loader, progress)):
         if step.stop():
             raise StopRequested
-        if step.cfg.max_batches is not None and batch_no >= step.cfg.max_batches:
+        if batch_no >= len(groups):
             break
+        group_images, last_of_group = groups[batch_no]
         images, targets, index = batch
         x = step.inputs(images, getattr(batch, "augment", None))
         y = targets.to(step.device, non_blocking=True)
         if step.mix is not None:
-            x, y = step.mix(x, y)
-        with autocast(step.device, step.dtype):
+            x, y, _ = step.mix(x, y, epoch, batch_no)
+        with _sync_gradients(step.model, last_of_group), autocast(step.device, step.dtype):
             logits = step.forward(x)
             loss = step.loss_fn(logits.float(), y)
         if eager_check and not torch.isfinite(loss):
             raise NonFiniteLoss(epoch, batch_no + 1, float(loss.detach()))
-        step.optimizer.zero_grad(set_to_none=True)
-        _backward_and_step(step, loss)
-        step.schedule.step_batch()
         n = images.shape[0]
+        share = n / group_images
+        if step.cfg.accumulate == 1 or batch_no % step.cfg.accumulate == 0:
+            step.optimizer.zero_grad(set_to_none=True)
+        with _sync_gradients(step.model, last_of_group):
+            _backward(step, loss if share == 1.0 else loss * share)
+        if last_of_group:
+            _step(step)
+            step.schedule.step_batch()
+            if step.after_step is not None:
+                step.after_step(epoch)
         losses.append(loss.detach())
         total_loss = total_loss + (float(losses[-1]) if eager_check else losses[-1].double()) * n
         count += n
@@ -222,28 +203,70 @@ def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None
 
 def _check_finite(losses: list[torch.Tensor], epoch: int) -> None:
     """The first non-finite loss of an epoch (one device read for the whole epoch)."""
-    if not losses:
-        return
-    stacked = torch.stack(losses)
+    stacked = torch.stack(losses) if losses else torch.zeros(0)
     finite = torch.isfinite(stacked)
     if not bool(finite.all()):
         first = int((~finite).nonzero()[0, 0])
         raise NonFiniteLoss(epoch, first + 1, float(stacked[first]))
 
 
-def _backward_and_step(step: Stepper, loss: torch.Tensor) -> None:
+def batch_sizes(loader: Any, max_batches: int | None = None) -> list[int]:
+    """The image count of each batch an epoch of `loader` yields (a DataLoader over a sampler, or
+    a list of batches)."""
+    loader = getattr(loader, "loader", loader)  # a data.device.DeviceFeeder: the DataLoader it feeds from
+    if isinstance(loader, torch.utils.data.DataLoader):
+        total, size = len(loader.sampler), loader.batch_size
+        sizes = [size] * (total // size) + ([] if loader.drop_last or total % size == 0 else [total % size])
+    else:
+        sizes = [len(batch[0]) for batch in loader]
+    return sizes[:max_batches] if max_batches is not None else sizes
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    return -(-batches // accumulate)
+
+
+def accumulation_groups(loader: Any, accumulate: int, max_batches: int | None) -> list[tuple[int, bool]]:
+    """Per batch: (images in its accumulation group, whether the optimizer steps after it)."""
+    sizes = batch_sizes(loader, max_batches)
+    plan = []
+    for start in range(0, len(sizes), accumulate):
+        group = sizes[start:start + accumulate]
+        plan += [(sum(group), i == len(group) - 1) for i in range(len(group))]
+    return plan
+
+
+def _sync_gradients(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """DDP all-reduces gradients only on the batch the optimizer steps after."""
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def _backward(step: Stepper, loss: torch.Tensor) -> None:
     if step.scaler is not None:  # GPU only: fp16 needs loss scaling
         step.scaler.scale(loss).backward()
+    else:
+        loss.backward()
+
+
+def _step(step: Stepper) -> None:
+    if step.scaler is not None:  # GPU only
         if step.cfg.grad_clip:
             step.scaler.unscale_(step.optimizer)
             torch.nn.utils.clip_grad_norm_(step.model.parameters(), step.cfg.grad_clip)
         step.scaler.step(step.optimizer)
         step.scaler.update()
         return
-    loss.backward()
     if step.cfg.grad_clip:
         torch.nn.utils.clip_grad_norm_(step.model.parameters(), step.cfg.grad_clip)
     step.optimizer.step()
+
+
+def backward_and_step(step: Stepper, loss: torch.Tensor) -> None:
+    """One optimizer step on one loss (the lr range test)."""
+    _backward(step, loss)
+    _step(step)
 
 
 @torch.no_grad()
@@ -252,8 +275,7 @@ def run_inference(model: torch.nn.Module, normalize: torch.nn.Module, loader: An
                   channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(logits, targets, indices, mean loss) over a loader, model in eval mode."""
     model.eval()
-    eager = device.type != "cuda"  # CUDA: sums stay on the device until the pass ends
-    logits_all, targets_all, index_all, count = [], [], [], 0
+    eager, logits_all, targets_all, index_all, count = device.type != "cuda", [], [], [], 0  # CUDA: sums stay there
     total_loss: Any = 0.0 if eager else torch.zeros((), dtype=torch.float64, device=device)
     for images, targets, index in loader:
         x = normalize(images.to(device, non_blocking=True))

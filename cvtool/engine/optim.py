@@ -18,13 +18,21 @@ class OptimInfo:
     kwargs: Callable[[OptimConfig], dict[str, Any]]
 
 
+def _decay(cfg: OptimConfig) -> dict[str, Any]:
+    """weight_decay only when the recipe sets it: unset keeps the optimizer's own default
+    (torch: SGD 0, Adam 0, AdamW 0.01), so AdamW is not silently Adam."""
+    return {} if cfg.weight_decay is None else {"weight_decay": cfg.weight_decay}
+
+
 OPTIMIZERS: dict[str, OptimInfo] = {
     info.name: info
     for info in (
         OptimInfo("sgd", torch.optim.SGD, lambda c: {"lr": c.lr, "momentum": c.momentum, "nesterov": c.nesterov,
-                                                     "weight_decay": c.weight_decay}),
-        OptimInfo("adam", torch.optim.Adam, lambda c: {"lr": c.lr, "betas": c.betas, "weight_decay": c.weight_decay}),
-        OptimInfo("adamw", torch.optim.AdamW, lambda c: {"lr": c.lr, "betas": c.betas, "weight_decay": c.weight_decay}),
+                                                     **_decay(c)}),
+        OptimInfo("adam", torch.optim.Adam, lambda c: {"lr": c.lr, "betas": c.betas, "amsgrad": c.amsgrad,
+                                                       **_decay(c)}),
+        OptimInfo("adamw", torch.optim.AdamW, lambda c: {"lr": c.lr, "betas": c.betas, "amsgrad": c.amsgrad,
+                                                         **_decay(c)}),
     )
 }
 
@@ -34,12 +42,26 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> t
     return info.opt_class(list(params), **info.kwargs(cfg))
 
 
+def resolved_hyperparameters(cfg: OptimConfig) -> dict[str, Any]:
+    """Every hyper-parameter the optimizer runs with, torch's defaults filled in (`recipe show`)."""
+    import inspect
+
+    info = OPTIMIZERS[cfg.name]
+    defaults = {name: p.default for name, p in inspect.signature(info.opt_class).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    values = {**defaults, **info.kwargs(cfg)}
+    keys = ["lr", "momentum", "nesterov", "betas", "amsgrad", "weight_decay"]
+    return {key: values[key] for key in keys if key in values}
+
+
 def optim_for_epoch(base: OptimConfig, phases: list[Phase], epoch: int) -> OptimConfig:
     """The optimizer settings in force at a 1-based epoch (phases applied in order)."""
     cfg = base
     for phase in phases:
         if phase.epoch <= epoch:
             patch = phase.optim.model_dump(exclude_none=True)
+            if patch.get("name", cfg.name) != cfg.name:  # options the new optimizer lacks are dropped
+                patch = {**({"nesterov": False} if patch["name"] != "sgd" else {"amsgrad": False}), **patch}
             cfg = OptimConfig.model_validate({**cfg.model_dump(), **patch})
     return cfg
 

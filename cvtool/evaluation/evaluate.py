@@ -95,11 +95,13 @@ def evaluate_split(loaded: LoadedModel, split: str, data_root: str | Path | None
     device = model_device(loaded)
     recipe, task = loaded.recipe, loaded.task
     normalize = Normalize(loaded.meta.mean, loaded.meta.std, loaded.meta.image_size).to(device)
-    loss_fn = task.build_loss(recipe.loss).to(device)  # unweighted criterion
+    # the training criterion (its class weights and pos_weight), so the val loss matches summary.json
+    loss_fn = task.build_loss(recipe.loss, loaded.meta.class_weights, loaded.meta.pos_weight,
+                              image_size=recipe.data.image_size).to(device)
     threshold = default_threshold(loaded)
     found = predict_split(loaded.model, normalize, dataset, task, recipe.data, device, threshold=threshold,
                           loss_fn=loss_fn)
-    return EvalResult(split, found.outputs, found.targets, found.sizes,
+    return EvalResult(split, found.outputs, found.targets, found.frames,
                       [dataset.split.paths[i] for i in found.indices], found.metrics, found.loss, threshold)
 
 

@@ -14,7 +14,8 @@ from cvtool.evaluation.thresholds import TunedThresholds
 @dataclass
 class EvalResult:
     """Outputs of one split in its order: activated outputs, targets as the task's metrics
-    take them (None without labels), original (width, height) sizes and image paths."""
+    take them (None without labels), model frames (x0, y0, width, height in original pixels,
+    `tasks.frame`; what keypoint tasks take as `sizes`) and image paths."""
 
     split: str
     outputs: np.ndarray

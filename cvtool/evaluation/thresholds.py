@@ -2,7 +2,8 @@
 
 One global threshold is searched first, then one threshold per class by coordinate ascent
 (each class in turn, the others fixed): one sweep for F1 macro (separable), two for F2
-averaged over samples (which couples the classes). Ties go to the threshold
+averaged over samples (which couples the classes). A class with no positive in the tuning
+split keeps the default threshold. Ties go to the threshold
 closest to the recipe's default, which keeps a flat optimum from drifting to the edges.
 """
 
@@ -76,9 +77,13 @@ def tune_thresholds(targets: np.ndarray, outputs: np.ndarray, metric: str = "f1_
     at_default = value(default)
     global_threshold = _best(np.union1d(candidates(scores.ravel()), [default]), value, default)
     per_class = np.full(scores.shape[1], global_threshold)
+    # A class without positives here has nothing to tune on: any threshold above its top score
+    # "wins" (or one near 0 when the metric ignores it), which then tags unseen test images.
+    tunable = truth.sum(axis=0) > 0
+    per_class[~tunable] = default
     for _ in range(ROUNDS[metric]):
         before = per_class.copy()
-        for column in range(scores.shape[1]):
+        for column in np.flatnonzero(tunable):
             def trial(t: float, column: int = column) -> float:
                 trial_thresholds = per_class.copy()
                 trial_thresholds[column] = t

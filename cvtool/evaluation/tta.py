@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cvtool.data.batch_augment import BatchAugment
-from cvtool.data.loaders import Normalize
+from cvtool.data.loaders import Normalize, sample_seed
 from cvtool.data.transforms import (
     apply_with_points,
     build_pipeline,
@@ -40,7 +40,7 @@ from cvtool.evaluation.evaluate import (
 )
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.model import load_model
-from cvtool.tasks import Keypoints
+from cvtool.tasks import Keypoints, higher_is_better
 
 if TYPE_CHECKING:
     import torch
@@ -69,10 +69,6 @@ def tta_transforms(recipe: Recipe) -> list[dict[str, Any]]:
     return list(recipe.tta.transforms) if recipe.tta.transforms is not None else geometric_part(recipe.augment)
 
 
-def pass_seed(seed: int, pass_index: int, sample: int) -> int:
-    return (seed * 1_000_003 + pass_index * 10_007 + sample) % (2**63)
-
-
 def check_options(passes: int, aggregate: str) -> None:
     if passes < 1:
         raise CvtoolError(f"--passes: needs at least 1 pass, got {passes}")
@@ -92,8 +88,8 @@ def _augment(pipeline: Any, batch: torch.Tensor, seeds: Sequence[int], points: b
         return batched.apply(batch.to(device), batched.draw(seeds, *batch.shape[-2:])).contiguous(), None
     size = batch.shape[-1]
     images, affines = [], []
-    for image, sample_seed in zip(batch, seeds, strict=True):
-        torch.default_generator.manual_seed(sample_seed)  # CPU stream only: transforms draw from it
+    for image, image_seed in zip(batch, seeds, strict=True):
+        torch.default_generator.manual_seed(image_seed)  # CPU stream only: transforms draw from it
         if points:
             image, _, affine = apply_with_points(pipeline, image, np.zeros((0, 2), np.float32), size)
             affines.append(affine)
@@ -119,7 +115,7 @@ def restore_points(outputs: np.ndarray, affines: Sequence[np.ndarray], out_size:
 def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: int, aggregate: str = "vote",
                 seed: int = 0, transforms: Sequence[dict[str, Any]] | None = None,
                 batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Aggregated TTA outputs (activated; keypoints normalized to [-1, 1] of the original frame).
+    """Aggregated TTA outputs (activated; keypoints normalized to [-1, 1] of the model frame).
 
     `images`: N x H x W x C uint8 at the checkpoint's image size (or a DecodedSplit).
     `transforms`: None -> the recipe's TTA transforms; [] -> none (one pass = plain inference).
@@ -144,7 +140,7 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
             for p in range(passes):
                 x, affines = batch, None
                 if pipeline is not None:
-                    seeds = [pass_seed(seed, p, start + i) for i in range(len(batch))]
+                    seeds = [sample_seed(seed, p, start + i) for i in range(len(batch))]  # a pass seeds like an epoch
                     x, affines = _augment(pipeline, batch, seeds, points, device)
                 logits = model(normalize(x.to(device))).float().cpu().numpy()
                 out = task.activate(logits)
@@ -177,7 +173,9 @@ def compare_tta(target: str | Path, split: str = "test", passes: int | None = No
         loaded, decoded, passes, aggregate, seed, [] if no_transforms else None, progress=advance))
     seconds = (middle - start, time.perf_counter() - middle)
     metrics = loaded.task.metrics(plain.targets, outputs, plain.threshold, plain.sizes)
-    gain = {k: metrics[k] - plain.metrics[k] for k in metrics if k in plain.metrics}
+    # an improvement is a positive gain whichever way the metric points (rmse falling is a gain)
+    gain = {k: (metrics[k] - plain.metrics[k]) * (1.0 if higher_is_better(k) else -1.0)
+            for k in metrics if k in plain.metrics}
     return TTAComparison(split, passes, aggregate, plain.metrics, metrics, gain, outputs, seconds)
 
 

@@ -45,20 +45,35 @@ class ParityError(CvtoolError):
 
 
 class RawInputModel(nn.Module):
-    """uint8 N x H x W x C -> bilinear (antialiased, like PIL) resize to size x size ->
-    (x / 255 - mean) / std -> the model: training's own resize and normalization
-    (`data.loaders.Normalize`). At H = W = size the resize is the identity, so images decoded at
-    the model's size match the checkpoint path exactly, and images decoded at a recipe's
-    `data.decode_size` (what `cvtool predict` feeds then) go through what training did; other
-    sizes differ from PIL's uint8 resize by under one pixel level."""
+    """uint8 N x H x W x C -> the model frame of `resize` (crop: the centred min(H, W) square;
+    pad: zeros around to the centred max(H, W) square; `cvtool.tasks.frame`) -> bilinear
+    (antialiased, like PIL) resize to size x size -> (x / 255 - mean) / std -> the model. At
+    H = W = size both steps are the identity, so images decoded at the model's size (what
+    `cvtool predict` feeds) match the checkpoint path exactly; other sizes differ from PIL's
+    uint8 resize by under one pixel level. The resize and normalization are training's own
+    (`data.loaders.resize`, `Normalize.standardize`): images decoded at a recipe's
+    `data.decode_size` (what `cvtool predict` feeds then) go through what training did."""
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float], size: int) -> None:
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float], size: int,
+                 resize: str = "squash") -> None:
         super().__init__()
-        self.model, self.size = model, size
+        self.model, self.size, self.resize = model, size, resize
         self.normalize = Normalize(mean, std, size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = resize(images.permute(0, 3, 1, 2).float(), self.size)  # always: the graph takes any size
+        x = images.permute(0, 3, 1, 2).float()
+        height, width = x.shape[2], x.shape[3]
+        if self.resize == "crop":  # the offsets of tasks.frame.frame_box, as symbolic shapes
+            side = torch.sym_min(height, width)
+            top, left = (height - side) // 2, (width - side) // 2
+            x = x[:, :, top:top + side, left:left + side]
+        elif self.resize == "pad":
+            side = torch.sym_max(height, width)
+            top, left = (side - height) // 2, (side - width) // 2
+            x = nn.functional.pad(x, (left, side - width - left, top, side - height - top))
+        torch._check(x.shape[2] > 0)  # lets torch.export prove the resize input is not empty
+        torch._check(x.shape[3] > 0)
+        x = resize(x, self.size)  # always: the graph takes any size
         return self.model(self.normalize.standardize(x))
 
 
@@ -97,24 +112,30 @@ def export_onnx(target: str | Path, out: str | Path, *, which: str = "best", ops
     """Export a run dir / checkpoint to `out`; raises ParityError (nothing written) when
     onnxruntime and PyTorch differ by more than `tolerance` on real images."""
     start = time.perf_counter()
-    out = _check_out(out)
-    if tolerance <= 0 or (image_size is not None and image_size < 1) or (opset is not None and opset < 1):
-        raise CvtoolError("--tolerance, --image-size and --opset must be positive")
+    out = check_options(out, tolerance, image_size, opset)
     loaded = load_model(target, which, "cpu")
+    if image_size is not None and image_size != loaded.meta.image_size:
+        _check_export_size(loaded, image_size)
     card = card_from_checkpoint(loaded.meta, loaded.recipe, f"{loaded.path} (epoch {loaded.epoch})")
     card = card.with_export(image_size, raw_input)
     module = loaded.model
     if raw_input:
-        module = RawInputModel(loaded.model, card.mean, card.std, card.image_size)
+        module = RawInputModel(loaded.model, card.mean, card.std, card.image_size, card.resize)
     elif card.input_size != card.image_size:
         module = ResizedInputModel(loaded.model, card.image_size)
+    return export_module(module, card, loaded.recipe, out, opset, raw_input, tolerance, start)
+
+
+def export_module(module: nn.Module, card: ModelCard, recipe: Any, out: Path, opset: int | None, raw_input: bool,
+                  tolerance: float, start: float) -> ExportReport:
+    """Export `module` with `card` as metadata, check it on the recipe's images, write it to `out`."""
     module.eval()
     proto = to_onnx(module, _example(card), opset, raw_input)
     proto.doc_string = f"cvtool {card.task} model from {card.source}; input {card.input_layout}"
     _set_metadata(proto, card.to_metadata())
     _check_graph(proto)
     data = proto.SerializeToString()
-    images, images_from = parity_images(loaded.recipe, card)
+    images, images_from = parity_images(recipe, card)
     checks = parity(module, create_session(data), images, card)
     worst = max(checks, key=lambda c: c.max_abs_diff)
     if not worst.max_abs_diff <= tolerance:
@@ -123,6 +144,32 @@ def export_onnx(target: str | Path, out: str | Path, *, which: str = "best", ops
     with atomic_open(out, "wb") as handle:
         handle.write(data)
     return ExportReport(out, card, opset_of(proto), checks, tolerance, images_from, len(data), time.perf_counter() - start)
+
+
+def _check_export_size(loaded: Any, image_size: int) -> None:
+    """A head that flattens the feature map (`pool: flatten`) fixes the input size it was trained at."""
+    from cvtool.models.surgery import check_input_size
+
+    meta = loaded.meta
+    try:
+        check_input_size(loaded.model, loaded.recipe.model.arch, meta.channels, image_size, meta.num_outputs,
+                         key="--image-size")
+    except CvtoolError as exc:
+        # a Linear meeting more (or fewer) features than it was built for; anything else (too small
+        # for the backbone) the message already says
+        if not any(text in str(exc) for text in ("reduction dim", "cannot be multiplied")):
+            raise
+        raise CvtoolError(f"--image-size {image_size}: this model's head flattens the feature map, which fixes "
+                          f"its input at the {meta.image_size} px it was trained at; export without --image-size"
+                          ) from None
+
+
+def check_options(out: str | Path, tolerance: float, image_size: int | None, opset: int | None) -> Path:
+    """The output path, once the options are known to be usable."""
+    out = _check_out(out)
+    if tolerance <= 0 or (image_size is not None and image_size < 1) or (opset is not None and opset < 1):
+        raise CvtoolError("--tolerance, --image-size and --opset must be positive")
+    return out
 
 
 def _check_out(out: str | Path) -> Path:
@@ -278,7 +325,8 @@ def parity(module: nn.Module, session: Any, paths: list[Path], card: ModelCard) 
     for batch in PARITY_BATCHES:
         chosen = [paths[i % len(paths)] for i in range(batch)]
         size = None if batch == 1 else card.image_size * 2 + 1
-        uint8 = np.stack([decode(p, card.channels, size if card.raw_input else card.input_size)[0] for p in chosen])
+        uint8 = np.stack([(decode(p, card.channels, size) if card.raw_input  # raw: the graph does the frame
+                           else decode(p, card.channels, card.input_size, card.resize))[0] for p in chosen])
         feed = uint8 if card.raw_input else normalize_batch(uint8, card.mean, card.std)
         try:
             (onnx_out,) = session.run([OUTPUT_NAME], {INPUT_NAME: feed})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -19,9 +19,17 @@ import numpy as np
 from cvtool.data.images import decode, normalize_batch
 from cvtool.errors import BadImageError, CvtoolError
 from cvtool.fileio import write_csv
-from cvtool.inference.submission import ImageInput, parse_columns, read_images, submission_header
+from cvtool.inference.submission import (
+    ImageInput,
+    check_out,
+    class_labels,
+    parse_columns,
+    read_images,
+    submission_header,
+)
 from cvtool.model_card import ModelCard, card_from_checkpoint
 from cvtool.tasks import get_task
+from cvtool.tasks.frame import frame_boxes
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
 TTA_CHUNK = 2048  # images per TTA call; chunk k uses seed k, so results do not depend on --batch-size
@@ -71,8 +79,17 @@ class CheckpointPredictor:
         return f"{self.card.source} (PyTorch, cpu)"
 
 
-def open_predictor(model: str | Path, which: str = "best") -> Predictor:
-    """An .onnx file -> onnxruntime (torch is not imported); anything else -> a checkpoint."""
+def open_predictor(model: str | Path | Sequence[str | Path], which: str = "best",
+                   weights: Sequence[float] | None = None) -> Predictor:
+    """An .onnx file -> onnxruntime (torch is not imported); anything else -> a checkpoint;
+    several models or a fold set -> their ensemble (cvtool.inference.ensemble)."""
+    from cvtool.inference.ensemble import EnsemblePredictor
+    from cvtool.runs.members import fold_set_thresholds, member_paths
+
+    paths = member_paths(model)
+    if len(paths) > 1 or weights:
+        return EnsemblePredictor([open_predictor(p, which) for p in paths], weights, fold_set_thresholds(model))
+    model = paths[0]
     if Path(model).suffix.lower() == ".onnx":
         from cvtool.inference.onnx_runtime import OnnxPredictor  # onnxruntime loads only when used
 
@@ -87,29 +104,37 @@ class PredictResult:
     rows: int
     model: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
+    cut_off: int = 0  # keypoints predicted outside the model frame (data.resize crop); written as predicted
 
 
-def predict(model: str | Path, images: str | Path, out: str | Path, *, which: str = "best",
+def predict(model: str | Path | Sequence[str | Path], images: str | Path, out: str | Path, *, which: str = "best",
             batch_size: int = 64, tta: int = 0, columns: str | Sequence[str] | None = None, probs: bool = False,
             on_bad_image: str = "fail", image_column: str | None = None, images_dir: str | Path | None = None,
-            progress: Progress | None = None) -> PredictResult:
-    """Predict every image of a folder / CSV and write the task's submission CSV atomically."""
+            progress: Progress | None = None, label_style: str | None = None,
+            weights: Sequence[float] | None = None) -> PredictResult:
+    """Predict every image of a folder / CSV and write the task's submission CSV atomically;
+    several models (or a fold set) predict as their `weights`-weighted mean."""
     _check_options(batch_size, tta, on_bad_image)
-    predictor = open_predictor(model, which)
+    check_out(out)
+    predictor = open_predictor(model, which, weights)
     card, task = predictor.card, get_task(predictor.card.task)
+    if probs and not task.probabilities:
+        raise CvtoolError(f"--probs: a {task.name} model has no class probabilities (its columns are the outputs)")
     if tta and not hasattr(predictor, "tta"):
         raise CvtoolError("--tta needs the PyTorch model (run dir or .pt): TTA applies the recipe's torch "
                           "transforms; an .onnx file predicts without TTA")
     inputs = read_images(images, image_column, images_dir, card.image_extension, card.image_column, card.images_dir)
-    labels = card.labels()
+    labels = replace(card.labels(), class_names=class_labels(card.class_names, card.class_ids, label_style))
     rename = parse_columns(columns) if isinstance(columns, str) or columns is None else list(columns)
     header = submission_header(inputs.column, task.header(labels, probs), rename)
     kept, outputs, sizes, skipped = _run(predictor, inputs.items, batch_size, tta, on_bad_image, progress)
     if not kept:
         raise CvtoolError(f"{images}: no readable images ({len(skipped)} skipped)")
-    cells = task.rows(outputs, labels, probs, sizes)
+    frames = frame_boxes(sizes, card.resize)
+    cells = task.rows(outputs, labels, probs, frames)
     write_csv(out, header, [[item.key, *row] for item, row in zip(kept, cells, strict=True)])
-    return PredictResult(Path(out), header, len(kept), predictor.describe(), skipped)
+    cut_off = task.cut_off(outputs) if card.resize == "crop" else 0
+    return PredictResult(Path(out), header, len(kept), predictor.describe(), skipped, cut_off)
 
 
 def _check_options(batch_size: int, tta: int, on_bad_image: str) -> None:
@@ -155,7 +180,7 @@ def _decoded(items: list[ImageInput], card: ModelCard, batch_size: int
 
     def work(out: np.ndarray, row: int, item: ImageInput) -> tuple[int, int] | BadImageError:
         try:
-            out[row], size = decode(item.path, card.channels, card.input_size)
+            out[row], size = decode(item.path, card.channels, card.input_size, card.resize)
         except BadImageError as exc:
             return exc
         return size

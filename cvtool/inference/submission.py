@@ -38,12 +38,12 @@ def read_images(source: str | Path, image_column: str | None = None, images_dir:
     `image_column` (default: `default_column`, then 'image') holds paths relative to
     `images_dir` (default: the CSV's folder, or its `default_dir` subfolder (or one named like its
     last part, e.g. MADE's test/images/) when the first image is there); `extension` is tried
-    when a path lacks it."""
+    when a path lacks it, and dropped from a folder's keys."""
     source = Path(source)
     if source.is_dir():
         if image_column is not None or images_dir is not None:
             raise CvtoolError(f"{source}: --image-column / --images-dir apply to a CSV of images, not a folder")
-        return _from_folder(source)
+        return _from_folder(source, extension)
     if source.is_file() and source.suffix.lower() == ".csv":
         if images_dir is not None and not Path(images_dir).is_dir():
             raise CvtoolError(f"--images-dir: folder not found: {images_dir}")
@@ -55,13 +55,18 @@ def read_images(source: str | Path, image_column: str | None = None, images_dir:
     raise CvtoolError(f"{source}: no such folder or CSV file")
 
 
-def _from_folder(folder: Path) -> ImageList:
+def _from_folder(folder: Path, extension: str = "") -> ImageList:
+    """Keys are paths relative to the folder, without the recipe's `image_extension` (Planet's
+    image_name column holds 'test_0' for test_0.jpg)."""
     found = []
     for path in folder.rglob("*"):
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts) or not is_image_file(path) or not path.is_file():
             continue
-        found.append(ImageInput(relative.as_posix(), path))
+        key = relative.as_posix()
+        if extension and key.lower().endswith(extension.lower()):
+            key = key[:-len(extension)]
+        found.append(ImageInput(key, path))
     if not found:
         raise CvtoolError(f"{folder}: no images found (looked for {', '.join(('.png', '.jpg', '.jpeg', '...'))})")
     return ImageList(FOLDER_COLUMN, sorted(found, key=lambda item: item.key))
@@ -115,3 +120,25 @@ def submission_header(image_column: str, task_columns: Sequence[str], rename: Se
     if len(rename) != len(header):
         raise CvtoolError(f"--columns: {len(rename)} names for {len(header)} columns ({','.join(header)})")
     return list(rename)
+
+
+LABEL_STYLES = ("names", "ids")
+
+
+def class_labels(class_names: Sequence[str], class_ids: Sequence[str] | None, style: str | None) -> list[str]:
+    """The class column's values: the readable names, or the dataset's ids (Tiny ImageNet's
+    wnids, which its official format wants, are the default when the model has them)."""
+    if style is not None and style not in LABEL_STYLES:
+        raise CvtoolError(f"--labels: '{style}' is not one of {', '.join(LABEL_STYLES)}")
+    if style == "ids" and not class_ids:
+        raise CvtoolError("--labels ids: this model has no class ids (only Tiny ImageNet's wnids are kept); "
+                          "use --labels names")
+    if style == "names" or not class_ids:
+        return list(class_names)
+    return list(class_ids)
+
+
+def check_out(out: str | Path) -> None:
+    """--out must name a file: a folder would only fail at the final rename, naming a temp file."""
+    if Path(out).is_dir():
+        raise CvtoolError(f"--out {out}: is a folder; give the submission's file name, e.g. {Path(out) / 'submission.csv'}")

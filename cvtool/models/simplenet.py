@@ -58,11 +58,11 @@ class SimpleNet(nn.Module):
         blocks: list[nn.Module] = []
         size, width = image_size, channels
         for out_width in widths:
-            pool = size > 1  # never pool a 1 px map away
+            halve = size > 1  # never pool a 1 px map away
             blocks.append(
-                ConvBlock(width, out_width, batch_norm=batch_norm, activation=activation, skip=skip, pool=pool)
+                ConvBlock(width, out_width, batch_norm=batch_norm, activation=activation, skip=skip, pool=halve)
             )
-            size, width = (size // 2 if pool else size), out_width
+            size, width = (size // 2 if halve else size), out_width
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.Identity()
         self.flatten = nn.Flatten()

@@ -44,6 +44,8 @@ class Row:
     smoothed_epoch: int | None
     smoothed: float | None
     test: float | None
+    spread: str = ""  # a fold set: " ± std (min–max)" over its folds
+    test_spread: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,11 @@ def collect_runs(run_dirs: Sequence[Path]) -> list[Run]:
         folder = Path(given)
         if not folder.is_dir():
             raise CvtoolError(f"{folder}: {'not a directory' if folder.exists() else 'no such directory'}")
+        if RunDir(folder).is_fold_set():
+            if folder.resolve() not in seen:
+                seen.add(folder.resolve())
+                runs.append(read_fold_set(folder))
+            continue
         if RunDir(folder).is_sweep():
             points = [(f"{_sweep_name(folder)}/{p.name}", p) for p in sweep_points(folder)]
         elif RunDir(folder).summary.is_file():
@@ -120,6 +127,36 @@ def read_run(path: Path, label: str | None = None) -> Run:
         except yaml.YAMLError as exc:
             raise CvtoolError(f"{recipe_file}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     return Run(label or str(summary.get("name") or path.name), path, summary, history, settings)
+
+
+def read_fold_set(path: Path) -> Run:
+    """A k-fold set as one run: the folds' mean history and best values, with their spread."""
+    import numpy as np
+
+    folds = [read_run(p) for p in RunDir(path).fold_runs() if RunDir(p).summary.is_file()]
+    if not folds:
+        raise CvtoolError(f"{path}: a fold set without any finished fold")
+    first = folds[0].summary
+    epochs = set.intersection(*({int(r["epoch"]) for r in f.history} for f in folds))
+    history = [{key: float(np.mean([next(r for r in f.history if r["epoch"] == epoch)[key] for f in folds]))
+                for key in folds[0].history[0] if all(key in r for f in folds for r in f.history)}
+               for epoch in sorted(epochs)]
+    values: dict[str, list[float]] = {}
+    for fold in folds:
+        for split in ("val", "test"):
+            for key, value in (fold.summary.get(split) or {}).items():
+                values.setdefault(f"{split}/{key}", []).append(float(value))
+    full = {k: v for k, v in values.items() if len(v) == len(folds)}
+    mean = lambda key: float(np.mean([f.summary[key] for f in folds]))  # noqa: E731
+    summary = {"name": first.get("name"), "monitor": first.get("monitor"), "folds": len(folds),
+               "best_epoch": None, "best_value": mean("best_value"), "smoothed_best_epoch": None,
+               "smoothed_best_value": mean("smoothed_best_value"),
+               "epochs_run": max(int(f.summary.get("epochs_run") or 0) for f in folds),
+               "seconds": round(sum(float(f.summary.get("seconds") or 0) for f in folds), 2),
+               "test": {k.removeprefix("test/"): float(np.mean(v)) for k, v in full.items() if k.startswith("test/")},
+               "spread": {k: f" ± {np.std(v, ddof=1):.4f} ({min(v):.4f}–{max(v):.4f})" for k, v in full.items()}}
+    settings = {k: v for k, v in folds[0].settings.items() if k != "data.fold"}
+    return Run(f"{first.get('name') or path.name} ({len(folds)} folds)", path, summary, history, settings)
 
 
 def _sweep_name(folder: Path) -> str:

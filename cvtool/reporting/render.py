@@ -31,9 +31,10 @@ def table_header(report: Report) -> list[str]:
 
 
 def table_cells(row: Row) -> list[str]:
-    smoothed = "—" if row.smoothed is None else f"{_number(row.smoothed)} ({row.smoothed_epoch})"
+    smoothed = "—" if row.smoothed is None else _number(row.smoothed) + (
+        "" if row.smoothed_epoch is None else f" ({row.smoothed_epoch})")
     return [str(row.rank), row.run.label, row.differs, "—" if row.best_epoch is None else str(row.best_epoch),
-            _number(row.best), smoothed, _number(row.test)]
+            _number(row.best) + row.spread, smoothed, _number(row.test) + row.test_spread]
 
 
 def _number(value: float | None) -> str:

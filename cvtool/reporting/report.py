@@ -33,6 +33,7 @@ RUN_PLOTS = ("confusion_best.png", "roc_best.png")  # copied from each run's plo
 def write_report(run_dirs: Sequence[Path], out: Path, metric: str | None = None) -> Report:
     """Rank the runs in `run_dirs` (run or sweep directories) and write `out` (.md) and its .html."""
     runs = collect_runs(run_dirs)
+    _check_one_task(runs)
     metric = _metric_name(metric or runs[0].summary.get("monitor") or "val/loss", runs)
     markdown, html = out.with_suffix(".md"), out.with_suffix(".html")
     files_dir = out.parent / f"{out.stem}_files"
@@ -42,6 +43,17 @@ def write_report(run_dirs: Sequence[Path], out: Path, metric: str | None = None)
     write_text(markdown, render_markdown(report))
     write_text(html, render_html(report))
     return report
+
+
+def _check_one_task(runs: list[Run]) -> None:
+    """Runs of different tasks share no metric to rank by (accuracy vs rmse): name the groups."""
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        groups.setdefault(str(run.summary.get("task", "?")), []).append(str(run.path))
+    if len(groups) > 1:
+        listed = "; ".join(f"{task}: {' '.join(paths)}" for task, paths in groups.items())
+        raise CvtoolError(f"cvtool report: the runs are of {len(groups)} tasks, which share no metric to rank by; "
+                          f"report each task on its own ({listed})")
 
 
 # ---- ranking ---------------------------------------------------------------------------------
@@ -91,7 +103,9 @@ def rank_runs(runs: list[Run], metric: str) -> list[Row]:
         scored.append((run, differs, best_epoch, best, s_epoch, smoothed, test))
     # ties on the best value (common on small validation sets) go to the better smoothed value
     ordered = sorted(scored, key=lambda item: (_sort_value(item[3], higher), _sort_value(item[5], higher)))
-    return [Row(rank, *item) for rank, item in enumerate(ordered, start=1)]
+    spread = lambda run, key: (run.summary.get("spread") or {}).get(key, "")  # noqa: E731
+    return [Row(rank, *item, spread(item[0], metric), spread(item[0], f"test/{metric.split('/', 1)[1]}"))
+            for rank, item in enumerate(ordered, start=1)]
 
 
 def _sort_value(value: float | None, higher: bool) -> float:

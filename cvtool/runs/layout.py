@@ -24,6 +24,13 @@ PLOTS = "plots"
 PREDICTIONS = "predictions"
 TENSORBOARD = "tensorboard"
 EVAL = "eval"
+SAMPLING = "sampling.csv"  # data.sampler: the classes each epoch drew
+FOLD_PREFIX = "fold_"
+FOLDS = "folds.json"
+FOLDS_TABLE = "folds.csv"
+OOF = "oof.csv"
+CHECKPOINT_TABLE = "checkpoints.csv"  # `cvtool evaluate RUN --checkpoint all`, in eval/<split>-all/
+CHECKPOINT_METRICS = "checkpoints.json"
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,40 @@ class RunDir:
         return self.path / TENSORBOARD
 
     @property
+    def sampling(self) -> Path:
+        return self.path / SAMPLING
+
+    @property
     def sweep(self) -> Path:
         return self.path / SWEEP
 
     @property
     def sweep_table(self) -> Path:
         return self.path / SWEEP_TABLE
+
+    def fold(self, index: int) -> Path:
+        """fold_<index>/: the run of one fold of a k-fold set."""
+        return self.path / f"{FOLD_PREFIX}{index}"
+
+    @property
+    def folds(self) -> Path:
+        return self.path / FOLDS
+
+    @property
+    def folds_table(self) -> Path:
+        return self.path / FOLDS_TABLE
+
+    @property
+    def oof(self) -> Path:
+        return self.path / OOF
+
+    def is_fold_set(self) -> bool:
+        return self.folds_table.is_file()
+
+    def fold_runs(self) -> list[Path]:
+        """The fold_<N>/ runs that have a checkpoint, in fold order."""
+        found = [p for p in self.path.glob(f"{FOLD_PREFIX}*") if p.name[len(FOLD_PREFIX):].isdigit()]
+        return sorted((p for p in found if RunDir(p).is_run()), key=lambda p: int(p.name[len(FOLD_PREFIX):]))
 
     def checkpoint(self, name: str) -> Path:
         """checkpoints/<name>.pt: best, last, epoch_046 (or 46)."""
@@ -79,6 +114,12 @@ class RunDir:
 
     def eval_dir(self, split: str, checkpoint: str) -> Path:
         return self.path / EVAL / f"{split}-{checkpoint}"
+
+    def kept_checkpoints(self) -> list[Path]:
+        """best.pt, last.pt, then epoch_NNN.pt by epoch: the ones that exist."""
+        named = [self.checkpoint(name) for name in ("best", "last")]
+        epochs = sorted(self.checkpoints.glob("epoch_*.pt"), key=lambda p: (len(p.stem), p.stem))
+        return [path for path in named if path.is_file()] + epochs
 
     def is_run(self) -> bool:
         return self.summary.is_file() or self.checkpoint("last").is_file()

@@ -35,7 +35,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
-               quiet: bool = False, stop: Any = None, dist: Any = None) -> dict[str, Any]:
+               quiet: bool = False, stop: Any = None, dist: Any = None, extend: bool = False) -> dict[str, Any]:
     """Train a recipe (every grid point of its sweep) into run_dir; returns the summary."""
     lead = dist is None or dist.rank == 0
     if lead:
@@ -43,19 +43,27 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite
     if dist is not None:
         dist.barrier()
     if recipe.sweep:
-        return run_sweep(recipe, run_dir, resume=resume, quiet=quiet, stop=stop, dist=dist)
-    return _run_one(recipe, run_dir, resume, quiet, stop, dist)
+        return run_sweep(recipe, run_dir, resume=resume, quiet=quiet, stop=stop, dist=dist, extend=extend)
+    return _run_one(recipe, run_dir, resume, quiet, stop, dist, extend)
 
 
-def _run_one(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, stop: Any, dist: Any) -> dict[str, Any]:
+def _run_one(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, stop: Any, dist: Any,
+             extend: bool = False) -> dict[str, Any]:
     if dist is None or dist.rank == 0:
-        if resume and not RunDir(run_dir).checkpoint("last").is_file():
+        last = RunDir(run_dir).checkpoint("last")
+        if resume and not last.is_file():
             raise CvtoolError(f"--resume {run_dir}: no checkpoints/last.pt to continue from")
+        if resume:  # refused before recipe.yaml is replaced
+            from cvtool.engine.checkpoint import load_checkpoint
+            from cvtool.runs.resume import check_resume
+
+            check_resume(recipe, load_checkpoint(last), extend, run_dir)
         write_text(RunDir(run_dir).recipe, recipe_to_yaml(recipe))
-    return fit(recipe, run_dir, resume=resume, quiet=quiet, stop=stop, dist=dist)
+    return fit(recipe, run_dir, resume=resume, quiet=quiet, stop=stop, dist=dist, extend=extend)
 
 
-def run_sweep(recipe: Recipe, sweep_dir: Path, *, resume: bool, quiet: bool, stop: Any, dist: Any) -> dict[str, Any]:
+def run_sweep(recipe: Recipe, sweep_dir: Path, *, resume: bool, quiet: bool, stop: Any, dist: Any,
+              extend: bool = False) -> dict[str, Any]:
     lead = dist is None or dist.rank == 0
     if lead:
         write_text(RunDir(sweep_dir).recipe, recipe_to_yaml(recipe))
@@ -71,7 +79,7 @@ def run_sweep(recipe: Recipe, sweep_dir: Path, *, resume: bool, quiet: bool, sto
         if dist is not None:
             dist.barrier()
         started = RunDir(point_dir).checkpoint("last").is_file()
-        results.append((name, _run_one(point, point_dir, resume and started, quiet, stop, dist)))
+        results.append((name, _run_one(point, point_dir, resume and started, quiet, stop, dist, extend)))
     if not lead:
         return {}
     return rank_sweep(recipe, sweep_dir, results)

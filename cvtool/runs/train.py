@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from cvtool.data.batch_mix import build_mixer
 from cvtool.data.device import DeviceFeeder, augment_on_device
-from cvtool.data.loaders import EpochSampler, Normalize, make_loader
+from cvtool.data.loaders import Normalize, make_loader
 from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
+from cvtool.data.sampling import train_sampler
 from cvtool.data.stats import class_weights, pos_weight
+from cvtool.engine.accel import compile_model, cuda_defaults
 from cvtool.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cvtool.engine.ema import WeightEMA
 from cvtool.engine.loop import (
     Stepper,
     amp_dtype,
-    compile_model,
-    cuda_defaults,
+    optimizer_steps,
     select_device,
     train_one_epoch,
     with_cpu_runtime,
@@ -38,9 +43,12 @@ from cvtool.engine.state import Session, TrainState, unwrap
 from cvtool.errors import CvtoolError
 from cvtool.model_card import ModelMeta
 from cvtool.models import build_model, frozen_batchnorm_eval, set_trainable
+from cvtool.models.pretrained import ensure_weights, record_weights, weights_record
 from cvtool.recipe.schema import Recipe
-from cvtool.runs.artifacts import finish_run, save_predictions, split_metrics
+from cvtool.runs.artifacts import finish_run, record_sampling, save_predictions, split_metrics
 from cvtool.runs.layout import RunDir
+from cvtool.runs.normalization import normalization_line, normalization_source
+from cvtool.runs.resume import carry_thresholds, check_resume, extend_schedule, planned_epochs
 from cvtool.tasks import Task, get_task, higher_is_better
 
 
@@ -50,21 +58,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
+def build_session(recipe: Recipe, quiet: bool, dist: Any = None, resume: bool = False) -> Session:
+    """The run's live objects. A resumed run loads its weights from last.pt, so the pretrained
+    ones are neither needed nor fetched (resuming works offline without the weights cache)."""
     seed_everything(recipe.seed + (dist.rank if dist else 0))
     task = get_task(recipe.task)
-    bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
+    model_cfg = recipe.model.model_copy(update={"pretrained": None}) if resume else recipe.model
+    ensure_weights(model_cfg)  # a missing download fails before any image is decoded
+    normalization, origin = normalization_source(recipe)
+    bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank), normalization=normalization)
+    if not quiet and not (dist and dist.rank):
+        print(normalization_line(origin, bundle.mean, bundle.std), file=sys.stderr)
     info, cfg = bundle.info, recipe.data
     meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
                      cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None,
-                     decode_size=cfg.decode_size if cfg.cached_size != cfg.image_size else None)
+                     resize=cfg.resize, decode_size=cfg.decode_size if cfg.cached_size != cfg.image_size else None)
     device = dist.device if dist else select_device(recipe.train.device)
     cuda_defaults(device, recipe.train)
-    model = build_model(recipe.model, info.num_outputs, cfg.channels, cfg.image_size)
+    model = build_model(model_cfg, info.num_outputs, cfg.channels, cfg.image_size)
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     weights, positive = _loss_weights(recipe, task, bundle, class_weights, pos_weight)
-    loss_fn = task.build_loss(recipe.loss, weights, positive).to(device)
+    meta = replace(meta, class_weights=None if weights is None else [float(w) for w in weights],
+                   pos_weight=positive, class_ids=list(info.class_ids) or None)  # evaluate rebuilds this loss
+    loss_fn = task.build_loss(recipe.loss, weights, positive, image_size=cfg.image_size).to(device)
     # model.freeze sets requires_grad=False after wrapping: DDP must then expect gradient-less parameters
     net = dist.wrap(model, recipe.model.sync_batchnorm, find_unused=recipe.model.freeze is not None) if dist else model
     optimizer = build_optimizer(model.parameters(), recipe.optim)
@@ -73,8 +90,12 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None  # GPU only
     step = Stepper(net, Normalize(bundle.mean, bundle.std, cfg.image_size).to(device), loss_fn, optimizer, None,
                    device, recipe.train, dtype, channels_last, scaler, after_train_mode=frozen_batchnorm_eval,
+                   mix=build_mixer(recipe.augment_batch, recipe.seed, task, info.num_outputs, dist.rank if dist else 0),
                    compiled=compile_model(net, device, recipe.train.compile))
-    return Session(recipe, task, bundle, meta, device, step, monitor, dist)
+    ema = WeightEMA(model, recipe.train.ema) if recipe.train.ema is not None else None
+    if ema is not None:
+        step.after_step = lambda epoch: ema.update(model, epoch)
+    return Session(recipe, task, bundle, meta, device, step, monitor, dist, ema)
 
 
 def _loss_weights(recipe: Recipe, task: Task, bundle: DataBundle, class_weights, pos_weight):
@@ -113,13 +134,18 @@ def enter_phase(session: Session, epoch: int, steps: int) -> None:
 
 
 def checkpoint_payload(session: Session, state: TrainState) -> dict[str, Any]:
+    raw = unwrap(session.step.model).state_dict()
+    # "model" is what evaluate / TTA / export / predict load: the EMA weights when train.ema is on
+    weights = {"model": raw, "weights": "raw"} if session.ema is None else {
+        "model": session.ema.module.state_dict(), "weights": "ema", "raw_model": raw, "ema": session.ema.state_dict()}
     return {
         "recipe": session.recipe.model_dump(mode="json"), "meta": session.meta.to_dict(), "epoch": state.epoch,
-        "model": unwrap(session.step.model).state_dict(), "optimizer": session.step.optimizer.state_dict(),
+        **weights, "optimizer": session.step.optimizer.state_dict(),
         "scheduler": session.step.schedule.state_dict(), "rng": rng_state(),
         "train_state": {"best_value": state.best_value, "best_epoch": state.best_epoch,
                         "bad_epochs": state.bad_epochs, "history": state.history},
         "monitor": session.monitor,
+        "pretrained": weights_record(unwrap(session.step.model)),  # where the run's weights started from
     }
 
 
@@ -128,14 +154,20 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
     saved = payload["train_state"]
     state = TrainState(int(payload["epoch"]), saved["best_value"], int(saved["best_epoch"]),
                        int(saved["bad_epochs"]), list(saved["history"]))
-    unwrap(session.step.model).load_state_dict(payload["model"])
+    unwrap(session.step.model).load_state_dict(payload.get("raw_model", payload["model"]))
+    record_weights(unwrap(session.step.model), None, payload.get("pretrained"))
+    if session.ema is not None:
+        session.ema.load(payload["model"], payload["ema"])
     # The optimizer and schedule as they were when the checkpoint was taken; a phase that
     # starts at the next epoch is entered by the loop, exactly as in an uninterrupted run.
     saved_epoch = max(state.epoch, 1)
     session.step.optimizer = build_optimizer(unwrap(session.step.model).parameters(),
                                              optim_for_epoch(session.recipe.optim, session.recipe.phases, saved_epoch))
-    session.step.optimizer.load_state_dict(payload["optimizer"])
+    # Building a torch scheduler writes its starting lr into the optimizer: the saved optimizer
+    # state (lr in force at the checkpoint) is loaded after it, or a per-batch schedule such as
+    # onecycle would run the first resumed batch at its starting lr.
     session.step.schedule = make_schedule(session, saved_epoch, steps)
+    session.step.optimizer.load_state_dict(payload["optimizer"])
     session.step.schedule.load_state_dict(payload["scheduler"])
     set_rng_state(payload["rng"])
     return state
@@ -143,25 +175,33 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
 
 @with_cpu_runtime
 def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bool = False,
-        stop: Any = None, dist: Any = None) -> dict[str, Any]:
+        stop: Any = None, dist: Any = None, extend: bool = False) -> dict[str, Any]:
     """Train `recipe`, writing the run into `run_dir`; returns the summary."""
-    session = build_session(recipe, quiet, dist)
+    session = build_session(recipe, quiet, dist, resume)
     lead = dist is None or dist.rank == 0
     defer = augment_on_device(session.device, recipe.data.num_workers)
     train_set = train_dataset(session.bundle, recipe, session.task, defer_augment=defer)
     session.step.augment = train_set.batched if train_set.defer_augment else None
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
-    sampler = EpochSampler(len(train_set), recipe.seed, True, rank, world)
+    sampler = train_sampler(recipe.data.sampler, session.task, len(train_set), session.bundle.splits["train"].targets,
+                            session.bundle.info.num_outputs, recipe.seed, rank, world)
     batch = recipe.data.batch_size
+    if lead and batch > len(sampler):
+        _warn_clipped_batch(batch, len(sampler), dist is not None)
     loader = DeviceFeeder(make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
                                       drop_last=len(sampler) % batch == 1), session.device)
-    steps = min(len(loader), recipe.train.max_batches or len(loader))
+    steps = optimizer_steps(min(len(loader), recipe.train.max_batches or len(loader)), recipe.train.accumulate)
     session.step.schedule = make_schedule(session, 1, steps)
     if stop is not None:
         session.step.stop = stop
     run = RunDir(run_dir) if run_dir is not None else None
     if resume:
-        state = restore(session, load_checkpoint(run.checkpoint("last")), steps)
+        payload = load_checkpoint(run.checkpoint("last"))
+        check_resume(recipe, payload, extend, run_dir)
+        state = restore(session, payload, steps)
+        if planned_epochs(payload) != recipe.train.epochs:
+            extend_schedule(session, state, steps)
+        carry_thresholds(session, run, payload)
     else:
         state = TrainState()
         if lead and run is not None:
@@ -178,6 +218,15 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     return finish_run(session, state, run_dir, quiet)
 
 
+def _warn_clipped_batch(batch: int, images: int, per_rank: bool) -> None:
+    from rich.console import Console
+
+    where = "this rank's share of the training split" if per_rank else "the training split"
+    Console(stderr=True, highlight=False).print(
+        f"[yellow]cvtool: data.batch_size {batch} is larger than {where} ({images} images): "
+        f"each epoch is one batch of {images}[/]", soft_wrap=True)
+
+
 def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, run: RunDir | None,
             steps: int) -> None:
     recipe, step = session.recipe, session.step
@@ -192,13 +241,15 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, r
         sampler.set_epoch(epoch)
         lr = current_lr(step.optimizer)
         start = time.perf_counter()
-        result = train_one_epoch(step, loader, epoch, log.progress(epoch, recipe.train.epochs, steps))
+        batches = min(len(loader), recipe.train.max_batches or len(loader))
+        result = train_one_epoch(step, loader, epoch, log.progress(epoch, recipe.train.epochs, batches))
         train_metrics = session.task.metrics(*_gather_train(session, result))
-        val = split_metrics(session, val_set, "val", keep_outputs=lead)
+        val = split_metrics(session.evaluated(), val_set, "val", keep_outputs=lead)
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - start, 3),
                "train/loss": result.loss, "val/loss": val["loss"],
                **{f"train/{k}": v for k, v in train_metrics.items()},
-               **{f"val/{k}": v for k, v in val["metrics"].items()}}
+               **{f"val/{k}": v for k, v in val["metrics"].items()},
+               **_raw_val_metrics(session, val_set)}
         if session.monitor not in row:
             raise CvtoolError(f"train.monitor: {session.monitor} is not reported (have: "
                               f"{', '.join(k for k in row if k.startswith('val/'))})")
@@ -214,16 +265,25 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, r
         log.add(row, session.monitor, is_best)
         if lead and run is not None:
             _save_epoch(session, state, run, is_best, val)
+            record_sampling(sampler, session, run.path, epoch)
         if stopper and state.bad_epochs >= stopper.patience:
             log.console.print(f"early stop: no {session.monitor} gain for {stopper.patience} epochs")
             break
 
 
+def _raw_val_metrics(session: Session, val_set: Any) -> dict[str, float]:
+    """With EMA, the raw weights' validation loss and metrics beside the EMA's (val_raw/...)."""
+    if session.ema is None:
+        return {}
+    raw = split_metrics(session, val_set, "val", keep_outputs=False)
+    return {"val_raw/loss": raw["loss"], **{f"val_raw/{k}": v for k, v in raw["metrics"].items()}}
+
+
 def _gather_train(session: Session, result) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
     """Train-batch outputs as the task's metrics want them (keypoints need image sizes)."""
     outputs = session.task.activate(result.logits)
-    sizes = session.bundle.splits["train"].sizes[result.indices]
-    return session.task.metric_targets(result.targets), outputs, session.recipe.evaluate.threshold, sizes
+    frames = session.bundle.splits["train"].frames[result.indices]
+    return session.task.metric_targets(result.targets), outputs, session.recipe.evaluate.threshold, frames
 
 
 def _save_epoch(session: Session, state: TrainState, run: RunDir, is_best: bool, val: dict) -> None:

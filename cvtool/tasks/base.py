@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cvtool.errors import CvtoolError
 from cvtool.model_card import Labels
 
 LOWER_IS_BETTER = {"loss", "mse", "rmse", "mae"}
@@ -40,6 +41,8 @@ class Task(ABC):
     default_monitor: str = ""
     default_loss: str = ""
     confusion: bool = False  # confusion-matrix plots make sense
+    has_classes: bool = False  # targets name classes (class-balanced sampling applies)
+    mixable: bool = False  # MixUp/CutMix can mix the targets (a convex combination means something)
     roc: bool = False  # ROC curves make sense
     losses: tuple[str, ...] = ()  # loss names a recipe may choose (recipe.schema asks)
     formats: tuple[str, ...] = ()  # layouts `cvtool data synthetic` writes; the first is the default
@@ -53,6 +56,8 @@ class Task(ABC):
     class_weighted: bool = False  # loss.class_weights inverse / sqrt_inverse apply
     positive_class: bool = False  # one output scores the positive class (stats report its pos_weight)
     figures: tuple[str, ...] = ()  # extra evaluation figures (names in evaluation.reports.FIGURES)
+    probabilities: bool = True  # outputs are class probabilities (`predict --probs` can write them)
+    label_key: str = "label_column"  # the data.* setting naming the CSV column of the labels
 
     def num_outputs(self, class_names: list[str], target_names: list[str]) -> int:
         """Model outputs for a dataset with these classes / target columns."""
@@ -87,9 +92,12 @@ class Task(ABC):
         """Targets as collected from batches -> the dtype `metrics` expects."""
         return targets
 
+    @abstractmethod
     def class_table(self, result: Any, meta: Any) -> Any:
         """The per-class (or per-point) table of an evaluation (a tasks.reports.ClassTable)."""
-        raise NotImplementedError
+
+    fold_stratify: str = "none"  # k-fold: "classes" (StratifiedKFold), "tags" (iterative) or "none" (KFold)
+    activation: str = "identity"  # what `activate` applies: softmax, sigmoid or identity (ensembles invert it)
 
     @abstractmethod
     def activate(self, logits: np.ndarray) -> np.ndarray:
@@ -117,6 +125,20 @@ class Task(ABC):
         """Targets as the model learns them (identity except for keypoints)."""
         return targets
 
+    def cut_off(self, encoded: np.ndarray) -> int:
+        """How many encoded targets lie outside the model frame (keypoints a crop cuts off)."""
+        return 0
+
     @abstractmethod
-    def build_loss(self, cfg: Any, class_weights: Any = None, pos_weight: float | None = None) -> Any:
-        """The training criterion: loss(logits, targets) -> scalar tensor."""
+    def build_loss(self, cfg: Any, class_weights: Any = None, pos_weight: float | None = None,
+                   image_size: int | None = None) -> Any:
+        """The training criterion: loss(logits, targets) -> scalar tensor (`image_size`: the
+        model's input side, which pixel-valued loss settings such as `loss.beta` need)."""
+
+    def dense_targets(self, targets: Any, num_outputs: int) -> Any:
+        """Targets as one float row per sample (what MixUp/CutMix mix): N x outputs tensor."""
+        raise CvtoolError(f"task {self.name}: targets cannot be mixed (MixUp/CutMix)")
+
+    def sampling_groups(self, targets: np.ndarray, num_outputs: int) -> np.ndarray:
+        """The class each training sample counts for in class-balanced sampling (0..groups-1)."""
+        raise CvtoolError(f"task {self.name}: targets have no classes to balance")

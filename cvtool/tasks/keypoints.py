@@ -5,13 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from cvtool.tasks.base import Task
+from cvtool.tasks.frame import from_frame, outside_frame, to_frame
 from cvtool.tasks.losses import point_loss
-from cvtool.tasks.reports import point_table, to_pixels
+from cvtool.tasks.reports import point_table
 
 
 class Keypoints(Task):
-    """Targets are x/y pairs normalized to [-1, 1] of the image extent, so they do not
-    change when the image is resized; metrics map them back to original pixels."""
+    """Targets are x/y pairs normalized to [-1, 1] of the model frame (`tasks.frame`), so they
+    do not change with image_size; metrics and rows map them back to original pixels.
+
+    `sizes` arguments are N x 4 frames from `frame_boxes(sizes, data.resize)`, or N x 2 original
+    (width, height) sizes, which mean `squash`."""
 
     name = "keypoints"
     default_monitor = "val/rmse"
@@ -27,15 +31,20 @@ class Keypoints(Task):
 
     def class_table(self, result, meta):
         return point_table(result, meta)
+    probabilities = False  # coordinates, not scores
 
     def activate(self, logits):
         return logits.astype(np.float32)
 
     def encode_targets(self, targets, sizes):
-        scale = np.tile(np.asarray(sizes, np.float32), targets.shape[1] // 2)
-        return (targets / scale * 2.0 - 1.0).astype(np.float32)
+        return to_frame(targets, sizes).astype(np.float32)
 
-    to_pixels = staticmethod(to_pixels)
+    @staticmethod
+    def to_pixels(outputs: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        return from_frame(outputs, sizes)
+
+    def cut_off(self, encoded):
+        return int(outside_frame(encoded).sum())
 
     def metrics(self, targets, outputs, threshold=0.5, sizes=None):
         from sklearn.metrics import mean_absolute_error, mean_squared_error
@@ -55,5 +64,6 @@ class Keypoints(Task):
         assert sizes is not None, "keypoint rows need the original image sizes"
         return [[f"{v:.4f}" for v in row] for row in self.to_pixels(outputs, sizes)]
 
-    def build_loss(self, cfg, class_weights=None, pos_weight=None):
-        return point_loss(cfg, self.default_loss)
+    def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
+        assert image_size is not None, "keypoint losses need the model's input size (loss.beta is in pixels)"
+        return point_loss(cfg, self.default_loss, image_size)

@@ -12,11 +12,18 @@ def cross_entropy(cfg: Any, class_weights: Any = None) -> Any:
     return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
-def point_loss(cfg: Any, default: str) -> Any:
+def point_loss(cfg: Any, default: str, image_size: int) -> Any:
+    """MSE or SmoothL1 on normalized [-1, 1] coordinates.
+
+    `loss.beta` is in pixels of the model's input image: the [-1, 1] range spans `image_size`
+    pixels, so beta becomes 2 * beta / image_size. Used raw, beta 1 would sit at half the image
+    and SmoothL1 would be 0.5 * MSE for every realistic error (the same Adam run as MSE)."""
     import torch
 
     name = cfg.name if cfg.name != "auto" else default
-    return torch.nn.SmoothL1Loss(beta=cfg.beta) if name == "smooth_l1" else torch.nn.MSELoss()
+    if name != "smooth_l1":
+        return torch.nn.MSELoss()
+    return torch.nn.SmoothL1Loss(beta=2.0 * cfg.beta / image_size)
 
 
 def sigmoid_loss(cfg: Any, class_weights: Any, pos_weight: float | None) -> Any:

@@ -1,0 +1,93 @@
+"""`cvtool export FOLDSET --onnx`: one .onnx file whose graph runs every member and averages them.
+
+The graph computes what `EnsemblePredictor` computes in numpy: each member's activation (softmax,
+sigmoid, none), the weighted mean, and the inverse activation, so its output is still `logits`
+and a client decodes it exactly like a single model's. The input is normalized with the first
+member's mean/std; a member trained with other statistics re-normalizes inside the graph.
+The export goes through the same onnx.checker + onnxruntime parity check as a single model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cvtool.errors import CvtoolError
+from cvtool.inference.ensemble import EPS
+from cvtool.inference.export import ExportReport, RawInputModel, check_options, export_module
+from cvtool.model_card import ModelCard, card_from_checkpoint
+from cvtool.runs.members import (
+    check_agreement,
+    ensemble_card,
+    fold_set_thresholds,
+    member_paths,
+    normalized_weights,
+)
+from cvtool.runs.model import LoadedModel, load_model
+from cvtool.tasks import get_task
+
+# activation -> (forward, inverse) on N x outputs tensors
+TORCH_ACTIVATIONS = {
+    "softmax": (lambda z: torch.softmax(z, dim=1), lambda p: torch.log(p.clamp_min(1e-30))),
+    "sigmoid": (torch.sigmoid, lambda p: torch.log(p.clamp(EPS, 1 - EPS)) - torch.log(1 - p.clamp(EPS, 1 - EPS))),
+    "identity": (lambda z: z, lambda p: p),
+}
+
+
+class EnsembleModule(nn.Module):
+    """Normalized images -> logits of the weighted mean of the members' activated outputs."""
+
+    def __init__(self, members: Sequence[nn.Module], cards: Sequence[ModelCard], weights: Sequence[float],
+                 activation: str) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.activation = activation
+        first = cards[0]
+        mean0, std0 = (torch.tensor(first.mean).view(1, -1, 1, 1), torch.tensor(first.std).view(1, -1, 1, 1))
+        # x_i = (x * std0 + mean0 - mean_i) / std_i: the identity when the statistics agree
+        scales = [std0 / torch.tensor(c.std).view(1, -1, 1, 1) for c in cards]
+        shifts = [(mean0 - torch.tensor(c.mean).view(1, -1, 1, 1)) / torch.tensor(c.std).view(1, -1, 1, 1)
+                  for c in cards]
+        self.same = [bool(torch.equal(s, torch.ones_like(s)) and torch.equal(t, torch.zeros_like(t)))
+                     for s, t in zip(scales, shifts, strict=True)]
+        self.register_buffer("scales", torch.stack(scales).float())
+        self.register_buffer("shifts", torch.stack(shifts).float())
+        self.weights = [float(w) for w in weights]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        forward, inverse = TORCH_ACTIVATIONS[self.activation]
+        total = None
+        for i, member in enumerate(self.members):
+            x = images if self.same[i] else images * self.scales[i] + self.shifts[i]
+            part = forward(member(x).float()) * self.weights[i]
+            total = part if total is None else total + part
+        return inverse(total)
+
+
+def load_members(models: str | Path | Sequence[str | Path], which: str) -> list[LoadedModel]:
+    paths = member_paths(models)
+    if any(Path(p).suffix.lower() == ".onnx" for p in paths):
+        raise CvtoolError("export: ensemble members must be run dirs or checkpoints, not .onnx files")
+    return [load_model(p, which, "cpu") for p in paths]
+
+
+def export_ensemble(models: str | Path | Sequence[str | Path], out: str | Path, *, which: str = "best",
+                    weights: Sequence[float] | None = None, opset: int | None = None, image_size: int | None = None,
+                    raw_input: bool = False, tolerance: float = 1e-4) -> ExportReport:
+    """A fold set (or several runs) -> one self-checked .onnx averaging the members in the graph."""
+    start = time.perf_counter()
+    out = check_options(out, tolerance, image_size, opset)
+    loaded = load_members(models, which)
+    cards = [card_from_checkpoint(m.meta, m.recipe, f"{m.path} (epoch {m.epoch})") for m in loaded]
+    check_agreement(cards)
+    source = f"ensemble of {len(cards)}: {', '.join(c.source for c in cards)}"
+    card = ensemble_card(cards, fold_set_thresholds(models), source).with_export(image_size, raw_input)
+    module: nn.Module = EnsembleModule([m.model for m in loaded], cards, normalized_weights(weights, len(cards)),
+                                       get_task(card.task).activation)
+    if raw_input:
+        module = RawInputModel(module, card.mean, card.std, card.image_size)
+    return export_module(module, card, loaded[0].recipe, out, opset, raw_input, tolerance, start)
