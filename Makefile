@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CVTOOL := $(VENV)/bin/cvtool
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean gpu-check gpu-wheels
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,24 @@ bench: install
 	$(CVTOOL) bench train recipes/bench/simplenet_28.yaml --target 0.90 --rounds 8
 	$(CVTOOL) bench predict $(BENCH_DIR)/resnet18.onnx --images data/bench-64/test
 	$(CVTOOL) bench predict $(BENCH_DIR)/efficientnet_b0.onnx --images data/bench-64/test
+
+# Issue 17: the CUDA paths on one GPU in at most 8 minutes (tests/test_gpu.py, `cvtool bench train`
+# for resnet18 64 px and efficientnet_b0 224 px, one summary table); without CUDA the tests skip and
+# it says so. It runs under GPU_PYTHON (the GPU machine's python3, not .venv); packages that machine
+# lacks come from the wheels `make gpu-wheels` saves into GPU_WHEELS.
+GPU_PYTHON ?= python3
+GPU_WHEELS ?= .whl
+# What a torch + torchvision + onnx + onnxruntime image usually lacks, pinned to the versions tested here
+GPU_WHEEL_PINS ?= pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+  typing-extensions==4.16.0
+
+gpu-check:
+	GPU_PYTHON=$(GPU_PYTHON) GPU_WHEELS=$(GPU_WHEELS) scripts/gpu_check.sh
+
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d $(GPU_WHEELS) $(GPU_WHEEL_PINS)
 
 clean:
 	rm -rf runs data/digits .pytest_cache

@@ -56,6 +56,12 @@ class ModelMeta:
     pos_weight: float | None = None
     class_ids: list[str] | None = None  # Tiny ImageNet's wnids beside the readable class names
     resize: str = "squash"  # data.resize: squash | crop | pad (cvtool.tasks.frame)
+    decode_size: int | None = None  # images are decoded at this size, then resized to image_size
+
+    @property
+    def input_size(self) -> int:
+        """The size clients decode images at (what the exported graph or the checkpoint takes)."""
+        return self.decode_size or self.image_size
 
     def labels(self, default_threshold: float = 0.5) -> Labels:
         """What the task needs to turn outputs into decisions and submission cells."""

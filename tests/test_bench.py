@@ -3,6 +3,7 @@ never asserted here (they live in `make bench`); only that the figures are produ
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,8 +29,12 @@ def test_bench_train_prints_loader_ceiling_and_ratio(synthetic, make_recipe, tmp
     recipe = make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), data={"batch_size": 8},
                          augment=FLIP_AFFINE)
     result = runner.invoke(app, ["bench", "train", str(recipe), "--steps", "2", "--warmup", "1", "--rounds", "1",
-                                 "--target", "0.9", "--set", "seed=3"])
+                                 "--target", "0.9", "--set", "seed=3", "--json", str(tmp_path / "bench.json")])
     assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert [f["name"] for f in saved["figures"]] == ["real loader", "compute ceiling (one fixed batch)",
+                                                     "real loader / ceiling"]
+    assert saved["figures"][2]["target"] == 0.9 and saved["figures"][0]["unit"] == "images/s"
     table = {row[0]: row[1:] for row in rows(result.output)}
     assert table["real loader"][0].endswith("images/s")
     assert table["compute ceiling (one fixed batch)"][0].endswith("images/s")

@@ -1,10 +1,16 @@
-"""CUDA-only paths (device auto, AMP, channels_last); skipped on machines without CUDA."""
+"""CUDA-only paths, skipped on machines without CUDA (`make gpu-check` runs them on a GPU):
+bf16 and fp16 (with loss scaling) training, channels_last, torch.compile, DDP over nccl with one
+process, resume on the GPU, export of a CUDA-trained checkpoint, onnxruntime's CUDA provider,
+device-side augmentation and the side-stream feeder, `bench train` on CUDA."""
 
 from __future__ import annotations
 
+import csv
 import json
+import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -15,6 +21,22 @@ from cvtool.runs.model import load_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 runner = CliRunner()
+FLIP_AFFINE = [{"RandomHorizontalFlip": {"p": 0.5}},
+               {"RandomAffine": {"degrees": 10, "translate": [0.1, 0.1], "scale": [0.9, 1.1]}}]
+# small and eager unless a test is about compiling: each compile costs tens of seconds
+CUDA_TRAIN = {"epochs": 2, "device": "cuda", "compile": False}
+
+
+def _train(tmp_path: Path, recipe: Path, name: str, *extra: str) -> Path:
+    run = tmp_path / name
+    result = runner.invoke(app, ["train", str(recipe), "--out", str(run), "--quiet", *extra])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
 def test_auto_device_and_amp_pick_cuda() -> None:
@@ -31,15 +53,170 @@ def test_train_with_amp_and_channels_last_then_evaluate_on_cpu(amp: str, synthet
         pytest.skip("no bf16 on this GPU")
     data = synthetic("multiclass", n=80, size=16)
     recipe = make_recipe(tmp_path, data, model={"arch": "resnet18", "small_input": {"stride1": 1}},
-                         train={"epochs": 2, "device": "auto", "amp": amp, "channels_last": "auto"},
-                         data={"image_size": 32})
-    run = tmp_path / amp
-    result = runner.invoke(app, ["train", str(recipe), "--out", str(run), "--quiet"])
-    assert result.exit_code == 0, result.output
+                         train={**CUDA_TRAIN, "device": "auto", "amp": amp, "channels_last": "auto"},
+                         data={"image_size": 32}, augment=FLIP_AFFINE)
+    run = _train(tmp_path, recipe, amp)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["device"].startswith("cuda")
     assert 0.0 <= summary["val"]["accuracy"] <= 1.0
+    assert all(np.isfinite(float(row["train/loss"])) for row in _history(run))
     loaded = load_model(run, device="cpu")
     assert next(loaded.model.parameters()).device.type == "cpu"
     evaluated = runner.invoke(app, ["evaluate", str(run), "--quiet"])
     assert evaluated.exit_code == 0, evaluated.output
+
+
+@pytest.mark.parametrize("amp, scaled", [("fp16", True), ("bf16", False), ("none", False)])
+def test_fp16_trains_with_loss_scaling_and_channels_last(amp: str, scaled: bool, synthetic, make_recipe,
+                                                         tmp_path: Path) -> None:
+    from cvtool.runs.recipes import load_recipe
+    from cvtool.runs.train import build_session
+
+    recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=80, size=16),
+                                     model={"arch": "resnet18"}, train={**CUDA_TRAIN, "amp": amp},
+                                     data={"image_size": 32}))
+    session = build_session(recipe, quiet=True)
+    assert (session.step.scaler is not None) == scaled
+    assert session.step.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16, "none": None}[amp]
+    assert session.step.channels_last
+    conv = next(m for m in session.step.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+
+
+def test_compile_auto_compiles_on_cuda_without_falling_back(synthetic, make_recipe, tmp_path: Path, capfd) -> None:
+    recipe = make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), augment=FLIP_AFFINE,
+                         train={**CUDA_TRAIN, "compile": "auto"})
+    run = _train(tmp_path, recipe, "compiled")
+    assert "torch.compile failed" not in capfd.readouterr().err
+    assert json.loads((run / "summary.json").read_text())["val"]["accuracy"] >= 0.0
+
+
+def test_ddp_over_nccl_with_one_process(synthetic, make_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvtool.engine.distributed import Dist
+    from cvtool.runs.recipes import load_recipe
+    from cvtool.runs.sweep import run_recipe
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl", rank=0, world_size=1, device_id=device)
+    dist = Dist(0, 0, 1, device)
+    try:
+        recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), augment=FLIP_AFFINE,
+                                         model={"arch": "resnet18", "sync_batchnorm": True}, train=CUDA_TRAIN,
+                                         data={"image_size": 32}))
+        summary = run_recipe(recipe, tmp_path / "ddp", quiet=True, dist=dist)
+    finally:
+        dist.close()
+    assert summary["device"].startswith("cuda") and 0.0 <= summary["val"]["accuracy"] <= 1.0
+    assert len(_history(tmp_path / "ddp")) == 2
+
+
+def test_resume_on_gpu_equals_an_uninterrupted_gpu_run(synthetic, make_recipe, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvtool.engine.loop import StopRequested
+    from cvtool.runs.recipes import load_recipe
+    from cvtool.runs.sweep import run_recipe
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    path = make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), augment=FLIP_AFFINE,
+                       model={"dropout": 0.3, "blocks": [8, 16]}, optim={"name": "adam", "lr": 0.01},
+                       train={**CUDA_TRAIN, "epochs": 3, "amp": "none", "cudnn_benchmark": False})
+    recipe = load_recipe(path)
+    run_recipe(recipe, tmp_path / "a", quiet=True)
+    calls = {"n": 0}
+
+    def stop_in_epoch_2() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4 + 2  # 4 batches an epoch
+
+    with pytest.raises(StopRequested):
+        run_recipe(recipe, tmp_path / "b", quiet=True, stop=stop_in_epoch_2)
+    assert len(_history(tmp_path / "b")) == 1
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "b"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    a, b = _history(tmp_path / "a"), _history(tmp_path / "b")
+    assert [list(row) for row in a] == [list(row) for row in b]
+    np.testing.assert_allclose([[float(v) for v in row.values()] for row in b],
+                               [[float(v) for v in row.values()] for row in a], rtol=1e-5, atol=1e-7)
+
+
+def test_export_of_a_cuda_trained_checkpoint_passes_parity(synthetic, make_recipe, tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), augment=FLIP_AFFINE,
+                         data={"image_size": 24, "decode_size": 16}, train=CUDA_TRAIN)
+    run = _train(tmp_path, recipe, "run")
+    for extra in ([], ["--raw-input"]):
+        out = tmp_path / f"model{len(extra)}.onnx"
+        result = runner.invoke(app, ["export", str(run), "--onnx", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        assert out.is_file()
+
+
+def test_onnxruntime_cuda_provider_matches_the_cpu_provider(synthetic, make_recipe, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"onnxruntime has no CUDA provider here ({', '.join(ort.get_available_providers())})")
+    recipe = make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), train=CUDA_TRAIN)
+    run = _train(tmp_path, recipe, "run")
+    out = tmp_path / "model.onnx"
+    assert runner.invoke(app, ["export", str(run), "--onnx", str(out)]).exit_code == 0
+    feed = {"images": np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)}
+    cpu = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    gpu = ort.InferenceSession(str(out), providers=["CUDAExecutionProvider"])
+    assert gpu.get_providers()[0] == "CUDAExecutionProvider"
+    np.testing.assert_allclose(gpu.run(None, feed)[0], cpu, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_device_augmentation_on_cuda_matches_the_cpu_images(interpolation: str) -> None:
+    from cvtool.data.batch_augment import BatchAugment
+    from cvtool.data.loaders import sample_seed
+    from cvtool.data.transforms import build_pipeline
+
+    spec = [FLIP_AFFINE[0], {"RandomAffine": {**FLIP_AFFINE[1]["RandomAffine"], "interpolation": interpolation}}]
+    augment = BatchAugment(build_pipeline(spec))
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (32, 3, 20, 20), np.uint8))
+    plan = augment.draw([sample_seed(1, 2, i) for i in range(32)], 20, 20)
+    cpu = augment.apply(images, plan)
+    gpu = augment.apply(images.cuda(), plan)
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.uint8
+    differ = (cpu.int() - gpu.cpu().int()).abs()
+    # float rounding may move a sample across a pixel or rounding boundary, rarely
+    assert (differ > 0).float().mean() < 0.01 and (differ > 1).float().mean() < 0.005
+
+
+def test_device_feeder_copies_each_batch_unchanged(synthetic, make_recipe, tmp_path: Path) -> None:
+    from cvtool.data.device import DeviceFeeder
+    from cvtool.data.loaders import EpochSampler, make_loader
+    from cvtool.data.pipeline import prepare_data, train_dataset
+    from cvtool.runs.recipes import load_recipe
+    from cvtool.tasks import get_task
+
+    recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), augment=FLIP_AFFINE))
+    dataset = train_dataset(prepare_data(recipe, ("train",), progress=False), recipe, get_task("multiclass"), True)
+    device = torch.device("cuda")
+    loader = make_loader(dataset, 8, EpochSampler(len(dataset), 0, True), 2, device)
+    plain, fed = list(loader), list(DeviceFeeder(loader, device))
+    assert len(plain) == len(fed) > 1
+    for want, got in zip(plain, fed, strict=True):
+        assert got[0].device.type == "cuda" and got[1].device.type == "cuda"
+        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
+        assert torch.equal(got[2], want[2]) and got.augment.drawn == want.augment.drawn
+
+
+def test_bench_train_on_cuda_reports_the_ceiling_and_peak_memory(synthetic, make_recipe, tmp_path: Path) -> None:
+    from cvtool.bench.train import bench_train
+    from cvtool.runs.recipes import load_recipe
+
+    recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), augment=FLIP_AFFINE,
+                                     data={"batch_size": 8}, train=CUDA_TRAIN))
+    report = bench_train(recipe, steps=2, warmup=1, rounds=1)
+    figures = {figure.name: figure.measured for figure in report.figures}
+    assert figures["compute ceiling (device-resident random batch)"] > 0
+    assert figures["real loader"] > 0 and 0 < figures["peak GPU memory"] < 100

@@ -81,7 +81,7 @@ TABLE = [
     row("bool-for-section", MIN + "model: {small_input: true}",
         "x.yaml: model.small_input: expected a mapping; got true"),
     row("null-section", "name: x\ndata: null", "x.yaml: data: expected a mapping; got null"),
-    row("bad-bool", MIN + "train: {compile: maybe}", "x.yaml: train.compile: expected true or false; got 'maybe'"),
+    row("bad-bool", MIN + "model: {skip: maybe}", "x.yaml: model.skip: expected true or false; got 'maybe'"),
     row("list-for-path", "name: x\ndata: {root: [a, b]}", "x.yaml: data.root: expected a path"),
     row("list-item-type", MIN + "schedule: {milestones: [10, soon]}",
         "x.yaml: schedule.milestones[1]: expected an integer; got 'soon'"),

@@ -49,7 +49,7 @@ def bench_predict(model: Path, *, batch_size: int = 64, images: Path | None = No
         items = read_images(folder).items
         if not items:
             raise CvtoolError(f"{folder}: no images")
-        decoded = np.stack([decode(item.path, card.channels, card.image_size)[0] for item in items])
+        decoded = np.stack([decode(item.path, card.channels, card.input_size)[0] for item in items])
         figures, notes = _ort_vs_eager(predictor, loaded.model, batch_size, repeats)
         more, more_notes = _end_to_end(onnx_path, folder, predictor, decoded, batch_size, Path(tmp))
         figures += more
@@ -93,7 +93,7 @@ def _ort_vs_eager(predictor: Any, model: Any, batch_size: int, repeats: int) -> 
     import torch
 
     card = predictor.card
-    feed = np.random.default_rng(0).standard_normal((batch_size, card.channels, card.image_size, card.image_size),
+    feed = np.random.default_rng(0).standard_normal((batch_size, card.channels, card.input_size, card.input_size),
                                                     dtype=np.float32)
     tensor = torch.from_numpy(feed)
     model.eval()

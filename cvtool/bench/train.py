@@ -18,11 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cvtool.bench.steps import StepClock, ceiling_batch
+from cvtool.data.device import DeviceFeeder, augment_on_device
 from cvtool.data.loaders import EpochSampler, make_loader
 from cvtool.data.pipeline import train_dataset
 from cvtool.engine.loop import train_one_epoch, with_cpu_runtime
@@ -78,6 +80,15 @@ class BenchReport:
     notes: list[str] = field(default_factory=list)
 
 
+def write_report(report: BenchReport, path: Path) -> None:
+    """The report as JSON: title, figures (name, measured, target, unit, passed), notes, machine."""
+    from cvtool.fileio import write_json
+
+    figures = [{"name": f.name, "measured": f.measured, "target": f.target, "unit": f.unit, "passed": f.passed}
+               for f in report.figures]
+    write_json(Path(path), {"title": report.title, "figures": figures, "notes": report.notes, "machine": machine()})
+
+
 def machine() -> str:
     """'2 cores (Intel(R) Xeon(R) Processor), load average 0.42 0.80 1.10': where the figures come from."""
     model = ""
@@ -87,40 +98,33 @@ def machine() -> str:
     except OSError:
         pass
     load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return f"{os.cpu_count()} cores{f' ({model})' if model else ''}, load average {load}"
+    torch = sys.modules.get("torch")  # named only when a bench already imported it
+    gpu = f", {torch.cuda.get_device_name()}" if torch is not None and torch.cuda.is_available() else ""  # GPU only
+    return f"{os.cpu_count()} cores{f' ({model})' if model else ''}{gpu}, load average {load}"
 
 
 # ---- training ------------------------------------------------------------------------------
-
-class _StepClock:
-    """A `progress` for train_one_epoch that records when the loop starts and each step ends."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def track(self, loader: Iterable) -> Iterator:
-        self.times.append(time.perf_counter())
-        yield from loader
-
-    def update(self, **_: Any) -> None:
-        self.times.append(time.perf_counter())
-
 
 @with_cpu_runtime
 def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int = 5,
                 target: float = 0.95) -> BenchReport:
     """Images/s of training steps through the recipe's real loader, and of the same loop fed one
-    fixed in-memory batch (the compute ceiling). Rounds alternate the two, each block starting
-    from the same weights; the best block of each is kept (other load only ever slows a block)."""
+    fixed in-memory batch (the compute ceiling; on CUDA a random batch already on the device, its
+    augmentation still applied there). Rounds alternate the two, each block starting from the same
+    weights; the best block of each is kept (other load only ever slows a block). CUDA: also the
+    peak GPU memory."""
     import torch
 
     if steps < 1 or warmup < 1 or rounds < 1:
         raise CvtoolError("--steps, --warmup and --rounds need at least 1")
     session = build_session(recipe, quiet=True)
-    train_set = train_dataset(session.bundle, recipe, session.task)
+    defer = augment_on_device(session.device, recipe.data.num_workers)
+    train_set = train_dataset(session.bundle, recipe, session.task, defer_augment=defer)
+    session.step.augment = train_set.batched if train_set.defer_augment else None
     batch = recipe.data.batch_size
     sampler = EpochSampler(len(train_set), recipe.seed, True)
-    loader = make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device, drop_last=True)
+    loader = DeviceFeeder(make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
+                                      drop_last=True), session.device)
     if len(loader) <= warmup:
         raise CvtoolError(f"bench train: {len(loader)} full batches of {batch} per epoch; "
                           f"--warmup {warmup} leaves none to time")
@@ -129,9 +133,16 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
         notes.append(f"--steps {steps} cut to {len(loader) - warmup}: one epoch has {len(loader)} batches")
         steps = len(loader) - warmup
     session.step.schedule = make_schedule(session, 1, len(loader))
+    cuda = session.device.type == "cuda"
+    if cuda:  # GPU only
+        torch.cuda.reset_peak_memory_stats(session.device)
     real, ceiling = _time_blocks(session.step, loader, sampler, steps, warmup, rounds)
     paired = statistics.median(r / c for r, c in zip(real, ceiling, strict=True))
-    notes.append(f"{recipe.name}: {recipe.model.arch} at {recipe.data.image_size} px, batch {batch}, "
+    size = f"{recipe.data.image_size} px" + (f" (decoded at {recipe.data.decode_size})"
+                                             if recipe.data.cached_size != recipe.data.image_size else "")
+    notes.append(f"{recipe.name}: {recipe.model.arch} at {size}, batch {batch}, precision "
+                 f"{str(session.step.dtype or torch.float32).removeprefix('torch.')}, "
+                 f"compiled {'yes' if session.step.compiled is not None else 'no'}, "
                  f"{len(recipe.augment)} augmentations, {len(train_set)} train images, device {session.device}, "
                  f"torch threads {torch.get_num_threads()}, data.num_workers {recipe.data.num_workers}")
     notes.append(f"{rounds} rounds of {steps} timed steps (after {warmup}) per source; best block kept; "
@@ -140,9 +151,13 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
                  f"ceiling: {', '.join(f'{v:.0f}' for v in ceiling)} images/s")
     figures = [
         Figure("real loader", max(real), unit="images/s"),
-        Figure("compute ceiling (one fixed batch)", max(ceiling), unit="images/s"),
+        Figure(f"compute ceiling ({'device-resident random batch' if cuda else 'one fixed batch'})", max(ceiling),
+               unit="images/s"),
         Figure("real loader / ceiling", max(real) / max(ceiling), target, unit="x"),
     ]
+    if cuda:  # GPU only
+        figures.append(Figure("peak GPU memory", torch.cuda.max_memory_allocated(session.device) / 2**30,
+                              unit="GiB"))
     return BenchReport(f"bench train {recipe.name}", figures, notes)
 
 
@@ -152,14 +167,17 @@ def _time_blocks(step: Any, loader: Any, sampler: Any, steps: int, warmup: int,
     warmup + steps calls of train_one_epoch, each from the same weights and optimizer state."""
     import copy
 
+    import torch
+
     step.cfg = step.cfg.model_copy(update={"max_batches": warmup + steps})
-    fixed = next(iter(loader))  # one real batch, kept in memory: the ceiling's input
+    fixed = ceiling_batch(step, next(iter(loader)))
     start = copy.deepcopy((step.model.state_dict(), step.optimizer.state_dict()))
+    cuda = step.device.type == "cuda"
 
     def timed(source: Iterable, epoch: int) -> float:
         step.model.load_state_dict(start[0])
         step.optimizer.load_state_dict(start[1])
-        clock = _StepClock()
+        clock = StepClock(torch.cuda.synchronize if cuda else None, (warmup, warmup + steps))
         train_one_epoch(step, source, epoch, clock)
         return steps * len(fixed[0]) / (clock.times[warmup + steps] - clock.times[warmup])
 

@@ -24,12 +24,16 @@ def train(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps before each block.")] = 2,
     rounds: Annotated[int, typer.Option("--rounds", help="Rounds of one loader and one ceiling block (best kept).")] = 5,
     target: Annotated[float, typer.Option("--target", help="Target of real loader / ceiling.")] = 0.95,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures and notes to this JSON file.")] = None,
 ) -> None:
-    """Training images/s through the recipe's real loader vs the pure-compute ceiling."""
-    from cvtool.bench.train import bench_train
+    """Training images/s through the recipe's real loader vs the pure-compute ceiling (CUDA: also peak memory)."""
+    from cvtool.bench.train import bench_train, write_report
     from cvtool.runs.recipes import load_recipe
 
-    render(bench_train(load_recipe(recipe, set_ or []), steps=steps, warmup=warmup, rounds=rounds, target=target))
+    report = bench_train(load_recipe(recipe, set_ or []), steps=steps, warmup=warmup, rounds=rounds, target=target)
+    render(report)
+    if json_out is not None:
+        write_report(report, json_out)
 
 
 @app.command("predict")

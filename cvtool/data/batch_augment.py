@@ -43,7 +43,11 @@ class BatchAugment:
         return all(BatchAugment.supports(t) for t in getattr(pipeline, "transforms", []))
 
     def __call__(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        height, width = images.shape[-2:]
+        return self.apply(images, self.draw(seeds, *images.shape[-2:]))
+
+    def draw(self, seeds: Sequence[int], height: int, width: int) -> Plan:
+        """Every image's parameters, drawn on the CPU from its own seed (cheap: no pixels touched),
+        so the pixel work can run later, elsewhere (`apply` on the training device)."""
         rng = _Draws()
         drawn = []  # per image: one entry per leaf, None when the leaf is not applied
         for seed in seeds:
@@ -51,13 +55,20 @@ class BatchAugment:
             params: list[Any] = []
             _draw(self.pipeline, rng, height, width, params, applied=True)
             drawn.append(params)
+        return Plan(drawn)
+
+    def apply(self, images: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """The drawn flips and affines on a uint8 batch, on whatever device it lives; on the CPU
+        the result is bit-identical to the per-image pipeline."""
+        drawn = plan.drawn
         out = images
         for k, leaf in enumerate(self.leaves):
             chosen = [i for i, params in enumerate(drawn) if params[k] is not None]
             if not chosen:
                 continue
             everyone = len(chosen) == len(drawn)
-            picked = out if everyone else out[torch.tensor(chosen)]
+            rows = None if everyone else torch.tensor(chosen, device=images.device)
+            picked = out if everyone else out[rows]
             name = type(leaf).__name__
             if name in FLIPS:
                 moved = picked.flip(FLIPS[name])
@@ -67,8 +78,19 @@ class BatchAugment:
                 out = moved
             else:
                 out = out.clone() if out is images else out
-                out[torch.tensor(chosen)] = moved
+                out[rows] = moved
         return out
+
+
+class Plan:
+    """One batch's drawn augmentation parameters (per image, per leaf), small enough to travel
+    from a loader worker with the uint8 batch."""
+
+    def __init__(self, drawn: list[list[Any]]) -> None:
+        self.drawn = drawn
+
+    def __len__(self) -> int:
+        return len(self.drawn)
 
 
 @functools.cache
@@ -165,9 +187,11 @@ def _affine(images: torch.Tensor, transform: Any, params: Sequence[dict[str, Any
     center = [0.0, 0.0]
     if transform.center is not None:
         center = [c - s * 0.5 for c, s in zip(transform.center, (width, height), strict=True)]
-    base = torch.empty(1, height, width, 3)  # _affine_grid's base grid, built once
-    base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width))
-    base[..., 1].copy_(torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height).unsqueeze_(-1))
+    device = images.device
+    base = torch.empty(1, height, width, 3, device=device)  # _affine_grid's base grid, built once
+    base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=device))
+    base[..., 1].copy_(torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height,
+                                      device=device).unsqueeze_(-1))
     base[..., 2].fill_(1)
     base = base.view(1, height * width, 3)
     matrices = []
@@ -178,10 +202,13 @@ def _affine(images: torch.Tensor, transform: Any, params: Sequence[dict[str, Any
     # _affine_grid's theta.transpose(1, 2).div_(halves) for every image at once (elementwise, so the
     # same values), then its bmm one image at a time, as there
     thetas = torch.tensor(matrices, dtype=torch.float32).view(-1, 1, 2, 3).transpose(2, 3)
-    thetas.div_(torch.tensor([0.5 * width, 0.5 * height]))
-    grid = torch.empty(len(params), height * width, 2)
-    for i, theta in enumerate(thetas):
-        torch.bmm(base, theta, out=grid[i:i + 1])
+    thetas = thetas.div_(torch.tensor([0.5 * width, 0.5 * height])).to(device, non_blocking=True)
+    if device.type == "cpu":
+        grid = torch.empty(len(params), height * width, 2)
+        for i, theta in enumerate(thetas):
+            torch.bmm(base, theta, out=grid[i:i + 1])
+    else:  # GPU only: one batched product (the per-image loop above is for CPU bit-exactness)
+        grid = torch.bmm(base.expand(len(params), -1, -1), thetas.reshape(-1, 3, 2))
     grid = grid.view(len(params), height, width, 2)
     fill = _get_fill(transform._fill, torch.Tensor)  # v2's per-type fill, as its affine uses
     zero_fill = fill is None or all(float(v) == 0.0 for v in (fill if isinstance(fill, (list, tuple)) else [fill]))

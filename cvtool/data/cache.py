@@ -1,4 +1,5 @@
-"""Decode each split once into a uint8 array at the recipe's image size.
+"""Decode each split once into a uint8 array at the recipe's decode size (data.decode_size,
+by default its image size).
 
 In memory when it fits under `data.cache_max_gb`, otherwise (or with `cache: disk`) a
 memory-mapped .npy beside the data, reused across runs while the files are unchanged.

@@ -2,10 +2,13 @@
 
 Augmentation is seeded per (seed, epoch, sample): a sample looks the same whatever the
 number of workers or ranks, and a resumed run repeats an uninterrupted one exactly.
-Images leave the loader as uint8; `Normalize` turns them into model inputs on the device.
+Images leave the loader as uint8; `Normalize` turns them into model inputs on the device
+(resized to the model's size when the cache holds another, `data.decode_size`).
 
 A batch is fetched at once (`__getitems__`); flips and affines augment it in one pass
 (`data.batch_augment.BatchAugment`), each image exactly as the per-image v2 pipeline would.
+With `defer_augment` the loader only draws each image's parameters (on the CPU, from its
+per-sample seed) and the pixel work runs on the training device (`engine.loop.Stepper.inputs`).
 """
 
 from __future__ import annotations
@@ -27,16 +30,32 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + index) % (2**63)
 
 
-class Normalize(torch.nn.Module):
-    """uint8 N x C x H x W -> float, scaled to [0, 1], standardized per channel."""
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Float N x C x H x W -> size x size: bilinear, antialiased (like PIL when shrinking). The one
+    resize of training, evaluation, TTA and the --raw-input ONNX graph."""
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=True)
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+
+class Normalize(torch.nn.Module):
+    """uint8 N x C x H x W -> float, resized to `size` x `size` when given and different,
+    scaled to [0, 1], standardized per channel."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], size: int | None = None) -> None:
         super().__init__()
+        self.size = size
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - 255.0 * self.mean) * self.scale
+        x = images.float()
+        if self.size is not None and (x.shape[-2] != self.size or x.shape[-1] != self.size):
+            x = resize(x, self.size)
+        return self.standardize(x)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Float pixels (0-255) -> standardized model input."""
+        return (x - 255.0 * self.mean) * self.scale
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -74,12 +93,13 @@ class SampleDataset(torch.utils.data.Dataset):
     """(uint8 image C x H x W, target, index) for (epoch, index) keys."""
 
     def __init__(self, split: DecodedSplit, task: Task, pipeline: Any | None, seed: int,
-                 flip_pairs: Sequence[tuple[int, int]] = ()) -> None:
+                 flip_pairs: Sequence[tuple[int, int]] = (), defer_augment: bool = False) -> None:
         self.split, self.task, self.pipeline, self.seed = split, task, pipeline, seed
         self.flip_pairs = list(flip_pairs)
         self.size = split.images.shape[1]
         batchable = pipeline is not None and not task.point_targets and BatchAugment.supports(pipeline)
         self.batched = BatchAugment(pipeline) if batchable else None
+        self.defer_augment = defer_augment and self.batched is not None
         if split.targets is None:
             self.targets = np.zeros((len(split), 1), np.float32)
         else:
@@ -110,9 +130,14 @@ class SampleDataset(torch.utils.data.Dataset):
         indices = np.asarray([index for _, index in pairs], np.int64)
         # contiguous C x H x W first: the grid transform runs ~8x faster than on the HWC-strided view
         images = torch.from_numpy(self.split.images[indices]).permute(0, 3, 1, 2).contiguous()
+        plan = None
         if self.batched is not None:
-            images = self.batched(images, [sample_seed(self.seed, epoch, index) for epoch, index in pairs]).contiguous()
-        return Batch((images, torch.from_numpy(self.targets[indices]), torch.from_numpy(indices)))
+            seeds = [sample_seed(self.seed, epoch, index) for epoch, index in pairs]
+            if self.defer_augment:
+                plan = self.batched.draw(seeds, *images.shape[-2:])
+            else:
+                images = self.batched(images, seeds).contiguous()
+        return Batch((images, torch.from_numpy(self.targets[indices]), torch.from_numpy(indices)), plan)
 
     def _with_points(self, image: torch.Tensor, target: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         points = (target.reshape(-1, 2) + 1.0) / 2.0 * self.size
@@ -123,7 +148,16 @@ class SampleDataset(torch.utils.data.Dataset):
 
 
 class Batch(tuple):
-    """(uint8 images N x C x H x W, targets, indices), collated by `SampleDataset.__getitems__`."""
+    """(uint8 images N x C x H x W, targets, indices), collated by `SampleDataset.__getitems__`;
+    `augment` is the drawn augmentation still to apply (a `batch_augment.Plan`), or None."""
+
+    def __new__(cls, items: Sequence[Any], augment: Any = None) -> Batch:
+        batch = super().__new__(cls, items)
+        batch.augment = augment
+        return batch
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return (tuple(self), self.augment)
 
 
 def _collated(batch: Batch) -> Batch:
@@ -140,7 +174,8 @@ def make_loader(dataset: SampleDataset, batch_size: int, sampler: EpochSampler, 
         sampler=sampler,
         collate_fn=_collated,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
+        # a deferred plan would not survive the pin thread's rebuild of the tuple: DeviceFeeder pins those
+        pin_memory=device.type == "cuda" and not getattr(dataset, "defer_augment", False),
         drop_last=drop_last,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,

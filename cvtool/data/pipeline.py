@@ -62,20 +62,21 @@ def skipped_counts(bundle: DataBundle) -> dict[str, int]:
 
 def _decode(split, cfg: DataConfig, progress: bool) -> DecodedSplit:
     if not progress:
-        return decode_split(split, cfg.image_size, cfg.channels, root=cfg.root, mode=cfg.cache,
+        return decode_split(split, cfg.cached_size, cfg.channels, root=cfg.root, mode=cfg.cache,
                             max_gb=cfg.cache_max_gb, on_bad_image=cfg.on_bad_image, resize=cfg.resize)
     from rich.progress import Progress
 
     with Progress(transient=True) as bar:
         task = bar.add_task(f"decoding {split.name}", total=len(split))
-        return decode_split(split, cfg.image_size, cfg.channels, root=cfg.root, mode=cfg.cache,
+        return decode_split(split, cfg.cached_size, cfg.channels, root=cfg.root, mode=cfg.cache,
                             max_gb=cfg.cache_max_gb, on_bad_image=cfg.on_bad_image,
                             progress=lambda n: bar.advance(task, n), resize=cfg.resize)
 
 
-def train_dataset(bundle: DataBundle, recipe: Recipe, task: Task) -> SampleDataset:
+def train_dataset(bundle: DataBundle, recipe: Recipe, task: Task, defer_augment: bool = False) -> SampleDataset:
+    """defer_augment: batches carry drawn flip/affine parameters for the device to apply."""
     pipeline = build_pipeline(recipe.augment, "augment")
-    return SampleDataset(bundle.splits["train"], task, pipeline, recipe.seed, recipe.data.flip_pairs)
+    return SampleDataset(bundle.splits["train"], task, pipeline, recipe.seed, recipe.data.flip_pairs, defer_augment)
 
 
 def eval_dataset(bundle: DataBundle, split: str, task: Task, seed: int = 0) -> SampleDataset:

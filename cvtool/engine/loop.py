@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from cvtool.engine.accel import compile_failed
 from cvtool.errors import CvtoolError
 from cvtool.recipe.schema import TrainConfig
 
@@ -106,12 +107,28 @@ class Stepper:
     scaler: Any = None
     stop: Callable[[], bool] = field(default=lambda: False)
     after_train_mode: Callable[[torch.nn.Module], None] = field(default=lambda m: None)
-    mix: Any = None  # cvtool.data.batch_mix.BatchMixer: MixUp / CutMix per batch
+    augment: Any = None  # data.batch_augment.BatchAugment applying a Batch's drawn plan on the device
+    mix: Any = None  # cvtool.data.batch_mix.BatchMixer: MixUp / CutMix per batch, on the device
     after_step: Callable[[int], None] | None = None  # after each optimizer step, with the epoch (EMA)
+    compiled: Any = None  # torch.compile(model) for training steps; None: eager
 
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(images.to(self.device, non_blocking=True))
+    def inputs(self, images: torch.Tensor, plan: Any = None) -> torch.Tensor:
+        """uint8 batch -> model input on the device: drawn flips/affines, resize, normalize, channels_last."""
+        images = images.to(self.device, non_blocking=True)
+        if plan is not None and self.augment is not None:
+            images = self.augment.apply(images, plan)
+        x = self.normalize(images)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The compiled model when there is one; on its first failure, one line and eager from then on."""
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except Exception as exc:  # the compiler raises many types; any one means: run eagerly
+                compile_failed(exc)
+                self.compiled = None
+        return self.model(x)
 
 
 @dataclass
@@ -124,35 +141,42 @@ class EpochResult:
     images: int
 
 
-def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None) -> EpochResult:
-    """One pass over the training loader; returns the mean loss and the batch outputs.
+SHOW_LOSS_EVERY = 25  # CUDA: steps between progress-bar loss reads (each read waits for the device)
 
-    With `train.accumulate: N` the optimizer steps every N batches; each batch's loss is weighted
+
+def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None) -> EpochResult:
+    """One pass over the training loader; returns the mean loss and the batch outputs. Loss and
+    outputs stay on the device until the epoch ends: on CUDA no step waits for the GPU (a
+    non-finite loss is reported after the epoch, naming its batch; on CPU at once). With `train.accumulate: N` the optimizer steps every N batches; each batch's loss is weighted
     by its share of the images of its group, so N batches of B give the gradient of one batch of
     N x B (also for a short last group)."""
     step.model.train()
     step.after_train_mode(step.model)
-    start, total_loss, count = time.perf_counter(), 0.0, 0
-    logits_all, targets_all, index_all = [], [], []
+    eager_check = step.device.type != "cuda"  # reading a loss on the CPU costs nothing
+    start, count = time.perf_counter(), 0
+    # CUDA: a float64 sum on the device (MPS has no float64; elsewhere a Python float is as cheap)
+    total_loss: Any = 0.0 if eager_check else torch.zeros((), dtype=torch.float64, device=step.device)
+    losses, logits_all, targets_all, index_all = [], [], [], []
     groups = accumulation_groups(loader, step.cfg.accumulate, step.cfg.max_batches)
-    for batch, (images, targets, index) in enumerate(_with_progress(loader, progress)):
+    for batch_no, batch in enumerate(_with_progress(loader, progress)):
         if step.stop():
             raise StopRequested
-        if batch >= len(groups):
+        if batch_no >= len(groups):
             break
-        group_images, last_of_group = groups[batch]
-        x = step.inputs(images)
+        group_images, last_of_group = groups[batch_no]
+        images, targets, index = batch
+        x = step.inputs(images, getattr(batch, "augment", None))
         y = targets.to(step.device, non_blocking=True)
         if step.mix is not None:
-            x, y, _ = step.mix(x, y, epoch, batch)
+            x, y, _ = step.mix(x, y, epoch, batch_no)
         with _sync_gradients(step.model, last_of_group), autocast(step.device, step.dtype):
-            logits = step.model(x)
+            logits = step.forward(x)
             loss = step.loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(epoch, batch + 1, float(loss.detach()))
+        if eager_check and not torch.isfinite(loss):
+            raise NonFiniteLoss(epoch, batch_no + 1, float(loss.detach()))
         n = images.shape[0]
         share = n / group_images
-        if step.cfg.accumulate == 1 or batch % step.cfg.accumulate == 0:
+        if step.cfg.accumulate == 1 or batch_no % step.cfg.accumulate == 0:
             step.optimizer.zero_grad(set_to_none=True)
         with _sync_gradients(step.model, last_of_group):
             _backward(step, loss if share == 1.0 else loss * share)
@@ -161,20 +185,35 @@ def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None
             step.schedule.step_batch()
             if step.after_step is not None:
                 step.after_step(epoch)
-        total_loss += float(loss.detach()) * n
+        losses.append(loss.detach())
+        total_loss = total_loss + (float(losses[-1]) if eager_check else losses[-1].double()) * n
         count += n
-        logits_all.append(logits.detach().float().cpu())
+        logits_all.append(logits.detach().float())
         targets_all.append(targets)
         index_all.append(index)
         if progress is not None:
-            progress.update(loss=total_loss / count, images=count, seconds=time.perf_counter() - start)
-    return EpochResult(total_loss / max(count, 1), torch.cat(logits_all).numpy(), torch.cat(targets_all).numpy(),
-                       torch.cat(index_all).numpy(), time.perf_counter() - start, count)
+            shown = eager_check or batch_no % SHOW_LOSS_EVERY == 0
+            progress.update(loss=float(total_loss) / count if shown else None, images=count,
+                            seconds=time.perf_counter() - start)
+    _check_finite(losses, epoch)
+    return EpochResult(float(total_loss) / max(count, 1), torch.cat(logits_all).cpu().numpy(),
+                       torch.cat(targets_all).cpu().numpy(), torch.cat(index_all).numpy(),
+                       time.perf_counter() - start, count)
+
+
+def _check_finite(losses: list[torch.Tensor], epoch: int) -> None:
+    """The first non-finite loss of an epoch (one device read for the whole epoch)."""
+    stacked = torch.stack(losses) if losses else torch.zeros(0)
+    finite = torch.isfinite(stacked)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0, 0])
+        raise NonFiniteLoss(epoch, first + 1, float(stacked[first]))
 
 
 def batch_sizes(loader: Any, max_batches: int | None = None) -> list[int]:
     """The image count of each batch an epoch of `loader` yields (a DataLoader over a sampler, or
     a list of batches)."""
+    loader = getattr(loader, "loader", loader)  # a data.device.DeviceFeeder: the DataLoader it feeds from
     if isinstance(loader, torch.utils.data.DataLoader):
         total, size = len(loader.sampler), loader.batch_size
         sizes = [size] * (total // size) + ([] if loader.drop_last or total % size == 0 else [total % size])
@@ -236,7 +275,8 @@ def run_inference(model: torch.nn.Module, normalize: torch.nn.Module, loader: An
                   channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(logits, targets, indices, mean loss) over a loader, model in eval mode."""
     model.eval()
-    logits_all, targets_all, index_all, total_loss, count = [], [], [], 0.0, 0
+    eager, logits_all, targets_all, index_all, count = device.type != "cuda", [], [], [], 0  # CUDA: sums stay there
+    total_loss: Any = 0.0 if eager else torch.zeros((), dtype=torch.float64, device=device)
     for images, targets, index in loader:
         x = normalize(images.to(device, non_blocking=True))
         if channels_last:
@@ -244,15 +284,16 @@ def run_inference(model: torch.nn.Module, normalize: torch.nn.Module, loader: An
         with autocast(device, dtype):
             logits = model(x).float()
         if loss_fn is not None:
-            total_loss += float(loss_fn(logits, targets.to(device))) * images.shape[0]
+            loss = loss_fn(logits, targets.to(device, non_blocking=True)).detach()
+            total_loss = total_loss + (float(loss) if eager else loss.double()) * images.shape[0]
         count += images.shape[0]
-        logits_all.append(logits.cpu())
+        logits_all.append(logits if not eager else logits.cpu())
         targets_all.append(targets)
         index_all.append(index)
     if not logits_all:  # an empty shard (more ranks than samples)
         return np.zeros((0, 0), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64), 0.0
-    return (torch.cat(logits_all).numpy(), torch.cat(targets_all).numpy(), torch.cat(index_all).numpy(),
-            total_loss / max(count, 1))
+    return (torch.cat(logits_all).cpu().numpy(), torch.cat(targets_all).numpy(), torch.cat(index_all).numpy(),
+            float(total_loss) / max(count, 1))
 
 
 def _with_progress(loader: Any, progress: Any) -> Iterator:

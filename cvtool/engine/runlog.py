@@ -57,5 +57,7 @@ class EpochProgress:
         with self.bar:
             yield from loader
 
-    def update(self, loss: float, images: int, seconds: float) -> None:
-        self.bar.update(self.task, advance=1, loss=loss, ips=images / max(seconds, 1e-9))
+    def update(self, loss: float | None, images: int, seconds: float) -> None:
+        """loss None: keep the last shown value (on CUDA the loss is read only every few steps)."""
+        fields = {} if loss is None else {"loss": loss}
+        self.bar.update(self.task, advance=1, ips=images / max(seconds, 1e-9), **fields)

@@ -94,7 +94,7 @@ def evaluate_split(loaded: LoadedModel, split: str, data_root: str | Path | None
     dataset = dataset_for(loaded, bundle, split)
     device = model_device(loaded)
     recipe, task = loaded.recipe, loaded.task
-    normalize = Normalize(loaded.meta.mean, loaded.meta.std).to(device)
+    normalize = Normalize(loaded.meta.mean, loaded.meta.std, loaded.meta.image_size).to(device)
     # the training criterion (its class weights and pos_weight), so the val loss matches summary.json
     loss_fn = task.build_loss(recipe.loss, loaded.meta.class_weights, loaded.meta.pos_weight,
                               image_size=recipe.data.image_size).to(device)

@@ -76,14 +76,16 @@ def check_options(passes: int, aggregate: str) -> None:
         raise CvtoolError(f"--aggregate: unknown mode '{aggregate}' (use {', '.join(AGGREGATES)})")
 
 
-def _augment(pipeline: Any, batch: torch.Tensor, seeds: Sequence[int],
-             points: bool) -> tuple[torch.Tensor, list[np.ndarray] | None]:
+def _augment(pipeline: Any, batch: torch.Tensor, seeds: Sequence[int], points: bool,
+             device: Any = "cpu") -> tuple[torch.Tensor, list[np.ndarray] | None]:
     """Each image through the pipeline under its own seed; with `points`, the affine maps too.
-    Flips and affines run batched (`BatchAugment`, the same result per image as the loop below)."""
+    Flips and affines run batched on `device` (`BatchAugment`; on the CPU the same result per image
+    as the loop below), with the parameters drawn on the CPU."""
     import torch
 
     if not points and BatchAugment.supports(pipeline):
-        return BatchAugment(pipeline)(batch, seeds).contiguous(), None
+        batched = BatchAugment(pipeline)
+        return batched.apply(batch.to(device), batched.draw(seeds, *batch.shape[-2:])).contiguous(), None
     size = batch.shape[-1]
     images, affines = [], []
     for image, image_seed in zip(batch, seeds, strict=True):
@@ -125,7 +127,7 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
     task, meta, model = loaded.task, loaded.meta, loaded.model
     pipeline = build_pipeline(tta_transforms(loaded.recipe) if transforms is None else transforms, "tta.transforms")
     device = model_device(loaded)
-    normalize = Normalize(meta.mean, meta.std).to(device)
+    normalize = Normalize(meta.mean, meta.std, meta.image_size).to(device)
     batch_size = batch_size or eval_batch_size(loaded.recipe.data)
     points = isinstance(task, Keypoints) and pipeline is not None
     threshold = default_threshold(loaded)
@@ -139,7 +141,7 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
                 x, affines = batch, None
                 if pipeline is not None:
                     seeds = [sample_seed(seed, p, start + i) for i in range(len(batch))]  # a pass seeds like an epoch
-                    x, affines = _augment(pipeline, batch, seeds, points)
+                    x, affines = _augment(pipeline, batch, seeds, points, device)
                 logits = model(normalize(x.to(device))).float().cpu().numpy()
                 out = task.activate(logits)
                 if affines is not None:

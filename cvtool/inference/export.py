@@ -25,6 +25,7 @@ from cvtool.data.formats import read_dataset
 from cvtool.data.images import decode, normalize_batch
 from cvtool.errors import BadImageError, CvtoolError
 from cvtool.fileio import atomic_open
+from cvtool.inference.input_models import RawInputModel, ResizedInputModel
 from cvtool.inference.onnx_export import opset_of, to_onnx
 from cvtool.inference.onnx_runtime import create_session
 from cvtool.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard, card_from_checkpoint
@@ -36,39 +37,6 @@ PARITY_SPLITS = ("val", "test", "train")  # real images from the first split the
 
 class ParityError(CvtoolError):
     """onnxruntime disagrees with PyTorch beyond the tolerance."""
-
-
-class RawInputModel(nn.Module):
-    """uint8 N x H x W x C -> the model frame of `resize` (crop: the centred min(H, W) square;
-    pad: zeros around to the centred max(H, W) square; `cvtool.tasks.frame`) -> bilinear
-    (antialiased, like PIL) resize to size x size -> (x / 255 - mean) / std -> the model. At
-    H = W = size both steps are the identity, so images decoded at the model's size (what
-    `cvtool predict` feeds) match the checkpoint path exactly; other sizes differ from PIL's
-    uint8 resize by under one pixel level."""
-
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float], size: int,
-                 resize: str = "squash") -> None:
-        super().__init__()
-        self.model, self.size, self.resize = model, size, resize
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float()
-        height, width = x.shape[2], x.shape[3]
-        if self.resize == "crop":  # the offsets of tasks.frame.frame_box, as symbolic shapes
-            side = torch.sym_min(height, width)
-            top, left = (height - side) // 2, (width - side) // 2
-            x = x[:, :, top:top + side, left:left + side]
-        elif self.resize == "pad":
-            side = torch.sym_max(height, width)
-            top, left = (side - height) // 2, (side - width) // 2
-            x = nn.functional.pad(x, (left, side - width - left, top, side - height - top))
-        torch._check(x.shape[2] > 0)  # lets torch.export prove the resize input is not empty
-        torch._check(x.shape[3] > 0)
-        x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                      antialias=True)
-        return self.model((x / 255.0 - self.mean) / self.std)
 
 
 @dataclass
@@ -101,8 +69,11 @@ def export_onnx(target: str | Path, out: str | Path, *, which: str = "best", ops
         _check_export_size(loaded, image_size)
     card = card_from_checkpoint(loaded.meta, loaded.recipe, f"{loaded.path} (epoch {loaded.epoch})")
     card = card.with_export(image_size, raw_input)
-    module = (RawInputModel(loaded.model, card.mean, card.std, card.image_size, card.resize) if raw_input
-              else loaded.model)
+    module = loaded.model
+    if raw_input:
+        module = RawInputModel(loaded.model, card.mean, card.std, card.image_size, card.resize)
+    elif card.input_size != card.image_size:
+        module = ResizedInputModel(loaded.model, card.image_size)
     return export_module(module, card, loaded.recipe, out, opset, raw_input, tolerance, start)
 
 
@@ -165,7 +136,7 @@ def _example(card: ModelCard) -> torch.Tensor:
     """A batch of 2 (a batch of 1 would be specialized); raw input at a non-model size."""
     if card.raw_input:
         return torch.zeros(2, card.image_size + 3, card.image_size + 5, card.channels, dtype=torch.uint8)
-    return torch.zeros(2, card.channels, card.image_size, card.image_size)
+    return torch.zeros(2, card.channels, card.input_size, card.input_size)
 
 
 def _set_metadata(proto: Any, metadata: dict[str, str]) -> None:
@@ -218,7 +189,7 @@ def parity(module: nn.Module, session: Any, paths: list[Path], card: ModelCard) 
         chosen = [paths[i % len(paths)] for i in range(batch)]
         size = None if batch == 1 else card.image_size * 2 + 1
         uint8 = np.stack([(decode(p, card.channels, size) if card.raw_input  # raw: the graph does the frame
-                           else decode(p, card.channels, card.image_size, card.resize))[0] for p in chosen])
+                           else decode(p, card.channels, card.input_size, card.resize))[0] for p in chosen])
         feed = uint8 if card.raw_input else normalize_batch(uint8, card.mean, card.std)
         try:
             (onnx_out,) = session.run([OUTPUT_NAME], {INPUT_NAME: feed})

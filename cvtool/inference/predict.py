@@ -37,7 +37,7 @@ Progress = Callable[[int, int], None]  # (images just done, total) -> None
 
 
 class Predictor(Protocol):
-    """uint8 N x H x W x C images at `card.image_size` -> raw outputs (N x num_outputs)."""
+    """uint8 N x H x W x C images at `card.input_size` -> raw outputs (N x num_outputs)."""
 
     card: ModelCard
 
@@ -60,6 +60,10 @@ class CheckpointPredictor:
         import torch
 
         x = torch.from_numpy(normalize_batch(images, self.card.mean, self.card.std))
+        if self.card.input_size != self.card.image_size:  # decoded at data.decode_size, as in training
+            from cvtool.data.loaders import resize
+
+            x = resize(x, self.card.image_size)
         with torch.inference_mode():
             return self.loaded.model(x).float().numpy()
 
@@ -172,11 +176,11 @@ def _decoded(items: list[ImageInput], card: ModelCard, batch_size: int
     """Batches of (readable inputs, uint8 N x S x S x C, original (w, h) sizes, [(path, reason)]).
     The pool decodes straight into the batch array, the next batch while the caller runs the
     model on this one."""
-    shape = (card.image_size, card.image_size, card.channels)
+    shape = (card.input_size, card.input_size, card.channels)
 
     def work(out: np.ndarray, row: int, item: ImageInput) -> tuple[int, int] | BadImageError:
         try:
-            out[row], size = decode(item.path, card.channels, card.image_size, card.resize)
+            out[row], size = decode(item.path, card.channels, card.input_size, card.resize)
         except BadImageError as exc:
             return exc
         return size

@@ -73,7 +73,8 @@ class DataConfig(Section):
     target_prefix: str | None = None
     # keypoints: pairs of point indices swapped by a horizontal flip
     flip_pairs: list[tuple[NonNegInt, NonNegInt]] = []
-    # decoded-image cache (uint8, at image_size)
+    # decoded-image cache (uint8, at decode_size; default image_size): the device resizes to image_size
+    decode_size: PosInt | None = None
     cache: Literal["auto", "memory", "disk"] = "auto"
     cache_max_gb: PosFloat = 4.0
     on_bad_image: Literal["fail", "skip"] = "fail"
@@ -82,6 +83,11 @@ class DataConfig(Section):
     duplicates: Literal["refuse", "keep"] = "refuse"  # the same image twice in one CSV
     folds: FoldsConfig | None = None
     fold: NonNegInt | None = None  # the held-out fold of a fold run (set by --fold; it is that run's val)
+
+    @property
+    def cached_size(self) -> int:
+        """The size images are decoded and cached at."""
+        return self.decode_size or self.image_size
 
     @field_validator("image_extension")
     @classmethod
@@ -188,7 +194,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto"] | bool = "auto"
-    compile: bool = False
+    compile: Literal["auto"] | bool = "auto"  # auto: on for CUDA (falls back to eager if it fails)
+    cudnn_benchmark: bool = True  # CUDA only: cuDNN picks the fastest kernels for the input shape
+    tf32: bool = True  # CUDA only: TensorFloat-32 matrix products for the float32 parts
     grad_clip: PosFloat | None = None
     max_batches: PosInt | None = None  # cut each training epoch short (smoke tests, benchmarks)
     ema: EmaConfig | None = None

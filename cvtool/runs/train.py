@@ -14,10 +14,12 @@ import torch
 from rich.console import Console
 
 from cvtool.data.batch_mix import build_mixer
+from cvtool.data.device import DeviceFeeder, augment_on_device
 from cvtool.data.loaders import Normalize, make_loader
 from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
 from cvtool.data.sampling import train_sampler
 from cvtool.data.stats import class_weights, pos_weight
+from cvtool.engine.accel import compile_model, cuda_defaults
 from cvtool.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cvtool.engine.ema import WeightEMA
 from cvtool.engine.loop import (
@@ -72,8 +74,9 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None, resume: bool = 
     info, cfg = bundle.info, recipe.data
     meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
                      cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None,
-                     resize=cfg.resize)
+                     resize=cfg.resize, decode_size=cfg.decode_size if cfg.cached_size != cfg.image_size else None)
     device = dist.device if dist else select_device(recipe.train.device)
+    cuda_defaults(device, recipe.train)
     model = build_model(model_cfg, info.num_outputs, cfg.channels, cfg.image_size)
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -83,15 +86,14 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None, resume: bool = 
     loss_fn = task.build_loss(recipe.loss, weights, positive, image_size=cfg.image_size).to(device)
     # model.freeze sets requires_grad=False after wrapping: DDP must then expect gradient-less parameters
     net = dist.wrap(model, recipe.model.sync_batchnorm, find_unused=recipe.model.freeze is not None) if dist else model
-    if recipe.train.compile:
-        net = torch.compile(net)
     optimizer = build_optimizer(model.parameters(), recipe.optim)
     monitor = recipe.train.monitor or task.default_monitor
     dtype = amp_dtype(device, recipe.train.amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None  # GPU only
-    step = Stepper(net, Normalize(bundle.mean, bundle.std).to(device), loss_fn, optimizer, None, device,
-                   recipe.train, dtype, channels_last, scaler, after_train_mode=frozen_batchnorm_eval,
-                   mix=build_mixer(recipe.augment_batch, recipe.seed, task, info.num_outputs, dist.rank if dist else 0))
+    step = Stepper(net, Normalize(bundle.mean, bundle.std, cfg.image_size).to(device), loss_fn, optimizer, None,
+                   device, recipe.train, dtype, channels_last, scaler, after_train_mode=frozen_batchnorm_eval,
+                   mix=build_mixer(recipe.augment_batch, recipe.seed, task, info.num_outputs, dist.rank if dist else 0),
+                   compiled=compile_model(net, device, recipe.train.compile))
     ema = WeightEMA(model, recipe.train.ema) if recipe.train.ema is not None else None
     if ema is not None:
         step.after_step = lambda epoch: ema.update(model, epoch)
@@ -180,15 +182,17 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     called after each epoch is saved (a search prunes a trial by raising there)."""
     session = build_session(recipe, quiet, dist, resume)
     lead = dist is None or dist.rank == 0
-    train_set = train_dataset(session.bundle, recipe, session.task)
+    defer = augment_on_device(session.device, recipe.data.num_workers)
+    train_set = train_dataset(session.bundle, recipe, session.task, defer_augment=defer)
+    session.step.augment = train_set.batched if train_set.defer_augment else None
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     sampler = train_sampler(recipe.data.sampler, session.task, len(train_set), session.bundle.splits["train"].targets,
                             session.bundle.info.num_outputs, recipe.seed, rank, world)
     batch = recipe.data.batch_size
     if lead and batch > len(sampler):
         _warn_clipped_batch(batch, len(sampler), dist is not None)
-    loader = make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
-                         drop_last=len(sampler) % batch == 1)
+    loader = DeviceFeeder(make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
+                                      drop_last=len(sampler) % batch == 1), session.device)
     steps = optimizer_steps(min(len(loader), recipe.train.max_batches or len(loader)), recipe.train.accumulate)
     session.step.schedule = make_schedule(session, 1, steps)
     if stop is not None:
