@@ -70,7 +70,7 @@ def test_train_with_amp_and_channels_last_then_evaluate_on_cpu(amp: str, synthet
 def test_fp16_trains_with_loss_scaling_and_channels_last(amp: str, scaled: bool, synthetic, make_recipe,
                                                          tmp_path: Path) -> None:
     from cvtool.runs.recipes import load_recipe
-    from cvtool.runs.train import build_session
+    from cvtool.runs.session import build_session
 
     recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=80, size=16),
                                      model={"arch": "resnet18"}, train={**CUDA_TRAIN, "amp": amp},

@@ -31,7 +31,8 @@ from cvtool.engine.loop import train_one_epoch, with_cpu_runtime
 from cvtool.errors import CvtoolError
 from cvtool.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from cvtool.recipe.schema import Recipe
-from cvtool.runs.train import build_session, make_schedule
+from cvtool.runs.session import build_session
+from cvtool.runs.train import make_schedule
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from cvtool.engine.loop import autocast, backward_and_step, with_cpu_runtime
 from cvtool.errors import CvtoolError
 from cvtool.fileio import write_csv
 from cvtool.recipe.schema import Recipe
-from cvtool.runs.train import build_session
+from cvtool.runs.session import build_session
 
 SMOOTHING = 0.98
 DIVERGED = 4.0  # smoothed loss above this many times its minimum
