@@ -43,7 +43,7 @@ def train(
         try:
             with failure_guard(dist):  # one rank's failure is reported once; the others exit quietly
                 summary = run_recipe(resolved, run_dir, resume=resume is not None, overwrite=overwrite,
-                                     quiet=quiet, stop=stop, dist=dist)
+                                     quiet=quiet, stop=stop, dist=dist, recipe_file=source)
         except StopRequested:
             err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
             raise typer.Exit(stop.exit_code) from None

@@ -13,10 +13,11 @@ from cvtool.plots import ema
 from cvtool.tasks import Task, higher_is_better
 
 
-def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool = True) -> dict[str, Any]:
+def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool = True,
+                  epoch: int | None = None) -> dict[str, Any]:
     """Loss and task metrics of the current model on one split (gathered over ranks)."""
     from cvtool.data.loaders import EpochSampler, make_loader
-    from cvtool.engine.loop import run_inference
+    from cvtool.engine.loop import NonFiniteOutputs, run_inference
 
     dist = session.dist
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
@@ -28,6 +29,8 @@ def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool
                                                    step.dtype, step.loss_fn, step.channels_last)
     if dist:
         logits, targets, indices, loss = dist.gather(logits, targets, indices, loss)
+    if not (np.isfinite(logits).all() and np.isfinite(loss)):  # scikit-learn would fail on them
+        raise NonFiniteOutputs(split, epoch)
     order = np.argsort(indices)
     logits, targets, indices = logits[order], targets[order], indices[order]
     outputs = session.task.activate(logits)

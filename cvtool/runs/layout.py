@@ -24,6 +24,8 @@ PLOTS = "plots"
 PREDICTIONS = "predictions"
 TENSORBOARD = "tensorboard"
 EVAL = "eval"
+MARKER = ".cvtool-run"  # written first into every run and sweep dir: what --overwrite may remove
+FAILED = "failed.json"  # a sweep point stopped by a non-finite loss or output: resume moves on
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,14 @@ class RunDir:
     def sweep_table(self) -> Path:
         return self.path / SWEEP_TABLE
 
+    @property
+    def marker(self) -> Path:
+        return self.path / MARKER
+
+    @property
+    def failed(self) -> Path:
+        return self.path / FAILED
+
     def checkpoint(self, name: str) -> Path:
         """checkpoints/<name>.pt: best, last, epoch_046 (or 46)."""
         name = f"epoch_{int(name):03d}" if name.isdigit() else name
@@ -81,6 +91,16 @@ class RunDir:
 
     def is_sweep(self) -> bool:
         return self.sweep.is_file()
+
+    def is_marked(self) -> bool:
+        """cvtool created this folder (a run or a sweep), so --overwrite may replace it."""
+        return self.marker.is_file()
+
+    def has_results(self) -> bool:
+        """At least one epoch finished here (in a sweep: in one of its points)."""
+        if self.metrics.is_file() or self.summary.is_file() or self.sweep.is_file():
+            return True
+        return any(RunDir(p).metrics.is_file() for p in self.path.iterdir() if p.is_dir())
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path) -> RunDir | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,10 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
 
 @with_cpu_runtime
 def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bool = False,
-        stop: Any = None, dist: Any = None) -> dict[str, Any]:
-    """Train `recipe`, writing the run into `run_dir`; returns the summary."""
+        stop: Any = None, dist: Any = None, started: Callable[[], Path] | None = None) -> dict[str, Any]:
+    """Train `recipe`, writing the run into `run_dir`; returns the summary. `started` is called
+    once data, model and the first checkpoint are in place and returns where the run lives from
+    then on (a new run is written beside an old one and swapped in: see runs/placement.py)."""
     session = build_session(recipe, quiet, dist)
     lead = dist is None or dist.rank == 0
     train_set = train_dataset(session.bundle, recipe, session.task)
@@ -155,6 +158,9 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
         state = TrainState()
         if lead and ckpt_dir is not None:
             save_checkpoint(ckpt_dir / "last.pt", checkpoint_payload(session, state))
+    if started is not None:
+        run_dir = started()
+        ckpt_dir = run_dir / "checkpoints"
     log = RunLog(run_dir if lead else None, quiet or not lead, history=state.history)
     try:
         _epochs(session, state, loader, sampler, log, ckpt_dir, steps)
@@ -182,7 +188,7 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, c
         start = time.perf_counter()
         result = train_one_epoch(step, loader, epoch, log.progress(epoch, recipe.train.epochs, steps))
         train_metrics = session.task.metrics(*_gather_train(session, result))
-        val = split_metrics(session, val_set, "val", keep_outputs=lead)
+        val = split_metrics(session, val_set, "val", keep_outputs=lead, epoch=epoch)
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - start, 3),
                "train/loss": result.loss, "val/loss": val["loss"],
                **{f"train/{k}": v for k, v in train_metrics.items()},
@@ -192,7 +198,7 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, c
                               f"{', '.join(k for k in row if k.startswith('val/'))})")
         value = row[session.monitor]
         step.schedule.step_epoch(value)
-        is_best = state.improved(value, higher, stopper.min_delta if stopper else 0.0)
+        is_best = state.improved(value, higher, stopper.min_delta if stopper else 0.0, _tiebreak(recipe, row))
         state.bad_epochs = 0 if is_best else state.bad_epochs + 1
         if is_best:
             state.best_value, state.best_epoch = value, epoch
@@ -205,6 +211,17 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, c
         if stopper and state.bad_epochs >= stopper.patience:
             log.console.print(f"early stop: no {session.monitor} gain for {stopper.patience} epochs")
             break
+
+
+def _tiebreak(recipe: Recipe, row: dict[str, float]) -> tuple[str, float, bool] | None:
+    """train.monitor_tiebreak: which epoch is best when the monitored value ties (val/loss)."""
+    key = recipe.train.monitor_tiebreak
+    if key is None:
+        return None
+    if key not in row:
+        raise CvtoolError(f"train.monitor_tiebreak: {key} is not reported (have: "
+                          f"{', '.join(k for k in row if k.startswith(('val/', 'train/')))})")
+    return key, row[key], higher_is_better(key)
 
 
 def _gather_train(session: Session, result) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
