@@ -72,6 +72,12 @@ class Multiclass(Task):
     def build_loss(self, cfg, class_weights=None, pos_weight=None):
         return cross_entropy(cfg, class_weights)
 
+    def predicted_labels(self, outputs, class_names, threshold=0.5):
+        return [class_names[i] for i in outputs.argmax(axis=1)]
+
+    def target_labels(self, targets, class_names):
+        return _class_names(targets, class_names)
+
 
 class Binary(Task):
     name = "binary"
@@ -106,6 +112,13 @@ class Binary(Task):
 
     def build_loss(self, cfg, class_weights=None, pos_weight=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)
+
+    def predicted_labels(self, outputs, class_names, threshold=0.5):
+        cut = float(np.asarray(threshold, np.float64).reshape(-1)[0])
+        return [class_names[int(p > cut)] for p in outputs.reshape(-1)]
+
+    def target_labels(self, targets, class_names):
+        return _class_names(targets, class_names)
 
 
 class Multilabel(Task):
@@ -143,3 +156,18 @@ class Multilabel(Task):
 
     def build_loss(self, cfg, class_weights=None, pos_weight=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)
+
+    def predicted_labels(self, outputs, class_names, threshold=0.5):
+        return _tags(outputs > np.asarray(threshold), class_names)
+
+    def target_labels(self, targets, class_names):
+        return _tags(targets > 0.5, class_names)
+
+
+def _class_names(targets: np.ndarray, class_names: list[str]) -> list[str]:
+    return [class_names[int(t)] for t in targets.reshape(-1)]
+
+
+def _tags(flags: np.ndarray, class_names: list[str]) -> list[str]:
+    names = np.asarray(list(class_names))
+    return [" ".join(names[row]) for row in flags]
