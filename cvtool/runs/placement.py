@@ -81,7 +81,7 @@ def refuse_protected(folder: Path, protected: Iterable[Path]) -> None:
         path = path.resolve()
         if path == target or path.is_relative_to(target):
             reason = what if path == target else f"a parent of {what}"
-            raise CvtoolError(f"--overwrite {folder}: refused: it is {reason}")
+            raise CvtoolError(f"{folder}: refused to replace it: it is {reason}")
 
 
 def mark(folder: Path, kind: str) -> None:
