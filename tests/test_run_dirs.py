@@ -30,6 +30,15 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
+def stop_line(result) -> str:
+    """A run that stopped after printing its epoch rows: exit 2 and one error line, the last."""
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("cvtool:")]
+    assert len(errors) == 1 and result.output.strip().splitlines()[-1] == errors[0], result.output
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
 def invoke(*args: object):
     return runner.invoke(app, [str(a) for a in args])
 
@@ -140,7 +149,7 @@ def test_non_finite_validation_outputs_stop_the_run_naming_the_epoch(nan_at_vali
                                                                      tmp_path) -> None:
     recipe = make_recipe(tmp_path, synthetic("binary", n=40, size=16), train={**FAST, "epochs": 3})
     nan_at_validation["at"] = {2}
-    line = one_line_error(invoke("train", recipe, "--out", tmp_path / "run", "--quiet"))
+    line = stop_line(invoke("train", recipe, "--out", tmp_path / "run", "--quiet"))
     assert "val outputs are NaN or infinite at epoch 2" in line and "last good checkpoint" in line
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1
 
@@ -151,7 +160,7 @@ def test_sweep_resume_moves_past_a_point_that_went_non_finite(nan_at_validation,
                          sweep={"optim.lr": [0.05, 0.01]})
     sweep = tmp_path / "sweep"
     nan_at_validation["at"] = {2}  # the first point's second epoch
-    line = one_line_error(invoke("train", recipe, "--out", sweep, "--quiet"))
+    line = stop_line(invoke("train", recipe, "--out", sweep, "--quiet"))
     assert "epoch 2" in line
     nan_at_validation["at"] = set()
     result = invoke("train", "--resume", sweep, "--quiet")

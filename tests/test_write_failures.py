@@ -37,6 +37,15 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
+def stop_line(result) -> str:
+    """A run that stopped after printing its epoch rows: exit 2 and one error line, the last."""
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("cvtool:")]
+    assert len(errors) == 1 and result.output.strip().splitlines()[-1] == errors[0], result.output
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
 def invoke(*args: object):
     return runner.invoke(app, [str(a) for a in args])
 
@@ -139,7 +148,7 @@ def test_checkpoint_save_failing_mid_run_stops_it_keeping_last_pt(tmp_path, synt
         return real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", full_at_epoch_2)
-    line = one_line_error(invoke("train", recipe, "--out", run, "--quiet"))
+    line = stop_line(invoke("train", recipe, "--out", run, "--quiet"))
     last = run / "checkpoints" / "last.pt"
     assert f"{last}: cannot write (No space left on device)" in line
     assert last.read_bytes() == kept["bytes"] and load_checkpoint(last)["epoch"] == 1
