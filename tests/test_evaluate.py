@@ -198,3 +198,19 @@ def test_user_errors_are_one_line_exit_2(runs, args, message):
 def test_missing_run_is_one_line(tmp_path):
     result = invoke("evaluate", tmp_path / "nowhere")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+
+
+def test_predicted_and_target_labels_per_task():
+    from cvtool.tasks import get_task
+
+    names = ["cat", "dog"]
+    binary, multiclass, multilabel = get_task("binary"), get_task("multiclass"), get_task("multilabel")
+    assert binary.predicted_labels(np.array([[0.2], [0.9]]), names, 0.5) == ["cat", "dog"]
+    assert binary.predicted_labels(np.array([[0.2], [0.9]]), names, np.array([0.95])) == ["cat", "cat"]
+    assert binary.target_labels(np.array([1, 0]), names) == ["dog", "cat"]
+    assert multiclass.predicted_labels(np.array([[0.3, 0.7], [0.8, 0.2]]), names) == ["dog", "cat"]
+    assert multiclass.target_labels(np.array([0, 1]), names) == ["cat", "dog"]
+    outputs = np.array([[0.6, 0.7], [0.1, 0.2]])
+    assert multilabel.predicted_labels(outputs, names, np.array([0.5, 0.8])) == ["cat", ""]
+    assert multilabel.target_labels(np.array([[1, 1], [0, 1]]), names) == ["cat dog", "dog"]
+    assert get_task("keypoints").predicted_labels(outputs, []) is None

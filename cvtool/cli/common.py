@@ -11,13 +11,12 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console, ConsoleRenderable, RenderHook
-from rich.table import Table
-from rich.text import Text
 
 from cvtool.errors import CvtoolError
 
-# Not a terminal (CI logs, `make demo | tee`): rich would wrap at 80 columns; lines there are as
-# long as they need to be, and a table's title is one line instead of wrapping at the table's width.
+# Not a terminal (CI logs, `make demo | tee`): rich would wrap at 80 columns; there lines get a
+# width no cvtool table reaches, and a table's title stays one line instead of wrapping at the
+# table's width.
 LOG_WIDTH = 240
 
 
@@ -27,6 +26,9 @@ class _OneLineTitles(RenderHook):
 
     def process_renderables(self, renderables: list[ConsoleRenderable]) -> list[ConsoleRenderable]:
         if not self.target.is_terminal:
+            from rich.table import Table  # here, not at import: `cvtool --help` stays fast
+            from rich.text import Text
+
             for item in renderables:
                 if isinstance(item, Table) and isinstance(item.title, str):
                     title = Text.from_markup(item.title)
