@@ -198,3 +198,35 @@ def test_broken_checkpoint_is_one_line(content, tmp_path) -> None:
         line = one_line_error(invoke(*command))
         assert f"{path}: not a readable checkpoint" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pt"]
+
+
+@pytest.mark.parametrize("code", sorted(REASONS))
+def test_every_command_output_refused_at_os_replace(code, trained, tmp_path, monkeypatch) -> None:
+    """The same promise where no filesystem can be mounted: the OSError comes from os.replace."""
+    out = tmp_path / "out"
+    previous = {"stats.json": b"{}\n", "eval/metrics.json": b'{"old": 1}\n', "report.md": b"# old\n",
+                "submission.csv": b"image,label\n", "model.onnx": b"old model"}
+    for name, data in previous.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    real_replace = os.replace
+
+    def refuse(src, dst, *args, **kwargs):
+        if Path(dst).is_relative_to(out):
+            raise OSError(code, os.strerror(code), str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    data_root = Path(load_checkpoint(trained / "checkpoints" / "best.pt")["recipe"]["data"]["root"])
+    commands = {
+        "stats.json": ("stats", data_root, "--format", "folder", "--out", out / "stats.json", "--quiet"),
+        "eval/metrics.json": ("evaluate", trained, "--out", out / "eval"),
+        "report.md": ("report", trained, "--out", out / "report.md"),
+        "submission.csv": ("predict", trained, data_root / "test", "--out", out / "submission.csv"),
+        "model.onnx": ("export", trained, "--onnx", out / "model.onnx"),
+    }
+    monkeypatch.setattr(os, "replace", refuse)
+    for command in commands.values():
+        line = one_line_error(invoke(*command))
+        assert str(out) in line and f"cannot write ({REASONS[code]})" in line, line
+    monkeypatch.undo()
+    assert snapshot(out) == previous
