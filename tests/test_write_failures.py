@@ -218,7 +218,8 @@ def test_every_command_output_refused_at_os_replace(code, trained, tmp_path, mon
 
     data_root = Path(load_checkpoint(trained / "checkpoints" / "best.pt")["recipe"]["data"]["root"])
     commands = {
-        "stats.json": ("stats", data_root, "--format", "folder", "--out", out / "stats.json", "--quiet"),
+        "stats.json": ("stats", data_root, "--format", "folder", "--task", "multiclass", "--out", out / "stats.json",
+                       "--quiet"),
         "eval/metrics.json": ("evaluate", trained, "--out", out / "eval"),
         "report.md": ("report", trained, "--out", out / "report.md"),
         "submission.csv": ("predict", trained, data_root / "test", "--out", out / "submission.csv"),
