@@ -12,7 +12,7 @@ from cvtool.fileio import atomic_open
 
 
 def ema(values: list[float], weight: float) -> list[float]:
-    """TensorBoard's smoothing: a debiased exponential moving average (weight 0.6 in seed 000)."""
+    """TensorBoard's smoothing: a debiased exponential moving average (0.6 is its default weight)."""
     smoothed, last, count = [], 0.0, 0
     for value in values:
         if not math.isfinite(value):

@@ -76,3 +76,53 @@ def write_recipe(tmp_path: Path, data_root: Path | str | dict[str, Any], /, task
 def make_recipe() -> Callable[..., Path]:
     """`write_recipe` as a fixture: make_recipe(tmp_path, data_root, task=None, **sections) -> Path."""
     return write_recipe
+
+
+# ONNX export setups, one per task (trained and exported once per session, shared by
+# test_export.py, test_predict.py and test_bench.py through the helpers below).
+STATS = {"mean": [0.2, 0.25, 0.3], "std": [0.3, 0.35, 0.4]}
+# One setup per task: simplenet at 16 px for 2 epochs; binary is resnet18 at 32 px (torchvision +
+# BatchNorm) for 1 epoch on 40 images to keep the CPU time down; keypoints are exported with
+# --raw-input, multilabel with an explicit --opset.
+SETUPS: dict[str, dict[str, Any]] = {
+    "multiclass": {"model": {"arch": "simplenet", "batch_norm": True}, "data": {}, "export": {}},
+    "binary": {"model": {"arch": "resnet18"}, "data": {"image_size": 32}, "export": {}, "epochs": 1, "n": 40},
+    "multilabel": {"model": {"arch": "simplenet"}, "data": {"normalize": STATS}, "export": {"opset": 18}},
+    "keypoints": {"model": {"arch": "simplenet"}, "data": {"normalize": STATS}, "export": {"raw_input": True}},
+}
+TASKS = list(SETUPS)
+
+
+def shared_dir(factory: pytest.TempPathFactory) -> Path:
+    folder = factory.getbasetemp() / "cvtool-onnx"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def dataset(synthetic: Callable[..., dict], task: str) -> dict[str, Any]:
+    return synthetic(task, n=SETUPS[task].get("n", 80))
+
+
+def trained_run(factory: pytest.TempPathFactory, synthetic: Callable[..., dict], task: str) -> Path:
+    """A run of the task's setup (trained once per session)."""
+    from cvtool.runs.recipes import load_recipe
+    from cvtool.runs.sweep import run_recipe
+
+    run = shared_dir(factory) / f"run-{task}"
+    if (run / "summary.json").is_file():
+        return run
+    setup = SETUPS[task]
+    recipe = write_recipe(shared_dir(factory), dataset(synthetic, task), name=f"onnx-{task}",
+                          model=setup["model"], data=setup["data"], train={"epochs": setup.get("epochs", 2)})
+    run_recipe(load_recipe(recipe), run, overwrite=True, quiet=True)
+    return run
+
+
+def onnx_file(factory: pytest.TempPathFactory, synthetic: Callable[..., dict], task: str) -> Path:
+    """The task's .onnx export (exported once per session)."""
+    out = shared_dir(factory) / f"{task}.onnx"
+    if not out.is_file():
+        from cvtool.inference.export import export_onnx
+
+        export_onnx(trained_run(factory, synthetic, task), out, **SETUPS[task]["export"])
+    return out

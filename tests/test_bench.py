@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import dataset, onnx_file, trained_run
+from conftest import dataset, onnx_file, trained_run
 from typer.testing import CliRunner
 
 from cvtool.bench.train import predict_imports_torch

@@ -1,8 +1,8 @@
 """`cvtool export --onnx`: per-task parity (onnxruntime vs PyTorch on real images at batch 1 and 7),
 raw-input graphs, self-describing metadata, one-line errors for models that cannot export.
 
-Runs and exports are built once per test session under the pytest base temp folder and shared
-with tests/test_predict.py (`trained_run`, `onnx_file`).
+Runs and exports are built once per test session under the pytest base temp folder by the
+conftest helpers `trained_run` and `onnx_file` (shared with test_predict.py and test_bench.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import write_recipe
+from conftest import SETUPS, STATS, TASKS, onnx_file, shared_dir, trained_run
 from torch import nn
 from typer.testing import CliRunner
 
@@ -25,51 +25,6 @@ from cvtool.cli.main import app
 from cvtool.inference.export import export_onnx
 from cvtool.model_card import RAW, ModelCard, card_from_checkpoint
 from cvtool.runs.model import load_model
-
-STATS = {"mean": [0.2, 0.25, 0.3], "std": [0.3, 0.35, 0.4]}
-# One setup per task: simplenet at 16 px for 2 epochs; binary is resnet18 at 32 px (torchvision +
-# BatchNorm) for 1 epoch on 40 images to keep the CPU time down; keypoints are exported with
-# --raw-input, multilabel with an explicit --opset.
-SETUPS: dict[str, dict[str, Any]] = {
-    "multiclass": {"model": {"arch": "simplenet", "batch_norm": True}, "data": {}, "export": {}},
-    "binary": {"model": {"arch": "resnet18"}, "data": {"image_size": 32}, "export": {}, "epochs": 1, "n": 40},
-    "multilabel": {"model": {"arch": "simplenet"}, "data": {"normalize": STATS}, "export": {"opset": 18}},
-    "keypoints": {"model": {"arch": "simplenet"}, "data": {"normalize": STATS}, "export": {"raw_input": True}},
-}
-TASKS = list(SETUPS)
-
-
-def shared_dir(factory: pytest.TempPathFactory) -> Path:
-    folder = factory.getbasetemp() / "cvtool-onnx"
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
-def dataset(synthetic: Callable[..., dict], task: str) -> dict[str, Any]:
-    return synthetic(task, n=SETUPS[task].get("n", 80))
-
-
-def trained_run(factory: pytest.TempPathFactory, synthetic: Callable[..., dict], task: str) -> Path:
-    """A run of the task's setup (trained once per session)."""
-    from cvtool.runs.recipes import load_recipe
-    from cvtool.runs.sweep import run_recipe
-
-    run = shared_dir(factory) / f"run-{task}"
-    if (run / "summary.json").is_file():
-        return run
-    setup = SETUPS[task]
-    recipe = write_recipe(shared_dir(factory), dataset(synthetic, task), name=f"onnx-{task}",
-                          model=setup["model"], data=setup["data"], train={"epochs": setup.get("epochs", 2)})
-    run_recipe(load_recipe(recipe), run, overwrite=True, quiet=True)
-    return run
-
-
-def onnx_file(factory: pytest.TempPathFactory, synthetic: Callable[..., dict], task: str) -> Path:
-    """The task's .onnx export (exported once per session)."""
-    out = shared_dir(factory) / f"{task}.onnx"
-    if not out.is_file():
-        export_onnx(trained_run(factory, synthetic, task), out, **SETUPS[task]["export"])
-    return out
 
 
 @pytest.mark.parametrize("task", [t for t in TASKS if t != "multilabel"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from test_export import TASKS, dataset, onnx_file, trained_run
+from conftest import TASKS, dataset, onnx_file, trained_run
 from typer.testing import CliRunner
 
 from cvtool.cli.main import app

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cvtool.cli.main import app
-from cvtool.engine import loop
+from cvtool.engine import inference
 from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.engine.state import TrainState
 from cvtool.runs.layout import MARKER
@@ -130,7 +130,7 @@ def test_a_run_failing_before_its_first_epoch_does_not_block_a_rerun(synthetic, 
 @pytest.fixture
 def nan_at_validation(monkeypatch):
     """Validation outputs become NaN at the given call of run_inference (counting from 1)."""
-    real = loop.run_inference
+    real = inference.run_inference
     calls = {"n": 0, "at": set()}
 
     def fake(*args, **kwargs):
@@ -141,7 +141,7 @@ def nan_at_validation(monkeypatch):
             loss = float("nan")
         return logits, targets, indices, loss
 
-    monkeypatch.setattr(loop, "run_inference", fake)
+    monkeypatch.setattr(inference, "run_inference", fake)
     return calls
 
 

@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from cvtool.bench.train import BenchReport, Figure
+from cvtool.data.images import decode, normalize_batch
 from cvtool.errors import CvtoolError
+from cvtool.evaluation.tta import tta_outputs, tta_transforms
+from cvtool.inference.export import export_onnx
+from cvtool.inference.onnx_runtime import OnnxPredictor
+from cvtool.inference.predict import predict
+from cvtool.inference.submission import read_images
+from cvtool.runs.model import load_model
 
 SOURCE = re.compile(r"^(?P<path>.+) \(epoch \d+\)$")
 
@@ -28,10 +35,6 @@ def bench_predict(model: Path, *, batch_size: int = 64, images: Path | None = No
                   repeats: int = 10, which: str = "best", tta_images: int = 256) -> BenchReport:
     """The three inference figures of an .onnx file (with the checkpoint it was exported from)
     or of a run dir / checkpoint (exported to a temporary .onnx first)."""
-    from cvtool.data.images import decode
-    from cvtool.inference.onnx_runtime import OnnxPredictor
-    from cvtool.inference.submission import read_images
-    from cvtool.runs.model import load_model
 
     if min(batch_size, passes, repeats, tta_images) < 1:
         raise CvtoolError("--batch-size, --passes, --repeats and --tta-images need at least 1")
@@ -60,15 +63,12 @@ def bench_predict(model: Path, *, batch_size: int = 64, images: Path | None = No
 def _resolve(model: Path, which: str, tmp: Path) -> tuple[Path, Path]:
     """(the .onnx file, the checkpoint / run dir it comes from)."""
     if model.suffix.lower() == ".onnx":
-        from cvtool.inference.onnx_runtime import OnnxPredictor
-
         source = SOURCE.match(OnnxPredictor(model).card.source)
         checkpoint = Path(source["path"]) if source else None
         if checkpoint is None or not checkpoint.is_file():
             raise CvtoolError(f"{model}: the checkpoint it was exported from ({checkpoint}) is not here; "
                               "give the run directory instead")
         return model, checkpoint
-    from cvtool.inference.export import export_onnx
 
     return export_onnx(model, tmp / "model.onnx", which=which).path, model
 
@@ -122,8 +122,6 @@ def _ort_vs_eager(predictor: Any, model: Any, batch_size: int, repeats: int) -> 
 def _end_to_end(onnx_path: Path, folder: Path, predictor: Any, decoded: np.ndarray, batch_size: int,
                 tmp: Path) -> tuple[list[Figure], list[str]]:
     """`predict` files -> CSV (a fresh process's work: session, decoding, CSV) vs session.run alone."""
-    from cvtool.data.images import normalize_batch
-    from cvtool.inference.predict import predict
 
     card = predictor.card
     batches = [normalize_batch(decoded[i:i + batch_size], card.mean, card.std)
@@ -152,7 +150,6 @@ def _end_to_end(onnx_path: Path, folder: Path, predictor: Any, decoded: np.ndarr
 def _tta(loaded: Any, images: np.ndarray, passes: int, batch_size: int) -> tuple[list[Figure], list[str]]:
     """tta_outputs with N passes of the recipe's TTA transforms vs N plain passes run back to back
     (runs of the same length, so other load weighs on both alike); two rounds, best of each."""
-    from cvtool.evaluation.tta import tta_outputs, tta_transforms
 
     def plain() -> None:
         for _ in range(passes):

@@ -1,8 +1,8 @@
-"""`cvtool bench`: issue 7's performance figures, each with its target.
+"""`cvtool bench`: the performance figures that matter to a user, each with its target.
 
 - train: a recipe's real training loop (build_session, train_dataset, make_loader, train_one_epoch)
   against the pure-compute ceiling, the same loop fed one fixed in-memory batch.
-- predict (bench_predict.py): onnxruntime vs torch eager, files -> CSV vs the bare session,
+- predict (bench/predict.py): onnxruntime vs torch eager, files -> CSV vs the bare session,
   TTA with N passes vs N plain passes.
 - startup: `cvtool --help` wall time in fresh processes; does `cvtool predict` on an .onnx import torch?
 
@@ -23,9 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvtool.engine.loop import with_cpu_runtime
+from cvtool.data.loaders import EpochSampler, make_loader
+from cvtool.data.pipeline import train_dataset
+from cvtool.engine.loop import train_one_epoch, with_cpu_runtime
 from cvtool.errors import CvtoolError
+from cvtool.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from cvtool.recipe.schema import Recipe
+from cvtool.runs.train import build_session, make_schedule
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,6 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
     from the same weights; the best block of each is kept (other load only ever slows a block)."""
     import torch
 
-    from cvtool.data.loaders import EpochSampler, make_loader
-    from cvtool.data.pipeline import train_dataset
-    from cvtool.runs.train import build_session, make_schedule
-
     if steps < 1 or warmup < 1 or rounds < 1:
         raise CvtoolError("--steps, --warmup and --rounds need at least 1")
     session = build_session(recipe, quiet=True)
@@ -151,8 +151,6 @@ def _time_blocks(step: Any, loader: Any, sampler: Any, steps: int, warmup: int,
     """Images/s per round through `loader` and on its first batch repeated, in blocks of
     warmup + steps calls of train_one_epoch, each from the same weights and optimizer state."""
     import copy
-
-    from cvtool.engine.loop import train_one_epoch
 
     step.cfg = step.cfg.model_copy(update={"max_batches": warmup + steps})
     fixed = next(iter(loader))  # one real batch, kept in memory: the ceiling's input
@@ -227,8 +225,6 @@ def tiny_onnx(folder: Path) -> tuple[Path, Path]:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from PIL import Image
-
-    from cvtool.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
 
     weights = numpy_helper.from_array(np.array([[1.0, -1.0], [0.5, 0.5], [-1.0, 1.0]], np.float32), "w")
     nodes = [helper.make_node("GlobalAveragePool", [INPUT_NAME], ["pooled"]),

@@ -1,4 +1,7 @@
-"""`cvtool bench train|predict|startup`: issue 7's performance figures, each with its target."""
+"""`cvtool bench train|predict|startup`: performance figures, each with its target.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cvtool.cli.common import RecipeArg, SetOpt, console, handle_errors
+from cvtool.cli.common import CheckpointOpt, RecipeArg, SetOpt, console, handle_errors
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -39,7 +42,7 @@ def predict(
     passes: Annotated[int, typer.Option("--passes", help="TTA passes.")] = 8,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed batches per engine (median).")] = 10,
     tta_images: Annotated[int, typer.Option("--tta-images", help="Images for the TTA figure.")] = 256,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")] = "best",
+    checkpoint: CheckpointOpt = "best",
 ) -> None:
     """onnxruntime vs torch eager, end-to-end predict vs the bare session, TTA vs N plain passes."""
     from cvtool.bench.predict import bench_predict

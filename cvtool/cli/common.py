@@ -57,6 +57,9 @@ SetOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; plain lines for log files.")]
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
 ModelArg = Annotated[Path, typer.Argument(help="Run directory or checkpoint (.pt).", show_default=False)]
+CheckpointOpt = Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="Split to evaluate: val or test (train works too).")]
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Another data root with the recipe's layout.")]
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -1,4 +1,7 @@
-"""`cvtool data digits|synthetic DIR`: write a ready-to-use dataset and print a recipe snippet."""
+"""`cvtool data digits|synthetic DIR`: write a ready-to-use dataset and print a recipe snippet.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""`cvtool evaluate RUN_DIR|CKPT`: metrics, per-class report and plots of a checkpoint on a split."""
+"""`cvtool evaluate RUN_DIR|CKPT`: metrics, per-class report and plots of a checkpoint on a split.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cvtool.cli.common import ModelArg, QuietOpt, console, handle_errors, is_tty
+from cvtool.cli.common import (
+    CheckpointOpt,
+    DataOpt,
+    ModelArg,
+    QuietOpt,
+    SplitOpt,
+    console,
+    handle_errors,
+    is_tty,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
 
 app = typer.Typer()
 
-SplitOpt = Annotated[str, typer.Option("--split", help="Split to evaluate: val or test (train works too).")]
-DataOpt = Annotated[Path | None, typer.Option("--data", help="Another data root with the recipe's layout.")]
-CheckpointOpt = Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")]
 
 
 @app.command("evaluate")

@@ -1,4 +1,7 @@
-"""`cvtool export RUN_DIR|CKPT --onnx OUT.onnx`: a self-describing, self-checked ONNX file."""
+"""`cvtool export RUN_DIR|CKPT --onnx OUT.onnx`: a self-describing, self-checked ONNX file.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cvtool.cli.common import ModelArg, console, handle_errors
+from cvtool.cli.common import CheckpointOpt, ModelArg, console, handle_errors
 
 app = typer.Typer()
 
@@ -23,7 +26,7 @@ def export(
         "--raw-input", help="Input uint8 N x H x W x C of any size; resize + normalize inside the graph.")] = False,
     tolerance: Annotated[float, typer.Option(
         "--tolerance", help="Max abs difference onnxruntime vs PyTorch on real images.")] = 1e-4,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")] = "best",
+    checkpoint: CheckpointOpt = "best",
 ) -> None:
     """Export to ONNX (dynamic batch), then check it: onnx.checker and onnxruntime vs PyTorch."""
     from rich.table import Table

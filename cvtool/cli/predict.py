@@ -1,5 +1,8 @@
 """`cvtool predict MODEL IMAGES --out submission.csv`: a competition submission from an .onnx
-file (onnxruntime; torch is never imported) or a run dir / checkpoint (PyTorch)."""
+file (onnxruntime; torch is never imported) or a run dir / checkpoint (PyTorch).
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cvtool.cli.common import QuietOpt, console, err_console, handle_errors, is_tty
+from cvtool.cli.common import CheckpointOpt, QuietOpt, console, err_console, handle_errors, is_tty
 
 app = typer.Typer()
 
@@ -31,7 +34,7 @@ def predict(
         "--image-column", help="The CSV's image column (default: the training CSV's, else 'image').")] = None,
     images_dir: Annotated[Path | None, typer.Option(
         "--images-dir", help="Folder the CSV's image paths are relative to (default: the CSV's folder).")] = None,
-    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="In a run dir: best, last or epoch_046.")] = "best",
+    checkpoint: CheckpointOpt = "best",
     quiet: QuietOpt = False,
 ) -> None:
     """Predict every image and write the task's submission CSV, rows in input order."""

@@ -1,4 +1,7 @@
-"""`cvtool recipe show`: the fully resolved recipe (bases merged, overrides applied)."""
+"""`cvtool recipe show`: the fully resolved recipe (bases merged, overrides applied).
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""`cvtool report RUN_DIR...`: Markdown + self-contained HTML comparing runs (a sweep reports as one)."""
+"""`cvtool report RUN_DIR...`: Markdown + self-contained HTML comparing runs (a sweep reports as one).
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 

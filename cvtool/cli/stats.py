@@ -1,4 +1,7 @@
-"""`cvtool stats DATA`: counts, class weights, sizes, modes, channel mean/std, unreadable files."""
+"""`cvtool stats DATA`: counts, class weights, sizes, modes, channel mean/std, unreadable files.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""`cvtool train RECIPE`: fit a recipe (or every point of its sweep) into a run directory."""
+"""`cvtool train RECIPE`: fit a recipe (or every point of its sweep) into a run directory.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 
@@ -24,33 +27,23 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
-    import torch
-
-    from cvtool.engine.distributed import failure_guard, from_environment
-    from cvtool.engine.loop import StopRequested
-    from cvtool.engine.signals import stop_on_signals
+    from cvtool.runs.launch import RunStopped, launch
     from cvtool.runs.layout import RunDir
     from cvtool.runs.recipes import load_recipe
-    from cvtool.runs.sweep import default_run_dir, run_recipe
+    from cvtool.runs.sweep import default_run_dir
 
     if recipe is None and resume is None:
         fail("give a RECIPE to train, or --resume DIR to continue a run")
     source = RunDir(resume).recipe if resume is not None and recipe is None else recipe
     resolved = load_recipe(source, set_ or [])
     run_dir = resume or out or default_run_dir(resolved)
-    dist = from_environment(resolved.train.device)
-    with stop_on_signals() as stop, torch.autograd.set_detect_anomaly(detect_anomaly):
-        try:
-            with failure_guard(dist):  # one rank's failure is reported once; the others exit quietly
-                summary = run_recipe(resolved, run_dir, resume=resume is not None, overwrite=overwrite,
-                                     quiet=quiet, stop=stop, dist=dist, recipe_file=source)
-        except StopRequested:
-            err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
-            raise typer.Exit(stop.exit_code) from None
-        finally:
-            if dist is not None:
-                dist.close()
-    if dist is None or dist.rank == 0:
+    try:
+        summary = launch(resolved, run_dir, resume=resume is not None, overwrite=overwrite, quiet=quiet,
+                         detect_anomaly=detect_anomaly, recipe_file=source)
+    except RunStopped as stopped:
+        err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
+        raise typer.Exit(stopped.exit_code) from None
+    if summary is not None:
         from cvtool.cli.render import summary_table
 
         console.print(summary_table(summary))

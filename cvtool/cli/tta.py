@@ -1,4 +1,7 @@
-"""`cvtool tta RUN_DIR|CKPT`: plain vs test-time-augmented metrics on a split."""
+"""`cvtool tta RUN_DIR|CKPT`: plain vs test-time-augmented metrics on a split.
+
+cvtool's own modules are imported inside the command: `cvtool --help` stays torch-free.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,16 @@ from typing import Annotated
 
 import typer
 
-from cvtool.cli.common import ModelArg, QuietOpt, console, handle_errors, is_tty
-from cvtool.cli.evaluate import CheckpointOpt, DataOpt, SplitOpt
+from cvtool.cli.common import (
+    CheckpointOpt,
+    DataOpt,
+    ModelArg,
+    QuietOpt,
+    SplitOpt,
+    console,
+    handle_errors,
+    is_tty,
+)
 
 app = typer.Typer()
 

@@ -17,6 +17,7 @@ from cvtool.data.images import is_image_file
 from cvtool.errors import CvtoolError
 from cvtool.fileio import read_csv_rows
 from cvtool.recipe.schema import DataConfig
+from cvtool.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,7 @@ class DatasetInfo:
 
     @property
     def num_outputs(self) -> int:
-        if self.task == "keypoints":
-            return len(self.target_names)
-        if self.task == "binary":
-            return 1
-        return len(self.class_names)
+        return get_task(self.task).num_outputs(self.class_names, self.target_names)
 
 
 Reader = Callable[[DataConfig, str, str], tuple[list[Path], list[str] | np.ndarray | None, list[str]]]
@@ -76,7 +73,8 @@ def read_dataset(cfg: DataConfig, task: str, seed: int) -> DatasetInfo:
 
 def _encode(cfg: DataConfig, task: str, raw: dict[str, tuple]) -> DatasetInfo:
     """Turn per-split raw labels into arrays with one shared class / target order."""
-    if task == "keypoints":
+    rules = get_task(task)
+    if rules.point_targets:
         target_names = raw["train"][2]
         splits = {}
         for name, (paths, targets, columns) in raw.items():
@@ -85,25 +83,19 @@ def _encode(cfg: DataConfig, task: str, raw: dict[str, tuple]) -> DatasetInfo:
             splits[name] = Split(name, paths, targets)
         return DatasetInfo(task, [], list(target_names), splits)
     class_names = raw["train"][2]
-    index = {c: i for i, c in enumerate(class_names)}
     splits = {}
     for name, (paths, labels, _) in raw.items():
         if labels is None:
             splits[name] = Split(name, paths, None)
             continue
         try:
-            if task == "multilabel":
-                targets = np.zeros((len(paths), len(class_names)), np.float32)
-                for row, tags in enumerate(labels):
-                    for tag in tags.split():
-                        targets[row, index[tag]] = 1.0
-            else:
-                targets = np.asarray([index[label] for label in labels], np.int64)
+            targets = rules.encode_labels(labels, class_names)
         except KeyError as exc:
             raise CvtoolError(f"data.{name}: class {exc.args[0]!r} does not occur in the train split") from None
         splits[name] = Split(name, paths, targets)
-    if task == "binary" and len(class_names) != 2:
-        raise CvtoolError(f"data: task binary needs exactly 2 classes, found {len(class_names)}: {class_names[:5]}")
+    problem = rules.check_classes(class_names)
+    if problem:
+        raise CvtoolError(f"data: {problem}")
     return DatasetInfo(task, class_names, [], splits)
 
 
@@ -112,7 +104,7 @@ def split_off(split: Split, fraction: float, seed: int, task: str) -> tuple[Spli
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(split))
-    stratify = split.targets if task in ("multiclass", "binary") and split.targets is not None else None
+    stratify = split.targets if get_task(task).stratify and split.targets is not None else None
     try:
         train_idx, val_idx = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError:
@@ -120,16 +112,8 @@ def split_off(split: Split, fraction: float, seed: int, task: str) -> tuple[Spli
     return split.subset(np.sort(train_idx), "train"), split.subset(np.sort(val_idx), "val")
 
 
-def _sorted_classes(labels: list[str]) -> list[str]:
-    unique = set(labels)
-    try:
-        return sorted(unique, key=lambda c: (float(c), c))
-    except ValueError:
-        return sorted(unique)
-
-
 def read_folder(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], list[str], list[str]]:
-    if task in ("multilabel", "keypoints"):
+    if not get_task(task).one_label_per_image:
         raise CvtoolError(f"data.format: folder holds one label per image; task {task} needs format csv")
     base = cfg.root / split
     if not base.is_dir():
@@ -143,7 +127,7 @@ def read_folder(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], lis
             if path.is_file() and is_image_file(path):
                 paths.append(path)
                 labels.append(name)
-    return paths, labels, _sorted_classes(labels) if labels else classes
+    return paths, labels, get_task(task).classes_of(labels) if labels else classes
 
 
 def read_csv_split(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], object, list[str]]:
@@ -155,7 +139,8 @@ def read_csv_split(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], 
         raise CvtoolError(f"{csv_path}: no column '{cfg.image_column}' (data.image_column); columns: {columns[:8]}")
     image_root = cfg.root / cfg.images_dir
     paths = [safe_join(image_root, row[cfg.image_column] + cfg.image_extension, csv_path) for row in rows]
-    if task == "keypoints":
+    rules = get_task(task)
+    if rules.point_targets:
         names = keypoint_columns(cfg, columns, csv_path)
         if not all(name in columns for name in names):
             return paths, None, names
@@ -164,15 +149,11 @@ def read_csv_split(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], 
         except ValueError as exc:
             raise CvtoolError(f"{csv_path}: non-numeric keypoint value ({exc})") from None
         return paths, targets, names
-    column = cfg.tags_column if task == "multilabel" else cfg.label_column
+    column = rules.label_column(cfg.label_column, cfg.tags_column)
     if column not in columns:
         return paths, None, []
     labels = [row[column].strip() for row in rows]
-    if task == "multilabel":
-        classes = sorted({tag for tags in labels for tag in tags.split()})
-    else:
-        classes = _sorted_classes(labels)
-    return paths, labels, classes
+    return paths, labels, rules.classes_of(labels)
 
 
 def keypoint_columns(cfg: DataConfig, columns: list[str], source: Path) -> list[str]:

@@ -20,11 +20,10 @@ from PIL import Image, ImageDraw
 
 from cvtool.errors import CvtoolError
 from cvtool.fileio import write_csv, write_json, write_text
+from cvtool.tasks import TASKS
 
 MARKER = "cvtool-dataset.json"
 SPLITS = ("train", "val", "test")
-TASK_FORMATS = {"multiclass": ("folder", "csv", "tinyimagenet"), "binary": ("folder",),
-                "multilabel": ("csv",), "keypoints": ("csv",)}
 # Each class has its own shape and colour, so a small CNN separates them within a few epochs.
 SHAPES = {"circle": (230, 40, 40), "square": (40, 200, 60), "triangle": (50, 90, 235),
           "cross": (235, 210, 40), "ring": (220, 60, 220), "bar": (40, 210, 220)}
@@ -67,13 +66,14 @@ def write_digits(out_dir: str | Path, seed: int = 0) -> dict[str, Any]:
 
 def write_synthetic(out_dir: str | Path, task: str, n: int = 120, size: int = 32, seed: int = 0,
                     format: str | None = None, num_classes: int = 4) -> dict[str, Any]:
-    """A small learnable dataset for `task` in its real layout (see TASK_FORMATS; the first
+    """A small learnable dataset for `task` in its real layout (see Task.formats; the first
     format is the default). Images are PNG, every tenth a JPEG (tinyimagenet: all JPEG)."""
-    if task not in TASK_FORMATS:
-        raise CvtoolError(f"data synthetic: unknown task '{task}' (use {', '.join(TASK_FORMATS)})")
-    fmt = format or TASK_FORMATS[task][0]
-    if fmt not in TASK_FORMATS[task]:
-        raise CvtoolError(f"data synthetic: task {task} comes in format {', '.join(TASK_FORMATS[task])}, not {fmt}")
+    if task not in TASKS:
+        raise CvtoolError(f"data synthetic: unknown task '{task}' (use {', '.join(TASKS.names())})")
+    formats = TASKS.get(task).formats
+    fmt = format or formats[0]
+    if fmt not in formats:
+        raise CvtoolError(f"data synthetic: task {task} comes in format {', '.join(formats)}, not {fmt}")
     if n < 20 or size < 8:
         raise CvtoolError("data synthetic: needs --n of at least 20 images and --size of at least 8 pixels")
     if not 2 <= num_classes <= len(SHAPES):

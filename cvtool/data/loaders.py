@@ -78,7 +78,7 @@ class SampleDataset(torch.utils.data.Dataset):
         self.split, self.task, self.pipeline, self.seed = split, task, pipeline, seed
         self.flip_pairs = list(flip_pairs)
         self.size = split.images.shape[1]
-        batchable = pipeline is not None and task.name != "keypoints" and BatchAugment.supports(pipeline)
+        batchable = pipeline is not None and not task.point_targets and BatchAugment.supports(pipeline)
         self.batched = BatchAugment(pipeline) if batchable else None
         if split.targets is None:
             self.targets = np.zeros((len(split), 1), np.float32)
@@ -95,7 +95,7 @@ class SampleDataset(torch.utils.data.Dataset):
         if self.pipeline is not None:
             # the CPU generator only (torch.manual_seed would also queue CUDA/XPU seeding, ~0.1 ms)
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            if self.task.name == "keypoints":
+            if self.task.point_targets:
                 image, target = self._with_points(image, target)
             else:
                 image = self.pipeline(image)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from cvtool.data.cache import DecodedSplit, decode_split
 from cvtool.data.formats import DatasetInfo, read_dataset
 from cvtool.data.loaders import SampleDataset
+from cvtool.data.stats import resolve_normalization
 from cvtool.data.transforms import build_pipeline
 from cvtool.recipe.schema import DataConfig, Recipe
 from cvtool.tasks import Task
@@ -28,8 +29,6 @@ def prepare_data(recipe: Recipe, splits: Iterable[str] = ("train", "val", "test"
     info = read_dataset(cfg, recipe.task, recipe.seed)
     wanted = [s for s in splits if s in info.splits]
     if normalization is None:
-        from cvtool.data.stats import resolve_normalization
-
         normalization = resolve_normalization(cfg, recipe.task, recipe.seed)
     mean, std = normalization
     decoded = {name: _decode(info.splits[name], cfg, progress) for name in wanted}

@@ -1,4 +1,5 @@
-"""Dataset statistics (`cvtool stats`, `normalize: auto`) and class weights for the losses.
+"""Dataset statistics (`cvtool stats`, `normalize: auto`); label counts and class weights
+live in class_stats.py.
 
 Pixels are streamed: each worker decodes one chunk of files at a time and returns exact
 per-channel histograms of the 0..255 values (so exact sums of x, x^2 and pixel counts); memory
@@ -23,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from cvtool.data.formats import DatasetInfo, read_dataset
+from cvtool.data.class_stats import WEIGHT_MODES, class_weights, label_stats, pos_weight
+from cvtool.data.formats import read_dataset
 from cvtool.data.images import decode, open_image
 from cvtool.errors import BadImageError, CvtoolError
 from cvtool.fileio import write_json
@@ -31,43 +33,10 @@ from cvtool.recipe.schema import DataConfig, NormStats
 
 STATS_FILE = "cvtool-stats.json"
 STATS_VERSION = 1
-WEIGHT_MODES = ("none", "inverse", "sqrt_inverse")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 FILES_PER_WORKER = 256  # fewer files per worker: read inline, a pool would not pay off
 CHUNK_FILES = 32
-
-
-def class_weights(counts: np.ndarray, total: int, mode: str) -> np.ndarray | None:
-    """Per-class loss weights from training counts (multiclass: images per class; multilabel:
-    positives per tag), or None for mode 'none'.
-
-    inverse: w_c = total / (K * n_c), scikit-learn's "balanced" (for multiclass counts the mean
-    weight per training image is 1). sqrt_inverse: sqrt(w_c), rescaled so the mean over the K
-    classes is 1. A class without samples is counted as one sample so its weight stays finite.
-    """
-    if mode not in WEIGHT_MODES:
-        raise CvtoolError(f"class weights: unknown mode '{mode}' (use {', '.join(WEIGHT_MODES)})")
-    if mode == "none":
-        return None
-    if total <= 0 or len(counts) == 0:
-        raise CvtoolError("class weights need at least one training image and one class")
-    n = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
-    inverse = total / (len(n) * n)
-    if mode == "inverse":
-        return inverse
-    root = np.sqrt(inverse)
-    return root / root.mean()
-
-
-def pos_weight(targets: np.ndarray) -> float:
-    """n_negative / n_positive of binary 0/1 targets (BCE's pos_weight)."""
-    flat = np.asarray(targets).reshape(-1)
-    positives = int((flat > 0.5).sum())
-    negatives = flat.size - positives
-    if positives == 0 or negatives == 0:
-        raise CvtoolError(f"pos_weight: the training split has {positives} positive and {negatives} negative images")
-    return negatives / positives
 
 
 @dataclass
@@ -208,7 +177,7 @@ def compute_stats(cfg: DataConfig, task: str, seed: int, image_size: int | None,
         "computed_for": {"root": str(cfg.root), "task": task, **_identity(cfg, task, seed),
                          "image_size": image_size, "train_images": len(info.splits["train"])},
         "splits": {name: len(info.splits[name]) for name in chosen},
-        **_label_stats(info, chosen),
+        **label_stats(info, chosen),
         "sizes": {name: dict(tally.sizes.get(name, Counter()).most_common()) for name in chosen},
         "modes": {name: dict(tally.modes.get(name, Counter()).most_common()) for name in chosen},
         "channels": _channel_stats(tally),
@@ -233,36 +202,6 @@ def _identity(cfg: DataConfig, task: str, seed: int) -> dict[str, Any]:
         ident.update(images_dir=cfg.images_dir, image_column=cfg.image_column,
                      image_extension=cfg.image_extension)
     return ident
-
-
-def _label_stats(info: DatasetInfo, chosen: list[str]) -> dict[str, Any]:
-    train = info.splits["train"]
-    if train.targets is None:  # e.g. a CSV without the label column: nothing to count
-        return {}
-    if info.task == "keypoints":
-        values = np.asarray(train.targets, dtype=np.float64)
-        return {"targets": [{"name": name, "min": float(col.min()), "mean": float(col.mean()),
-                             "max": float(col.max())} for name, col in zip(info.target_names, values.T, strict=True)]}
-    counts = {name: _class_counts(info, info.splits[name].targets) for name in chosen
-              if info.splits[name].targets is not None}
-    train_counts = np.asarray(counts["train"])
-    classes: dict[str, Any] = {
-        "names": info.class_names,
-        "count_of": "positives" if info.task == "multilabel" else "images",
-        "counts": counts,
-        "imbalance_ratio": float(train_counts.max() / train_counts.min()) if train_counts.min() > 0 else None,
-        "weights": {mode: class_weights(train_counts, len(train), mode).tolist()
-                    for mode in ("inverse", "sqrt_inverse")},
-    }
-    if info.task == "binary":
-        classes["pos_weight"] = pos_weight(train.targets) if train_counts.min() > 0 else None
-    return {"classes": classes}
-
-
-def _class_counts(info: DatasetInfo, targets: np.ndarray) -> list[int]:
-    if info.task == "multilabel":
-        return [int(v) for v in np.asarray(targets).sum(axis=0)]
-    return [int(v) for v in np.bincount(targets, minlength=len(info.class_names))]
 
 
 def _channel_stats(tally: _Tally) -> dict[str, Any] | None:
@@ -340,3 +279,7 @@ def _auto_normalization(cfg: DataConfig, task: str, seed: int, progress: bool) -
     # A constant channel has std 0: keep it centred but unscaled instead of dividing by zero.
     std = [s if s > 1e-6 else 1.0 for s in stats["channels"]["std"]]
     return list(stats["channels"]["mean"]), std
+
+
+__all__ = ["STATS_FILE", "WEIGHT_MODES", "class_weights", "compute_stats", "load_stats", "pos_weight",
+           "resolve_normalization", "stats_fit"]

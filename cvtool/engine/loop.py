@@ -60,10 +60,12 @@ class NonFiniteLoss(NonFiniteError):
 
 class NonFiniteOutputs(NonFiniteError):
     def __init__(self, split: str, epoch: int | None) -> None:
-        when = f" at epoch {epoch}" if epoch is not None else ""
-        super().__init__(f"training stopped: the model's {split} outputs are NaN or infinite{when} while the "
-                         "training loss is finite (the last good checkpoint is kept; try a lower optim.lr, "
-                         "train.grad_clip or --detect-anomaly)")
+        if epoch is None:  # evaluating a checkpoint
+            super().__init__(f"the model's {split} outputs are NaN or infinite (the checkpoint's weights diverged)")
+            return
+        super().__init__(f"training stopped: the model's {split} outputs are NaN or infinite at epoch {epoch} "
+                         "while the training loss is finite (the last good checkpoint is kept; try a lower "
+                         "optim.lr, train.grad_clip or --detect-anomaly)")
 
 
 class StopRequested(Exception):

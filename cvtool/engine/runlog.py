@@ -15,13 +15,15 @@ FIXED_COLUMNS = ["epoch", "lr", "seconds", "train/loss", "val/loss"]
 
 
 class RunLog:
-    def __init__(self, run_dir: Path | None, quiet: bool, console: Console | None = None,
-                 history: list[dict[str, float]] | None = None) -> None:
-        self.run_dir = run_dir
+    """`metrics_csv` and `tensorboard` come from the run's layout (None: write no files)."""
+
+    def __init__(self, metrics_csv: Path | None, quiet: bool, console: Console | None = None,
+                 history: list[dict[str, float]] | None = None, *, tensorboard: Path | None = None) -> None:
+        self.metrics_csv = metrics_csv
         self.quiet = quiet
         self.console = console or Console(highlight=False)
         self.history: list[dict[str, float]] = list(history or [])
-        self.writer = _tensorboard(run_dir / "tensorboard") if run_dir is not None else None
+        self.writer = _tensorboard(tensorboard) if tensorboard is not None else None
 
     def columns(self) -> list[str]:
         extra = sorted({k for row in self.history for k in row} - set(FIXED_COLUMNS),
@@ -30,9 +32,9 @@ class RunLog:
 
     def add(self, row: dict[str, float], monitor: str, is_best: bool) -> None:
         self.history.append(row)
-        if self.run_dir is not None:
+        if self.metrics_csv is not None:
             columns = self.columns()
-            write_csv(self.run_dir / "metrics.csv", columns,
+            write_csv(self.metrics_csv, columns,
                       [[_cell(r.get(c)) for c in columns] for r in self.history])
         if self.writer is not None:
             for key, value in row.items():

@@ -13,9 +13,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cvtool.data.loaders import Normalize
+from cvtool.data.pipeline import eval_dataset, prepare_data
+from cvtool.engine.checkpoint import update_meta
+from cvtool.engine.inference import predict_split
+from cvtool.engine.loop import select_device
 from cvtool.errors import CvtoolError
+from cvtool.evaluation.reports import per_class_table, write_predictions_csv, write_reports
 from cvtool.evaluation.results import EvalReport, EvalResult, Tuning
+from cvtool.evaluation.thresholds import check_tunable, score, tune_thresholds
 from cvtool.recipe.schema import Recipe
+from cvtool.runs.layout import RunDir
+from cvtool.runs.model import load_model
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +52,6 @@ def recipe_for(loaded: LoadedModel, data_root: str | Path | None = None) -> Reci
 def load_splits(loaded: LoadedModel, splits: tuple[str, ...], data_root: str | Path | None = None,
                 progress: bool = False) -> DataBundle:
     """Decode the wanted splits (those that exist) with the checkpoint's normalization."""
-    from cvtool.data.pipeline import prepare_data
 
     for split in splits:
         check_split(split)
@@ -68,45 +76,31 @@ def model_device(loaded: LoadedModel) -> torch.device:
     return next(loaded.model.parameters()).device
 
 
-def eval_batch_size(recipe: Recipe) -> int:
-    return recipe.data.eval_batch_size or recipe.data.batch_size * 2
-
-
 def default_threshold(loaded: LoadedModel) -> np.ndarray:
     """The stored (tuned) thresholds, else the recipe's evaluate.threshold."""
     return np.asarray(loaded.meta.labels(loaded.recipe.evaluate.threshold).thresholds)
 
 
 def dataset_for(loaded: LoadedModel, bundle: DataBundle, split: str) -> SampleDataset:
-    from cvtool.data.pipeline import eval_dataset
-
     return eval_dataset(bundle, split, loaded.task)
 
 
 def evaluate_split(loaded: LoadedModel, split: str, data_root: str | Path | None = None,
                    bundle: DataBundle | None = None, progress: bool = False) -> EvalResult:
     """Plain inference of the checkpoint on one split, with the task's sklearn metrics."""
-    from cvtool.data.loaders import EpochSampler, Normalize, make_loader
-    from cvtool.engine.loop import run_inference
 
     bundle = bundle if bundle is not None else load_splits(loaded, (split,), data_root, progress)
     require_split(bundle, split, labelled=False)
     dataset = dataset_for(loaded, bundle, split)
     device = model_device(loaded)
     recipe, task = loaded.recipe, loaded.task
-    labelled = dataset.split.targets is not None
-    loader = make_loader(dataset, eval_batch_size(recipe), EpochSampler(len(dataset), 0, False),
-                         recipe.data.num_workers, device)
     normalize = Normalize(loaded.meta.mean, loaded.meta.std).to(device)
-    loss_fn = task.build_loss(recipe.loss).to(device) if labelled else None  # unweighted criterion
-    logits, _, indices, loss = run_inference(loaded.model, normalize, loader, device, loss_fn=loss_fn)
-    order = np.argsort(indices, kind="stable")
-    outputs, indices = task.activate(logits[order]), indices[order]
-    targets = dataset.targets[indices] if labelled else None
-    result = EvalResult(split, outputs, targets, dataset.split.sizes[indices],
-                        [dataset.split.paths[i] for i in indices], {}, loss if labelled else None,
-                        default_threshold(loaded))
-    return rescore(loaded, result, result.threshold)
+    loss_fn = task.build_loss(recipe.loss).to(device)  # unweighted criterion
+    threshold = default_threshold(loaded)
+    found = predict_split(loaded.model, normalize, dataset, task, recipe.data, device, threshold=threshold,
+                          loss_fn=loss_fn)
+    return EvalResult(split, found.outputs, found.targets, found.sizes,
+                      [dataset.split.paths[i] for i in found.indices], found.metrics, found.loss, threshold)
 
 
 def rescore(loaded: LoadedModel, result: EvalResult, threshold: np.ndarray | float) -> EvalResult:
@@ -118,11 +112,9 @@ def rescore(loaded: LoadedModel, result: EvalResult, threshold: np.ndarray | flo
 
 def tune_and_store(loaded: LoadedModel, val: EvalResult, test: EvalResult | None) -> Tuning:
     """Tune thresholds on val, score them on test, store the per-class ones in the checkpoint."""
-    from cvtool.engine.checkpoint import update_meta
-    from cvtool.evaluation.thresholds import check_tunable, score, tune_thresholds
 
     metric = loaded.recipe.evaluate.tune_metric
-    check_tunable(loaded.task.name, metric)
+    check_tunable(loaded.task, metric)
     if val.targets is None:
         raise CvtoolError("--tune-thresholds: the validation split has no labels")
     tuned = tune_thresholds(val.targets, val.outputs, metric, loaded.recipe.evaluate.threshold)
@@ -139,8 +131,9 @@ def tune_and_store(loaded: LoadedModel, val: EvalResult, test: EvalResult | None
 
 def default_out_dir(checkpoint: Path, split: str) -> Path:
     """<run_dir>/eval/<split>-<checkpoint name> (a loose .pt: beside it)."""
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    return run_dir / "eval" / f"{split}-{checkpoint.stem}"
+
+    run = RunDir.from_checkpoint(checkpoint) or RunDir(checkpoint.parent)
+    return run.eval_dir(split, checkpoint.stem)
 
 
 def run_evaluation(target: str | Path, split: str = "test", which: str = "best",
@@ -148,15 +141,11 @@ def run_evaluation(target: str | Path, split: str = "test", which: str = "best",
                    predictions_csv: str | Path | None = None, tune: bool = False,
                    progress: bool = False) -> EvalReport:
     """Everything `cvtool evaluate` does: (tune), evaluate, write metrics, tables and plots."""
-    from cvtool.engine.loop import select_device
-    from cvtool.evaluation.reports import per_class_table, write_predictions_csv, write_reports
-    from cvtool.evaluation.thresholds import check_tunable
-    from cvtool.runs.model import load_model
 
     check_split(split)
     loaded = load_model(target, which, select_device("auto"))
     if tune:
-        check_tunable(loaded.task.name, loaded.recipe.evaluate.tune_metric)
+        check_tunable(loaded.task, loaded.recipe.evaluate.tune_metric)
     wanted = tuple(dict.fromkeys((split, "val", "test") if tune else (split,)))
     bundle = load_splits(loaded, wanted, data_root, progress)
     require_split(bundle, split)

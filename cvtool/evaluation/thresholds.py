@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from cvtool.errors import CvtoolError
+from cvtool.tasks import TASKS, Task
 
 GRID = np.round(np.arange(0.05, 0.951, 0.05), 4)
 MAX_SCORE_CANDIDATES = 40  # midpoints between sorted unique scores, subsampled beyond this
 ROUNDS = {"f1_macro": 1, "f2": 2}  # a macro average is separable: one sweep over the classes is exact
-THRESHOLD_TASKS = ("binary", "multilabel")
 
 
 def _f1_macro(truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -58,11 +58,12 @@ def score(metric: str, targets: np.ndarray, outputs: np.ndarray, thresholds: np.
     return OBJECTIVES[metric](truth, predicted)
 
 
-def check_tunable(task_name: str, metric: str) -> None:
+def check_tunable(task: Task, metric: str) -> None:
     """CvtoolError unless thresholds can be tuned for this task and metric."""
-    if task_name not in THRESHOLD_TASKS:
-        raise CvtoolError(f"--tune-thresholds: task {task_name} has no decision thresholds "
-                          f"(only {' and '.join(THRESHOLD_TASKS)})")
+    if not task.thresholds:
+        tunable = [name for name in TASKS.names() if TASKS.get(name).thresholds]
+        raise CvtoolError(f"--tune-thresholds: task {task.name} has no decision thresholds "
+                          f"(only {' and '.join(tunable)})")
     if metric not in OBJECTIVES:
         raise CvtoolError(f"evaluate.tune_metric: unknown metric {metric} (use {', '.join(OBJECTIVES)})")
 

@@ -17,8 +17,29 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cvtool.data.batch_augment import BatchAugment
+from cvtool.data.loaders import Normalize
+from cvtool.data.transforms import (
+    apply_with_points,
+    build_pipeline,
+    geometric_part,
+    invert_points,
+    mirrored,
+    swap_pairs,
+)
+from cvtool.engine.inference import eval_batch_size
+from cvtool.engine.loop import select_device
 from cvtool.errors import CvtoolError
+from cvtool.evaluation.evaluate import (
+    check_split,
+    default_threshold,
+    evaluate_split,
+    load_splits,
+    model_device,
+    require_split,
+)
 from cvtool.recipe.schema import Recipe
+from cvtool.runs.model import load_model
 from cvtool.tasks import Keypoints
 
 if TYPE_CHECKING:
@@ -44,7 +65,6 @@ class TTAComparison:
 
 def tta_transforms(recipe: Recipe) -> list[dict[str, Any]]:
     """The recipe's tta.transforms, or the geometric part of its train augmentations."""
-    from cvtool.data.transforms import geometric_part
 
     return list(recipe.tta.transforms) if recipe.tta.transforms is not None else geometric_part(recipe.augment)
 
@@ -66,9 +86,6 @@ def _augment(pipeline: Any, batch: torch.Tensor, seeds: Sequence[int],
     Flips and affines run batched (`BatchAugment`, the same result per image as the loop below)."""
     import torch
 
-    from cvtool.data.batch_augment import BatchAugment
-    from cvtool.data.transforms import apply_with_points
-
     if not points and BatchAugment.supports(pipeline):
         return BatchAugment(pipeline)(batch, seeds).contiguous(), None
     size = batch.shape[-1]
@@ -88,7 +105,6 @@ def restore_points(outputs: np.ndarray, affines: Sequence[np.ndarray], out_size:
                    flip_pairs: Sequence[Sequence[int]]) -> np.ndarray:
     """Normalized coordinates predicted on transformed images -> the original frame: through
     each image's inverse affine map, with left/right pairs swapped back when it was mirrored."""
-    from cvtool.data.transforms import invert_points, mirrored, swap_pairs
 
     pixels = (outputs.reshape(len(outputs), -1, 2).astype(np.float64) + 1.0) / 2.0 * out_size
     restored = np.empty_like(pixels)
@@ -108,17 +124,13 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
     `progress(n)` is called after each pass over n images."""
     import torch
 
-    from cvtool.data.loaders import Normalize
-    from cvtool.data.transforms import build_pipeline
-    from cvtool.evaluation.evaluate import default_threshold, eval_batch_size, model_device
-
     check_options(passes, aggregate)
     array = getattr(images, "images", images)
     task, meta, model = loaded.task, loaded.meta, loaded.model
     pipeline = build_pipeline(tta_transforms(loaded.recipe) if transforms is None else transforms, "tta.transforms")
     device = model_device(loaded)
     normalize = Normalize(meta.mean, meta.std).to(device)
-    batch_size = batch_size or eval_batch_size(loaded.recipe)
+    batch_size = batch_size or eval_batch_size(loaded.recipe.data)
     points = isinstance(task, Keypoints) and pipeline is not None
     threshold = default_threshold(loaded)
     model.eval()
@@ -147,9 +159,6 @@ def compare_tta(target: str | Path, split: str = "test", passes: int | None = No
                 seed: int = 0, which: str = "best", data_root: str | Path | None = None,
                 no_transforms: bool = False, progress: bool = False) -> TTAComparison:
     """`cvtool tta`: plain and TTA metrics of a checkpoint on one labelled split."""
-    from cvtool.engine.loop import select_device
-    from cvtool.evaluation.evaluate import check_split, evaluate_split, load_splits, require_split
-    from cvtool.runs.model import load_model
 
     check_split(split)
     loaded = load_model(target, which, select_device("auto"))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cvtool.data.formats import read_dataset
 from cvtool.data.images import decode, normalize_batch
 from cvtool.errors import BadImageError, CvtoolError
 from cvtool.fileio import atomic_open
@@ -232,7 +233,6 @@ def _check_graph(proto: Any) -> None:
 
 def parity_images(recipe: Any, card: ModelCard, count: int = max(PARITY_BATCHES)) -> tuple[list[Path], str]:
     """Up to `count` readable images of the recipe's val split (else test, else train)."""
-    from cvtool.data.formats import read_dataset
 
     try:
         info = read_dataset(recipe.data, recipe.task, recipe.seed)

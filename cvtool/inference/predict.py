@@ -42,7 +42,7 @@ class CheckpointPredictor:
     """A run dir / checkpoint in PyTorch on the CPU; also runs the recipe's TTA."""
 
     def __init__(self, target: str | Path, which: str = "best") -> None:
-        from cvtool.runs.model import load_model
+        from cvtool.runs.model import load_model  # torch: only for checkpoints, never for .onnx
 
         self.loaded = load_model(target, which, "cpu")
         self.card = card_from_checkpoint(self.loaded.meta, self.loaded.recipe,
@@ -58,7 +58,7 @@ class CheckpointPredictor:
     def tta(self, images: np.ndarray, passes: int, seed: int, batch_size: int,
             progress: Callable[[int], None] | None) -> np.ndarray:
         """Activated outputs aggregated over `passes` passes of the recipe's TTA transforms."""
-        from cvtool.evaluation.tta import tta_outputs
+        from cvtool.evaluation.tta import tta_outputs  # torch: checkpoint TTA only
 
         return tta_outputs(self.loaded, images, passes, self.loaded.recipe.tta.aggregate, seed=seed,
                            batch_size=batch_size, progress=progress)
@@ -70,7 +70,7 @@ class CheckpointPredictor:
 def open_predictor(model: str | Path, which: str = "best") -> Predictor:
     """An .onnx file -> onnxruntime (torch is not imported); anything else -> a checkpoint."""
     if Path(model).suffix.lower() == ".onnx":
-        from cvtool.inference.onnx_runtime import OnnxPredictor
+        from cvtool.inference.onnx_runtime import OnnxPredictor  # onnxruntime loads only when used
 
         return OnnxPredictor(model)
     return CheckpointPredictor(model, which)

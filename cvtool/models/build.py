@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
 
 from cvtool.models.heads import replace_head
 from cvtool.models.pretrained import load_pretrained
 from cvtool.models.registry import OWN_ARCHS, check_arch
 from cvtool.models.shakedrop import apply_shakedrop
-from cvtool.models.simplenet import build_simplenet
 from cvtool.models.surgery import adapt_input_channels, apply_small_input, check_input_size
 from cvtool.models.torchvision import build_torchvision
 from cvtool.recipe.schema import ModelConfig
-
-OwnBuilder = Callable[[ModelConfig, int, int, int], nn.Module]
-OWN_BUILDERS: dict[str, OwnBuilder] = {"simplenet": build_simplenet}
-assert set(OWN_BUILDERS) == set(OWN_ARCHS), "registry.OWN_ARCHS and OWN_BUILDERS disagree"
 
 
 def build_model(cfg: ModelConfig, num_outputs: int, channels: int, image_size: int) -> nn.Module:
@@ -30,8 +23,8 @@ def build_model(cfg: ModelConfig, num_outputs: int, channels: int, image_size: i
     `sync_batchnorm` is the engine's job too.
     """
     check_arch(cfg.arch)
-    if cfg.arch in OWN_BUILDERS:
-        model = OWN_BUILDERS[cfg.arch](cfg, num_outputs, channels, image_size)
+    if cfg.arch in OWN_ARCHS:
+        model = OWN_ARCHS.get(cfg.arch)(cfg, num_outputs, channels, image_size)
     else:
         model = build_torchvision(cfg.arch, image_size)
     if cfg.pretrained is not None:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from cvtool.errors import CvtoolError
-from cvtool.registry import suggest
+from collections.abc import Callable
+from typing import Any
 
-OWN_ARCHS = ("simplenet",)
+from cvtool.errors import CvtoolError
+from cvtool.registry import Registry, suggest
+
+OwnBuilder = Callable[[Any, int, int, int], Any]  # (ModelConfig, num_outputs, channels, image_size) -> nn.Module
+OWN_ARCHS: Registry[OwnBuilder] = Registry("architecture")
+
+
+@OWN_ARCHS.register("simplenet")
+def _simplenet(cfg: Any, num_outputs: int, channels: int, image_size: int) -> Any:
+    # imported on use: recipe checks import this module and must stay torch-free
+    from cvtool.models.simplenet import build_simplenet
+
+    return build_simplenet(cfg, num_outputs, channels, image_size)
 
 
 def torchvision_archs() -> list[str]:

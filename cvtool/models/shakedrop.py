@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cvtool.errors import CvtoolError
+from cvtool.models.simplenet import SimpleNet
 from cvtool.recipe.schema import ShakeDropConfig
 
 SHAKEDROP_FAMILIES = "ResNet, ResNeXt, WideResNet, EfficientNet, EfficientNetV2, simplenet with skip: true"
@@ -82,8 +83,6 @@ def _simplenet_stages(model: nn.Module) -> list[list[BranchEnd]]:
 def residual_stages(model: nn.Module, arch: str) -> list[list[BranchEnd]]:
     """The residual blocks of each stage, as (block, attribute ending the residual branch)."""
     from torchvision.models import EfficientNet, ResNet
-
-    from cvtool.models.simplenet import SimpleNet
 
     finders: tuple[tuple[type, Callable[[nn.Module], list[list[BranchEnd]]]], ...] = (
         (ResNet, _resnet_stages),

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from cvtool.tasks import get_task
+
 
 def _no_bool(value: Any) -> Any:
     """YAML's true/false are not numbers (pydantic would read them as 1/0)."""
@@ -227,7 +229,7 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
-        allowed = LOSSES_BY_TASK[self.task]
+        allowed = get_task(self.task).losses
         if self.loss.name != "auto" and self.loss.name not in allowed:
             raise ValueError(f"loss.name {self.loss.name} does not fit task {self.task} (use {', '.join(allowed)})")
         if self.data.val is None and self.data.val_fraction is None:
@@ -239,10 +241,3 @@ class Recipe(Section):
             raise ValueError("phases must have increasing, distinct epochs")
         return self
 
-
-LOSSES_BY_TASK: dict[str, tuple[str, ...]] = {
-    "multiclass": ("cross_entropy",),
-    "binary": ("bce", "focal"),
-    "multilabel": ("bce", "focal"),
-    "keypoints": ("mse", "smooth_l1"),
-}

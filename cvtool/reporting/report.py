@@ -1,10 +1,10 @@
-"""`cvtool report`: the comparison document the seed authors wrote by hand.
+"""`cvtool report`: one document that compares runs, so nobody assembles tables and plots by hand.
 
 Runs (or a sweep's points) are ranked by a metric; each row says what differs from the first
-run's recipe. Figures overlay the metric across runs (raw faint, smoothed on top, as seeds 000
-and 002 compared runs in TensorBoard), the validation loss and the learning rate; each run's
-confusion matrix or ROC is copied from its plots/. Markdown and a self-contained HTML page are
-written side by side (cvtool/report_render.py), PNGs into `<stem>_files/` beside them.
+run's recipe. Figures overlay the metric across runs (raw faint, smoothed on top, the way
+TensorBoard compares runs), the validation loss and the learning rate; each run's confusion
+matrix or ROC is copied from its plots folder. Markdown and a self-contained HTML page are
+written side by side (reporting/render.py), PNGs into `<stem>_files/` beside them.
 """
 
 from __future__ import annotations
@@ -16,10 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cvtool import plots
 from cvtool.errors import CvtoolError
 from cvtool.fileio import atomic_open, write_text
+from cvtool.plots import ema
+from cvtool.registry import suggest
 from cvtool.reporting.collect import Figure, Report, Row, Run, collect_runs
 from cvtool.reporting.render import render_html, render_markdown
+from cvtool.runs.layout import RunDir
 from cvtool.tasks import higher_is_better
 
 IGNORED_KEYS = ("name", "description", "sweep")  # differ between runs without changing the experiment
@@ -47,8 +51,6 @@ def _metric_name(metric: str, runs: list[Run]) -> str:
     name = metric if metric.startswith(("val/", "train/")) else f"val/{metric}"
     recorded = sorted({key for run in runs for row in run.history for key in row} - {"epoch", "lr", "seconds"})
     if name not in recorded:
-        from cvtool.registry import suggest
-
         raise CvtoolError(f"--metric {metric}: no run recorded it{suggest(name, recorded)} (have: {', '.join(recorded)})")
     return name
 
@@ -61,7 +63,6 @@ def best_of(run: Run, metric: str) -> tuple[int | None, float | None, int | None
     if summary.get("monitor") == metric and summary.get("best_value") is not None:
         return (summary.get("best_epoch"), summary.get("best_value"),
                 summary.get("smoothed_best_epoch"), summary.get("smoothed_best_value"))
-    from cvtool.plots import ema
 
     rows = [r for r in run.history if metric in r]
     if not rows:
@@ -131,7 +132,6 @@ def _show(value: Any, limit: int = 80) -> str:
 
 def draw_figures(runs: list[Run], metric: str, files_dir: Path) -> list[Figure]:
     """Overlays of the metric, the validation loss and the lr; each run's confusion matrix / ROC."""
-    from cvtool import plots
 
     smoothing = runs[0].smoothing
     figures = []
@@ -147,7 +147,7 @@ def draw_figures(runs: list[Run], metric: str, files_dir: Path) -> list[Figure]:
             figures.append(Figure(title, path))
     for index, run in enumerate(runs, start=1):
         for name in RUN_PLOTS:
-            source = run.path / "plots" / name
+            source = RunDir(run.path).plots / name
             if source.is_file():
                 target = files_dir / f"{index:02d}_{_slug(run.label)}_{name}"
                 with atomic_open(target, "wb") as handle:

@@ -7,40 +7,32 @@ from typing import Any
 
 import numpy as np
 
+from cvtool import plots
+from cvtool.data.pipeline import eval_dataset, skipped_counts
+from cvtool.engine.checkpoint import load_checkpoint
+from cvtool.engine.inference import predict_split
 from cvtool.engine.state import Session, TrainState, unwrap
 from cvtool.fileio import atomic_open, write_json
 from cvtool.plots import ema
+from cvtool.runs.layout import RunDir
 from cvtool.tasks import Task, higher_is_better
 
 
 def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool = True,
                   epoch: int | None = None) -> dict[str, Any]:
     """Loss and task metrics of the current model on one split (gathered over ranks)."""
-    from cvtool.data.loaders import EpochSampler, make_loader
-    from cvtool.engine.loop import NonFiniteOutputs, run_inference
+    from cvtool.engine.loop import NonFiniteOutputs
 
-    dist = session.dist
-    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
-    sampler = EpochSampler(len(dataset), 0, False, rank, world, pad=False)
-    batch = session.recipe.data.eval_batch_size or session.recipe.data.batch_size * 2
-    loader = make_loader(dataset, batch, sampler, session.recipe.data.num_workers, session.device)
-    step = session.step
-    logits, targets, indices, loss = run_inference(step.model, step.normalize, loader, session.device,
-                                                   step.dtype, step.loss_fn, step.channels_last)
-    if dist:
-        logits, targets, indices, loss = dist.gather(logits, targets, indices, loss)
-    if not (np.isfinite(logits).all() and np.isfinite(loss)):  # scikit-learn would fail on them
-        raise NonFiniteOutputs(split, epoch)
-    order = np.argsort(indices)
-    logits, targets, indices = logits[order], targets[order], indices[order]
-    outputs = session.task.activate(logits)
-    sizes = dataset.split.sizes[indices]
-    if session.task.name == "multiclass" or session.task.name == "binary":
-        targets = targets.astype(np.int64)
-    metrics = session.task.metrics(targets, outputs, session.recipe.evaluate.threshold, sizes)
-    result = {"split": split, "loss": loss, "metrics": metrics}
+    step, recipe = session.step, session.recipe
+    try:
+        found = predict_split(step.model, step.normalize, dataset, session.task, recipe.data, session.device,
+                              threshold=recipe.evaluate.threshold, loss_fn=step.loss_fn, dtype=step.dtype,
+                              channels_last=step.channels_last, dist=session.dist)
+    except NonFiniteOutputs:
+        raise NonFiniteOutputs(split, epoch) from None  # name the epoch training stopped at
+    result = {"split": split, "loss": found.loss, "metrics": found.metrics}
     if keep_outputs:
-        result.update(outputs=outputs, targets=targets, indices=indices, sizes=sizes)
+        result.update(outputs=found.outputs, targets=found.targets, indices=found.indices, sizes=found.sizes)
     return result
 
 
@@ -57,12 +49,10 @@ def load_predictions(path: Path) -> dict[str, np.ndarray]:
 
 def finish_run(session: Session, state: TrainState, run_dir: Path | None, quiet: bool) -> dict[str, Any]:
     """Best checkpoint on the test split, summary.json and plots."""
-    from cvtool.data.pipeline import eval_dataset
-    from cvtool.engine.checkpoint import load_checkpoint
 
     test = None
     if run_dir is not None and "test" in session.bundle.splits and session.bundle.splits["test"].targets is not None:
-        best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+        best = load_checkpoint(RunDir(run_dir).checkpoint("best"))
         unwrap(session.step.model).load_state_dict(best["model"])
         evaluator = session
         if session.dist is not None:  # only rank 0 gets here: evaluate alone (no DDP wrapper, no gather)
@@ -71,18 +61,16 @@ def finish_run(session: Session, state: TrainState, run_dir: Path | None, quiet:
             evaluator = replace(session, dist=None, step=replace(session.step, model=unwrap(session.step.model)))
         result = split_metrics(evaluator, eval_dataset(session.bundle, "test", session.task), "test")
         test = {"loss": result["loss"], **result["metrics"]}
-        save_predictions(run_dir / "predictions" / "test_best.npz", result)
+        save_predictions(RunDir(run_dir).prediction("test_best"), result)
     summary = build_summary(session, state, test)
     if run_dir is not None:
-        write_json(run_dir / "summary.json", summary)
+        write_json(RunDir(run_dir).summary, summary)
         write_plots(run_dir, state.history, session.task, session.meta.class_names, session.recipe.train.smoothing,
                     session.recipe.evaluate.threshold)
     return summary
 
 
 def build_summary(session: Session, state: TrainState, test: dict[str, float] | None) -> dict[str, Any]:
-    from cvtool.data.pipeline import skipped_counts
-
     monitor = session.monitor
     values = [row[monitor] for row in state.history]
     smoothed = ema(values, session.recipe.train.smoothing)
@@ -111,11 +99,11 @@ def build_summary(session: Session, state: TrainState, test: dict[str, float] | 
 def write_plots(run_dir: Path, history: list[dict[str, float]], task: Task, class_names: list[str],
                 smoothing: float, threshold: float) -> None:
     """Loss, every metric (raw and smoothed), lr, confusion matrices and ROC curves."""
-    from cvtool import plots
 
     if not history:
         return
-    folder = run_dir / "plots"
+    run = RunDir(run_dir)
+    folder = run.plots
     epochs = [r["epoch"] for r in history]
     series = lambda key: (epochs, [r.get(key, float("nan")) for r in history])  # noqa: E731
     plots.curves({"train": series("train/loss"), "val": series("val/loss")}, "loss", "loss", folder / "loss.png")
@@ -126,16 +114,15 @@ def write_plots(run_dir: Path, history: list[dict[str, float]], task: Task, clas
             lines["train"] = series(f"train/{name}")
         plots.curves(lines, name, name, folder / f"{name}.png", smoothing=smoothing)
     plots.curves({"lr": series("lr")}, "learning rate", "lr", folder / "lr.png", logy=True)
-    predictions = run_dir / "predictions"
-    for label, file in (("first epoch", "val_epoch_001.npz"), ("best epoch", "val_best.npz")):
-        if not (predictions / file).is_file():
+    for label, name in (("first epoch", "val_epoch_001"), ("best epoch", "val_best")):
+        if not run.prediction(name).is_file():
             continue
-        data = load_predictions(predictions / file)
+        data = load_predictions(run.prediction(name))
         if task.confusion:
             classes = len(class_names)
             matrix = plots.confusion_matrix(data["targets"], data["outputs"], classes, threshold)
-            plots.confusion(matrix, class_names, f"confusion matrix, {label}", folder / f"confusion_{file[4:-4]}.png")
-        if task.roc and file == "val_best.npz":
+            plots.confusion(matrix, class_names, f"confusion matrix, {label}", folder / f"confusion_{name[4:]}.png")
+        if task.roc and name == "val_best":
             names = class_names if data["outputs"].shape[1] > 1 else [class_names[-1] if class_names else "positive"]
             curves = plots.roc_curves(data["targets"], data["outputs"], names)
             if curves:

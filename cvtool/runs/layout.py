@@ -83,6 +83,10 @@ class RunDir:
         name = f"epoch_{int(name):03d}" if name.isdigit() else name
         return self.checkpoints / f"{name}.pt"
 
+    def prediction(self, name: str) -> Path:
+        """predictions/<name>.npz: val_epoch_001, val_best, test_best."""
+        return self.predictions / f"{name}.npz"
+
     def eval_dir(self, split: str, checkpoint: str) -> Path:
         return self.path / EVAL / f"{split}-{checkpoint}"
 

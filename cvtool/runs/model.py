@@ -10,6 +10,7 @@ import torch
 from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.errors import CvtoolError
 from cvtool.model_card import ModelMeta
+from cvtool.models import build_model
 from cvtool.recipe.load import recipe_from_dict
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.layout import resolve_checkpoint
@@ -28,7 +29,6 @@ class LoadedModel:
 
 def load_model(target: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
     """The model of a run dir or checkpoint, in eval mode, with its recipe and metadata."""
-    from cvtool.models import build_model
 
     path = resolve_checkpoint(target, which)
     payload = load_checkpoint(path)

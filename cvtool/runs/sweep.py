@@ -15,6 +15,7 @@ from cvtool.recipe.schema import Recipe
 from cvtool.runs.layout import RunDir
 from cvtool.runs.placement import Placement, mark, place_run
 from cvtool.runs.recipes import expand_sweep
+from cvtool.runs.train import fit
 from cvtool.tasks import get_task, higher_is_better
 
 
@@ -56,8 +57,6 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite
 
 def _run_one(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, stop: Any, dist: Any,
              started: Callable[[], Path] | None = None) -> dict[str, Any]:
-    from cvtool.runs.train import fit
-
     if dist is None or dist.rank == 0:
         if resume and not RunDir(run_dir).checkpoint("last").is_file():
             raise CvtoolError(f"--resume {run_dir}: no checkpoints/last.pt to continue from")

@@ -13,6 +13,7 @@ import torch
 
 from cvtool.data.loaders import EpochSampler, Normalize, make_loader
 from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
+from cvtool.data.stats import class_weights, pos_weight
 from cvtool.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cvtool.engine.loop import Stepper, amp_dtype, select_device, train_one_epoch, with_cpu_runtime
 from cvtool.engine.optim import (
@@ -28,8 +29,10 @@ from cvtool.engine.runlog import RunLog
 from cvtool.engine.state import Session, TrainState, unwrap
 from cvtool.errors import CvtoolError
 from cvtool.model_card import ModelMeta
+from cvtool.models import build_model, frozen_batchnorm_eval, set_trainable
 from cvtool.recipe.schema import Recipe
-from cvtool.runs.artifacts import finish_run, split_metrics
+from cvtool.runs.artifacts import finish_run, save_predictions, split_metrics
+from cvtool.runs.layout import RunDir
 from cvtool.tasks import Task, get_task, higher_is_better
 
 
@@ -40,9 +43,6 @@ def seed_everything(seed: int) -> None:
 
 
 def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
-    from cvtool.data.stats import class_weights, pos_weight
-    from cvtool.models import build_model, frozen_batchnorm_eval
-
     seed_everything(recipe.seed + (dist.rank if dist else 0))
     task = get_task(recipe.task)
     bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
@@ -76,9 +76,8 @@ def _loss_weights(recipe: Recipe, task: Task, bundle: DataBundle, class_weights,
         if len(mode) != bundle.info.num_outputs:
             raise CvtoolError(f"loss.class_weights: {len(mode)} weights for {bundle.info.num_outputs} classes")
         weights = np.asarray(mode, np.float32)
-    elif mode != "none" and task.name in ("multiclass", "multilabel"):
-        counts = (np.bincount(targets, minlength=bundle.info.num_outputs) if task.name == "multiclass"
-                  else targets.sum(axis=0))
+    elif mode != "none" and task.class_weighted:
+        counts = task.class_counts(targets, bundle.info.num_outputs)
         weights = class_weights(counts, len(targets), mode)
     positive = pos_weight(targets) if recipe.loss.pos_weight == "auto" else None
     return weights, positive
@@ -151,19 +150,21 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     session.step.schedule = make_schedule(session, 1, steps)
     if stop is not None:
         session.step.stop = stop
-    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
+    run = RunDir(run_dir) if run_dir is not None else None
     if resume:
-        state = restore(session, load_checkpoint(ckpt_dir / "last.pt"), steps)
+        state = restore(session, load_checkpoint(run.checkpoint("last")), steps)
     else:
         state = TrainState()
-        if lead and ckpt_dir is not None:
-            save_checkpoint(ckpt_dir / "last.pt", checkpoint_payload(session, state))
+        if lead and run is not None:
+            save_checkpoint(run.checkpoint("last"), checkpoint_payload(session, state))
     if started is not None:
         run_dir = started()
-        ckpt_dir = run_dir / "checkpoints"
-    log = RunLog(run_dir if lead else None, quiet or not lead, history=state.history)
+        run = RunDir(run_dir)
+    files = run if lead else None
+    log = RunLog(files and files.metrics, quiet or not lead, history=state.history,
+                 tensorboard=files and files.tensorboard)
     try:
-        _epochs(session, state, loader, sampler, log, ckpt_dir, steps)
+        _epochs(session, state, loader, sampler, log, run, steps)
     finally:
         log.close()
     if not lead:
@@ -171,9 +172,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     return finish_run(session, state, run_dir, quiet)
 
 
-def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, ckpt_dir, steps: int) -> None:
-    from cvtool.models import set_trainable
-
+def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, run: RunDir | None,
+            steps: int) -> None:
     recipe, step = session.recipe, session.step
     higher = higher_is_better(session.monitor)
     stopper = recipe.train.early_stop
@@ -206,8 +206,8 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, c
         state.history.append(row)
         log.history = state.history[:-1]
         log.add(row, session.monitor, is_best)
-        if lead and ckpt_dir is not None:
-            _save_epoch(session, state, ckpt_dir, is_best, val)
+        if lead and run is not None:
+            _save_epoch(session, state, run, is_best, val)
         if stopper and state.bad_epochs >= stopper.patience:
             log.console.print(f"early stop: no {session.monitor} gain for {stopper.patience} epochs")
             break
@@ -228,21 +228,17 @@ def _gather_train(session: Session, result) -> tuple[np.ndarray, np.ndarray, flo
     """Train-batch outputs as the task's metrics want them (keypoints need image sizes)."""
     outputs = session.task.activate(result.logits)
     sizes = session.bundle.splits["train"].sizes[result.indices]
-    targets = result.targets if session.task.name != "multiclass" else result.targets.astype(np.int64)
-    return targets, outputs, session.recipe.evaluate.threshold, sizes
+    return session.task.metric_targets(result.targets), outputs, session.recipe.evaluate.threshold, sizes
 
 
-def _save_epoch(session: Session, state: TrainState, ckpt_dir: Path, is_best: bool, val: dict) -> None:
-    from cvtool.runs.artifacts import save_predictions
-
+def _save_epoch(session: Session, state: TrainState, run: RunDir, is_best: bool, val: dict) -> None:
     payload = checkpoint_payload(session, state)
-    run_dir = ckpt_dir.parent
     if state.epoch == 1:
-        save_predictions(run_dir / "predictions" / "val_epoch_001.npz", val)
+        save_predictions(run.prediction("val_epoch_001"), val)
     if is_best:
-        save_checkpoint(ckpt_dir / "best.pt", payload)
-        save_predictions(run_dir / "predictions" / "val_best.npz", val)
+        save_checkpoint(run.checkpoint("best"), payload)
+        save_predictions(run.prediction("val_best"), val)
     every = session.recipe.train.save_every
     if every and state.epoch % every == 0:
-        save_checkpoint(ckpt_dir / f"epoch_{state.epoch:03d}.pt", payload)
-    save_checkpoint(ckpt_dir / "last.pt", payload)
+        save_checkpoint(run.checkpoint(str(state.epoch)), payload)
+    save_checkpoint(run.checkpoint("last"), payload)

@@ -41,6 +41,55 @@ class Task(ABC):
     default_loss: str = ""
     confusion: bool = False  # confusion-matrix plots make sense
     roc: bool = False  # ROC curves make sense
+    losses: tuple[str, ...] = ()  # loss names a recipe may choose (recipe.schema asks)
+    formats: tuple[str, ...] = ()  # layouts `cvtool data synthetic` writes; the first is the default
+    # Targets are image coordinates: augmentation moves them with the pixels, CSV columns hold
+    # them as numbers, there are no classes, and reports show original pixels.
+    point_targets: bool = False
+    one_label_per_image: bool = True  # the folder format (<class>/<image>) can hold the labels
+    stratify: bool = False  # a seeded val split keeps the class proportions
+    thresholds: bool = False  # outputs are probabilities compared with a tunable threshold
+    count_of: str = "images"  # what a class count counts (stats)
+    class_weighted: bool = False  # loss.class_weights inverse / sqrt_inverse apply
+    positive_class: bool = False  # one output scores the positive class (stats report its pos_weight)
+    figures: tuple[str, ...] = ()  # extra evaluation figures (names in evaluation.reports.FIGURES)
+
+    def num_outputs(self, class_names: list[str], target_names: list[str]) -> int:
+        """Model outputs for a dataset with these classes / target columns."""
+        return len(class_names)
+
+    def label_column(self, label_column: str, tags_column: str) -> str:
+        """The CSV column that holds an image's label(s)."""
+        return label_column
+
+    def classes_of(self, labels: list[str]) -> list[str]:
+        """The class order of raw string labels: numeric names by value, others alphabetically."""
+        unique = set(labels)
+        try:
+            return sorted(unique, key=lambda c: (float(c), c))
+        except ValueError:
+            return sorted(unique)
+
+    def encode_labels(self, labels: list[str], class_names: list[str]) -> np.ndarray:
+        """Raw string labels -> targets (int64 class index); KeyError names an unknown class."""
+        index = {c: i for i, c in enumerate(class_names)}
+        return np.asarray([index[label] for label in labels], np.int64)
+
+    def check_classes(self, class_names: list[str]) -> str | None:
+        """What is wrong with this class list for the task, or None."""
+        return None
+
+    def class_counts(self, targets: np.ndarray, num_classes: int) -> np.ndarray | None:
+        """Images (or positives) per class; None where class weights do not apply."""
+        return None
+
+    def metric_targets(self, targets: np.ndarray) -> np.ndarray:
+        """Targets as collected from batches -> the dtype `metrics` expects."""
+        return targets
+
+    def class_table(self, result: Any, meta: Any) -> Any:
+        """The per-class (or per-point) table of an evaluation (a tasks.reports.ClassTable)."""
+        raise NotImplementedError
 
     @abstractmethod
     def activate(self, logits: np.ndarray) -> np.ndarray:

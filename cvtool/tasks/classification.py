@@ -6,6 +6,7 @@ import numpy as np
 
 from cvtool.tasks.base import Task, sigmoid, softmax
 from cvtool.tasks.losses import cross_entropy, sigmoid_loss
+from cvtool.tasks.reports import label_table, multiclass_table, positive_table
 
 
 def _vote_classes(stack: np.ndarray) -> np.ndarray:
@@ -35,11 +36,32 @@ def _vote_labels(stack: np.ndarray, threshold: np.ndarray | float) -> np.ndarray
     return np.where(decision_pos, agree_pos, np.where(decision_neg, agree_neg, mean))
 
 
-class Multiclass(Task):
+class _OneClassPerImage(Task):
+    """Targets are int64 class indices, so a val split can keep the class proportions."""
+
+    stratify = True
+
+    def class_counts(self, targets, num_classes):
+        return np.bincount(targets, minlength=num_classes)
+
+    def metric_targets(self, targets):
+        return targets.astype(np.int64)
+
+    def target_labels(self, targets, class_names):
+        return [class_names[int(t)] for t in targets.reshape(-1)]
+
+
+class Multiclass(_OneClassPerImage):
     name = "multiclass"
     default_monitor = "val/accuracy"
     default_loss = "cross_entropy"
     confusion = True
+    losses = ("cross_entropy",)
+    formats = ("folder", "csv", "tinyimagenet")
+    class_weighted = True
+
+    def class_table(self, result, meta):
+        return multiclass_table(result, meta)
 
     def activate(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits.astype(np.float64)).astype(np.float32)
@@ -75,16 +97,28 @@ class Multiclass(Task):
     def predicted_labels(self, outputs, class_names, threshold=0.5):
         return [class_names[i] for i in outputs.argmax(axis=1)]
 
-    def target_labels(self, targets, class_names):
-        return _class_names(targets, class_names)
 
-
-class Binary(Task):
+class Binary(_OneClassPerImage):
     name = "binary"
     default_monitor = "val/auc"
     default_loss = "bce"
     confusion = True
     roc = True
+    losses = ("bce", "focal")
+    formats = ("folder",)
+    thresholds = True
+    positive_class = True
+
+    def num_outputs(self, class_names, target_names):
+        return 1
+
+    def check_classes(self, class_names):
+        if len(class_names) != 2:
+            return f"task binary needs exactly 2 classes, found {len(class_names)}: {class_names[:5]}"
+        return None
+
+    def class_table(self, result, meta):
+        return positive_table(result, meta)
 
     def activate(self, logits):
         return sigmoid(logits.astype(np.float64)).astype(np.float32)
@@ -117,15 +151,38 @@ class Binary(Task):
         cut = float(np.asarray(threshold, np.float64).reshape(-1)[0])
         return [class_names[int(p > cut)] for p in outputs.reshape(-1)]
 
-    def target_labels(self, targets, class_names):
-        return _class_names(targets, class_names)
-
 
 class Multilabel(Task):
     name = "multilabel"
     default_monitor = "val/f1_macro"
     default_loss = "bce"
     roc = True
+    losses = ("bce", "focal")
+    formats = ("csv",)
+    one_label_per_image = False
+    thresholds = True
+    count_of = "positives"
+    class_weighted = True
+
+    def label_column(self, label_column, tags_column):
+        return tags_column
+
+    def classes_of(self, labels):
+        return sorted({tag for tags in labels for tag in tags.split()})
+
+    def encode_labels(self, labels, class_names):
+        index = {c: i for i, c in enumerate(class_names)}
+        targets = np.zeros((len(labels), len(class_names)), np.float32)
+        for row, tags in enumerate(labels):
+            for tag in tags.split():
+                targets[row, index[tag]] = 1.0
+        return targets
+
+    def class_counts(self, targets, num_classes):
+        return np.asarray(targets).sum(axis=0)
+
+    def class_table(self, result, meta):
+        return label_table(result, meta)
 
     def activate(self, logits):
         return sigmoid(logits.astype(np.float64)).astype(np.float32)
@@ -162,10 +219,6 @@ class Multilabel(Task):
 
     def target_labels(self, targets, class_names):
         return _tags(targets > 0.5, class_names)
-
-
-def _class_names(targets: np.ndarray, class_names: list[str]) -> list[str]:
-    return [class_names[int(t)] for t in targets.reshape(-1)]
 
 
 def _tags(flags: np.ndarray, class_names: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ import numpy as np
 
 from cvtool.tasks.base import Task
 from cvtool.tasks.losses import point_loss
+from cvtool.tasks.reports import point_table, to_pixels
 
 
 class Keypoints(Task):
@@ -15,6 +16,17 @@ class Keypoints(Task):
     name = "keypoints"
     default_monitor = "val/rmse"
     default_loss = "mse"
+    losses = ("mse", "smooth_l1")
+    formats = ("csv",)
+    point_targets = True
+    one_label_per_image = False
+    figures = ("worst_keypoints",)
+
+    def num_outputs(self, class_names, target_names):
+        return len(target_names)
+
+    def class_table(self, result, meta):
+        return point_table(result, meta)
 
     def activate(self, logits):
         return logits.astype(np.float32)
@@ -23,10 +35,7 @@ class Keypoints(Task):
         scale = np.tile(np.asarray(sizes, np.float32), targets.shape[1] // 2)
         return (targets / scale * 2.0 - 1.0).astype(np.float32)
 
-    @staticmethod
-    def to_pixels(outputs: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        scale = np.tile(np.asarray(sizes, np.float64), outputs.shape[1] // 2)
-        return (outputs.astype(np.float64) + 1.0) / 2.0 * scale
+    to_pixels = staticmethod(to_pixels)
 
     def metrics(self, targets, outputs, threshold=0.5, sizes=None):
         from sklearn.metrics import mean_absolute_error, mean_squared_error
