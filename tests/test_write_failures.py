@@ -155,6 +155,7 @@ def test_checkpoint_save_failing_mid_run_stops_it_keeping_last_pt(tmp_path, synt
     assert not [p for p in run.rglob("*.tmp")]
 
 
+@pytest.mark.slow  # five commands, one an ONNX export with its parity check
 def test_evaluate_report_predict_export_into_a_read_only_folder(trained, tmp_path) -> None:
     with tmpfs(tmp_path / "ro") as mount:
         previous = {"eval/metrics.json": b'{"old": 1}\n', "report.md": b"# old\n", "submission.csv": b"image,label\n",
@@ -200,6 +201,7 @@ def test_broken_checkpoint_is_one_line(content, tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pt"]
 
 
+@pytest.mark.slow  # five commands per errno, one an ONNX export with its parity check
 @pytest.mark.parametrize("code", sorted(REASONS))
 def test_every_command_output_refused_at_os_replace(code, trained, tmp_path, monkeypatch) -> None:
     """The same promise where no filesystem can be mounted: the OSError comes from os.replace."""
