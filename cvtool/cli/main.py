@@ -5,7 +5,20 @@ from __future__ import annotations
 import typer
 
 from cvtool import __version__
-from cvtool.cli import bench, data, evaluate, export, predict, recipe, report, stats, train, tta
+from cvtool.cli import (
+    bench,
+    data,
+    evaluate,
+    export,
+    lr_find,
+    predict,
+    recipe,
+    report,
+    stats,
+    train,
+    tta,
+    weights,
+)
 
 app = typer.Typer(
     name="cvtool",
@@ -32,12 +45,14 @@ app.add_typer(recipe.app, name="recipe", help="Inspect recipes.")
 app.add_typer(data.app, name="data", help="Write example datasets: real digits, synthetic sets per task.")
 app.add_typer(stats.app)
 app.add_typer(train.app)
+app.add_typer(lr_find.app)
 app.add_typer(evaluate.app)
 app.add_typer(tta.app)
 app.add_typer(export.app)
 app.add_typer(predict.app)
 app.add_typer(report.app)
 app.add_typer(bench.app, name="bench", help="Performance figures with their targets: train, predict, startup.")
+app.add_typer(weights.app, name="weights", help="Pretrained weights: fetch into the cache ahead of time, list what is cached.")
 
 
 def main() -> None:

@@ -23,6 +23,9 @@ GEOMETRIC = {
     "RandomApply", "RandomChoice", "RandomOrder", "Compose", "Resize",
 }
 CONTAINERS = {"RandomApply", "RandomChoice", "RandomOrder", "Compose"}
+# Policies whose geometric operations (rotate, shear, translate) move the image but not the
+# keypoints riding along: refused for point targets.
+POINT_BLIND = {"RandAugment", "TrivialAugmentWide", "AutoAugment", "AugMix"}
 
 
 def _v2() -> Any:
@@ -92,6 +95,20 @@ def is_geometric(spec: dict[str, Any]) -> bool:
     if name in CONTAINERS:
         return all(is_geometric(t) for t in (kwargs or {}).get("transforms", []))
     return name in GEOMETRIC
+
+
+def point_blind(specs: Sequence[dict[str, Any]]) -> list[str]:
+    """The transforms of `specs` (containers searched) that would not move keypoints."""
+    found: list[str] = []
+    for spec in specs:
+        if not isinstance(spec, dict) or len(spec) != 1:
+            continue
+        (name, kwargs), = spec.items()
+        if name in POINT_BLIND:
+            found.append(name)
+        elif name in CONTAINERS:
+            found += point_blind((kwargs or {}).get("transforms", []))
+    return found
 
 
 def geometric_part(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -116,6 +116,8 @@ class Stepper:
     scaler: Any = None
     stop: Callable[[], bool] = field(default=lambda: False)
     after_train_mode: Callable[[torch.nn.Module], None] = field(default=lambda m: None)
+    mix: Any = None  # cvtool.data.batch_mix.BatchMixer: MixUp / CutMix per batch
+    after_step: Callable[[int], None] | None = None  # after each optimizer step, with the epoch (EMA)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images.to(self.device, non_blocking=True))
@@ -133,27 +135,42 @@ class EpochResult:
 
 
 def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None) -> EpochResult:
-    """One pass over the training loader; returns the mean loss and the batch outputs."""
+    """One pass over the training loader; returns the mean loss and the batch outputs.
+
+    With `train.accumulate: N` the optimizer steps every N batches; each batch's loss is weighted
+    by its share of the images of its group, so N batches of B give the gradient of one batch of
+    N x B (also for a short last group)."""
     step.model.train()
     step.after_train_mode(step.model)
     start, total_loss, count = time.perf_counter(), 0.0, 0
     logits_all, targets_all, index_all = [], [], []
+    groups = accumulation_groups(loader, step.cfg.accumulate, step.cfg.max_batches)
     for batch, (images, targets, index) in enumerate(_with_progress(loader, progress)):
         if step.stop():
             raise StopRequested
-        if step.cfg.max_batches is not None and batch >= step.cfg.max_batches:
+        if batch >= len(groups):
             break
+        group_images, last_of_group = groups[batch]
         x = step.inputs(images)
         y = targets.to(step.device, non_blocking=True)
-        with autocast(step.device, step.dtype):
+        if step.mix is not None:
+            x, y, _ = step.mix(x, y, epoch, batch)
+        with _sync_gradients(step.model, last_of_group), autocast(step.device, step.dtype):
             logits = step.model(x)
             loss = step.loss_fn(logits.float(), y)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(epoch, batch + 1, float(loss.detach()))
-        step.optimizer.zero_grad(set_to_none=True)
-        _backward_and_step(step, loss)
-        step.schedule.step_batch()
         n = images.shape[0]
+        share = n / group_images
+        if step.cfg.accumulate == 1 or batch % step.cfg.accumulate == 0:
+            step.optimizer.zero_grad(set_to_none=True)
+        with _sync_gradients(step.model, last_of_group):
+            _backward(step, loss if share == 1.0 else loss * share)
+        if last_of_group:
+            _step(step)
+            step.schedule.step_batch()
+            if step.after_step is not None:
+                step.after_step(epoch)
         total_loss += float(loss.detach()) * n
         count += n
         logits_all.append(logits.detach().float().cpu())
@@ -165,19 +182,62 @@ def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None
                        torch.cat(index_all).numpy(), time.perf_counter() - start, count)
 
 
-def _backward_and_step(step: Stepper, loss: torch.Tensor) -> None:
+def batch_sizes(loader: Any, max_batches: int | None = None) -> list[int]:
+    """The image count of each batch an epoch of `loader` yields (a DataLoader over a sampler, or
+    a list of batches)."""
+    if isinstance(loader, torch.utils.data.DataLoader):
+        total, size = len(loader.sampler), loader.batch_size
+        sizes = [size] * (total // size) + ([] if loader.drop_last or total % size == 0 else [total % size])
+    else:
+        sizes = [len(batch[0]) for batch in loader]
+    return sizes[:max_batches] if max_batches is not None else sizes
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    return -(-batches // accumulate)
+
+
+def accumulation_groups(loader: Any, accumulate: int, max_batches: int | None) -> list[tuple[int, bool]]:
+    """Per batch: (images in its accumulation group, whether the optimizer steps after it)."""
+    sizes = batch_sizes(loader, max_batches)
+    plan = []
+    for start in range(0, len(sizes), accumulate):
+        group = sizes[start:start + accumulate]
+        plan += [(sum(group), i == len(group) - 1) for i in range(len(group))]
+    return plan
+
+
+def _sync_gradients(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """DDP all-reduces gradients only on the batch the optimizer steps after."""
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def _backward(step: Stepper, loss: torch.Tensor) -> None:
     if step.scaler is not None:  # GPU only: fp16 needs loss scaling
         step.scaler.scale(loss).backward()
+    else:
+        loss.backward()
+
+
+def _step(step: Stepper) -> None:
+    if step.scaler is not None:  # GPU only
         if step.cfg.grad_clip:
             step.scaler.unscale_(step.optimizer)
             torch.nn.utils.clip_grad_norm_(step.model.parameters(), step.cfg.grad_clip)
         step.scaler.step(step.optimizer)
         step.scaler.update()
         return
-    loss.backward()
     if step.cfg.grad_clip:
         torch.nn.utils.clip_grad_norm_(step.model.parameters(), step.cfg.grad_clip)
     step.optimizer.step()
+
+
+def backward_and_step(step: Stepper, loss: torch.Tensor) -> None:
+    """One optimizer step on one loss (the lr range test)."""
+    _backward(step, loss)
+    _step(step)
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,13 @@ class Session:
     step: Stepper
     monitor: str
     dist: Any = None  # cvtool.engine.distributed.Dist when launched with torchrun
+    ema: Any = None  # cvtool.engine.ema.WeightEMA with train.ema
+
+    def evaluated(self) -> Session:
+        """The session whose model validation and checkpoints use: the EMA weights when on."""
+        if self.ema is None:
+            return self
+        return dataclasses.replace(self, step=dataclasses.replace(self.step, model=self.ema.module))
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

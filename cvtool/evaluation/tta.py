@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cvtool.data.batch_augment import BatchAugment
-from cvtool.data.loaders import Normalize
+from cvtool.data.loaders import Normalize, sample_seed
 from cvtool.data.transforms import (
     apply_with_points,
     build_pipeline,
@@ -69,10 +69,6 @@ def tta_transforms(recipe: Recipe) -> list[dict[str, Any]]:
     return list(recipe.tta.transforms) if recipe.tta.transforms is not None else geometric_part(recipe.augment)
 
 
-def pass_seed(seed: int, pass_index: int, sample: int) -> int:
-    return (seed * 1_000_003 + pass_index * 10_007 + sample) % (2**63)
-
-
 def check_options(passes: int, aggregate: str) -> None:
     if passes < 1:
         raise CvtoolError(f"--passes: needs at least 1 pass, got {passes}")
@@ -90,8 +86,8 @@ def _augment(pipeline: Any, batch: torch.Tensor, seeds: Sequence[int],
         return BatchAugment(pipeline)(batch, seeds).contiguous(), None
     size = batch.shape[-1]
     images, affines = [], []
-    for image, sample_seed in zip(batch, seeds, strict=True):
-        torch.default_generator.manual_seed(sample_seed)  # CPU stream only: transforms draw from it
+    for image, image_seed in zip(batch, seeds, strict=True):
+        torch.default_generator.manual_seed(image_seed)  # CPU stream only: transforms draw from it
         if points:
             image, _, affine = apply_with_points(pipeline, image, np.zeros((0, 2), np.float32), size)
             affines.append(affine)
@@ -142,7 +138,7 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
             for p in range(passes):
                 x, affines = batch, None
                 if pipeline is not None:
-                    seeds = [pass_seed(seed, p, start + i) for i in range(len(batch))]
+                    seeds = [sample_seed(seed, p, start + i) for i in range(len(batch))]  # a pass seeds like an epoch
                     x, affines = _augment(pipeline, batch, seeds, points)
                 logits = model(normalize(x.to(device))).float().cpu().numpy()
                 out = task.activate(logits)

@@ -34,15 +34,26 @@ def head_names(model: nn.Module) -> tuple[str, ...]:
 
 
 def find_classifier(model: nn.Module) -> str:
-    """Name of the final classification layer: the last nn.Linear, or SqueezeNet's final 1x1 conv."""
+    """Name of the final classification layer: timm's named classifier, the last nn.Linear, or
+    SqueezeNet's final 1x1 conv."""
     from torchvision.models import SqueezeNet
 
     if isinstance(model, SqueezeNet):
         return "classifier.1"
+    timm_classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")  # timm names its own
+    if isinstance(timm_classifier, str) and isinstance(_submodule(model, timm_classifier), nn.Linear):
+        return timm_classifier
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not names:
         raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to replace")
     return names[-1]
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _previous_leaf(model: nn.Module, target: str) -> tuple[str, nn.Module] | None:

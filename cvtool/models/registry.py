@@ -1,4 +1,5 @@
-"""Model architectures by name: cvtool's own nets plus every torchvision classifier."""
+"""Model architectures by name: cvtool's own nets, every torchvision classifier and, with the
+timm extra, every timm model as `timm/<name>`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cvtool.errors import CvtoolError
+from cvtool.models.timm import check_timm_arch, is_timm
 from cvtool.registry import Registry, suggest
 
 OwnBuilder = Callable[[Any, int, int, int], Any]  # (ModelConfig, num_outputs, channels, image_size) -> nn.Module
@@ -33,6 +35,9 @@ def available_archs() -> list[str]:
 def check_arch(name: str) -> None:
     """Raise CvtoolError for an unknown architecture name."""
     if name in OWN_ARCHS:
+        return
+    if is_timm(name):
+        check_timm_arch(name)
         return
     names = available_archs()
     if name not in names:

@@ -9,7 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from cvtool.tasks import get_task
 
@@ -75,6 +83,8 @@ class DataConfig(Section):
     cache: Literal["auto", "memory", "disk"] = "auto"
     cache_max_gb: PosFloat = 4.0
     on_bad_image: Literal["fail", "skip"] = "fail"
+    # training order: uniform (a permutation per epoch) or class-balanced draws with replacement
+    sampler: Literal["uniform", "balanced", "sqrt_balanced"] = "uniform"
 
     @field_validator("image_extension")
     @classmethod
@@ -98,9 +108,29 @@ class FreezeConfig(Section):
     unfreeze_at_epoch: PosInt | None = None
 
 
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+HF_HUB_PREFIX = "hf-hub:"
+TIMM_PREFIX = "timm/"
+
+
+def _pretrained_value(value: Any) -> Any:
+    """A path object reads as its text; `false` means no weights, as null does."""
+    if isinstance(value, Path):
+        return str(value)
+    return None if value is False else value
+
+
+def is_weights_file(pretrained: str) -> bool:
+    """Whether a `model.pretrained` text names a local file (a path separator or a weights suffix)."""
+    if pretrained.startswith(HF_HUB_PREFIX):
+        return False
+    return "/" in pretrained or "\\" in pretrained or pretrained.lower().endswith(WEIGHT_FILE_SUFFIXES)
+
+
 class ModelConfig(Section):
     arch: str = "simplenet"
-    pretrained: Path | None = None
+    # a local file | imagenet / true (the architecture's default weights) | a weights name | hf-hub:org/repo
+    pretrained: Annotated[bool | str | None, BeforeValidator(_pretrained_value)] = None
     dropout: Annotated[float, Field(ge=0, lt=1), NoBool] | None = None
     head: list[PosInt] = []
     # simplenet only
@@ -114,6 +144,31 @@ class ModelConfig(Section):
     shakedrop: ShakeDropConfig | None = None
     freeze: FreezeConfig | None = None
     sync_batchnorm: bool = False
+
+    @field_validator("arch")
+    @classmethod
+    def _timm_name(cls, value: str) -> str:
+        if value.startswith(TIMM_PREFIX) and not value[len(TIMM_PREFIX):]:
+            raise ValueError("timm/ needs a model name, e.g. timm/resnet18")
+        return value
+
+    @field_validator("pretrained")
+    @classmethod
+    def _weights_fit_arch(cls, value: bool | str | None, info: ValidationInfo) -> bool | str | None:
+        arch = info.data.get("arch", "")
+        if value is True and arch == "simplenet":
+            raise ValueError("simplenet has no published weights; give a local file")
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            raise ValueError("empty; give a file, imagenet, a weights name or null")
+        if value.startswith(HF_HUB_PREFIX) and not arch.startswith(TIMM_PREFIX):
+            raise ValueError(f"{HF_HUB_PREFIX} weights need a timm/<name> arch, not {arch}")
+        if value.startswith(HF_HUB_PREFIX) and value.count("/") != 1:
+            raise ValueError(f"{value}: write {HF_HUB_PREFIX}<org>/<repo>")
+        if arch == "simplenet" and not is_weights_file(value):
+            raise ValueError(f"simplenet has no published weights '{value}'; give a local file")
+        return value
 
 
 class OptimConfig(Section):
@@ -172,6 +227,23 @@ class LossConfig(Section):
     beta: PosFloat = 1.0
 
 
+class EmaConfig(Section):
+    """An exponential moving average of the weights (BatchNorm buffers included)."""
+
+    decay: Annotated[float, Field(gt=0, lt=1), NoBool] = 0.9998
+    warmup_epochs: NonNegInt = 0  # the average follows the raw weights until this epoch is done
+    every: PosInt = 1  # update every N optimizer steps
+
+
+class MixArgs(Section):
+    alpha: PosFloat = 1.0
+    p: Probability | None = None  # chance per batch; unset: the entries share what is left of 1
+
+
+MIXERS = ("MixUp", "CutMix")
+BatchMixSpec = dict[Literal["MixUp", "CutMix"], MixArgs]
+
+
 class EarlyStop(Section):
     patience: PosInt = 10
     min_delta: NonNegFloat = 0.0
@@ -190,6 +262,8 @@ class TrainConfig(Section):
     compile: bool = False
     grad_clip: PosFloat | None = None
     max_batches: PosInt | None = None  # cut each training epoch short (smoke tests, benchmarks)
+    ema: EmaConfig | None = None
+    accumulate: PosInt = 1  # an optimizer step every N batches (gradient accumulation)
 
     @field_validator("monitor", "monitor_tiebreak")
     @classmethod
@@ -217,6 +291,7 @@ class Recipe(Section):
     seed: Annotated[int, NoBool] = 42
     data: DataConfig
     augment: list[TransformSpec] = []
+    augment_batch: list[BatchMixSpec] = []  # MixUp / CutMix on whole training batches
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     phases: list[Phase] = []
@@ -239,5 +314,20 @@ class Recipe(Section):
         epochs = [phase.epoch for phase in self.phases]
         if epochs != sorted(set(epochs)):
             raise ValueError("phases must have increasing, distinct epochs")
+        self._check_batch_features()
         return self
+
+    def _check_batch_features(self) -> None:
+        from cvtool.tasks import get_task
+
+        task = get_task(self.task)
+        if any(len(spec) != 1 for spec in self.augment_batch):
+            raise ValueError("augment_batch: each entry is one of MixUp or CutMix, e.g. [{MixUp: {alpha: 0.2}}]")
+        if self.augment_batch and not task.mixable:
+            raise ValueError(f"augment_batch: MixUp/CutMix cannot mix {self.task} targets")
+        given = sum(args.p for spec in self.augment_batch for args in spec.values() if args.p is not None)
+        if given > 1 + 1e-9:
+            raise ValueError(f"augment_batch: the p of the entries add up to {given:g}, more than 1")
+        if self.data.sampler != "uniform" and not task.has_classes:
+            raise ValueError(f"data.sampler {self.data.sampler} needs class labels (task {self.task} has none)")
 

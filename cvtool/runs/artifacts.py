@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from cvtool.data.pipeline import eval_dataset, skipped_counts
 from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.engine.inference import predict_split
 from cvtool.engine.state import Session, TrainState, unwrap
-from cvtool.fileio import atomic_open, write_json
+from cvtool.fileio import atomic_open, write_csv, write_json
 from cvtool.plots import ema
 from cvtool.runs.layout import RunDir
 from cvtool.tasks import Task, higher_is_better
@@ -127,3 +128,19 @@ def write_plots(run_dir: Path, history: list[dict[str, float]], task: Task, clas
             curves = plots.roc_curves(data["targets"], data["outputs"], names)
             if curves:
                 plots.roc(curves, "ROC, best epoch", folder / "roc_best.png")
+
+
+def record_sampling(sampler: Any, session: Session, run_dir: Path, epoch: int) -> None:
+    """data.sampler: append how many images of each class the epoch drew to sampling.csv."""
+    if not hasattr(sampler, "group_counts"):
+        return
+    names = list(session.bundle.info.class_names)
+    groups = int(sampler.groups.max()) + 1
+    names += ["(no tag)"] * (groups > len(names))
+    path = RunDir(run_dir).sampling
+    rows: list[list[str]] = []
+    if epoch > 1 and path.is_file():
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))[1:]
+    rows = [r for r in rows if int(r[0]) < epoch] + [[str(epoch), *map(str, sampler.group_counts(len(names)))]]
+    write_csv(path, ["epoch", *names], rows)

@@ -26,6 +26,7 @@ TENSORBOARD = "tensorboard"
 EVAL = "eval"
 MARKER = ".cvtool-run"  # written first into every run and sweep dir: what --overwrite may remove
 FAILED = "failed.json"  # a sweep point stopped by a non-finite loss or output: resume moves on
+SAMPLING = "sampling.csv"  # data.sampler: the classes each epoch drew
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD
+
+    @property
+    def sampling(self) -> Path:
+        return self.path / SAMPLING
 
     @property
     def sweep(self) -> Path:

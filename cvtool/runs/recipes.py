@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from cvtool.data.transforms import build_transform
+from cvtool.data.transforms import build_transform, point_blind
 from cvtool.errors import CvtoolError
 from cvtool.models.registry import check_arch
 from cvtool.recipe.load import load_raw, validate
 from cvtool.recipe.messages import _from_set, _one_line
 from cvtool.recipe.schema import Recipe
 from cvtool.recipe.sweep import expand_sweep as _expand_grid
+from cvtool.tasks import get_task
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
@@ -32,7 +33,7 @@ def expand_sweep(recipe: Recipe, source: str = "<recipe>") -> list[tuple[str, Re
 
 
 def check_names(recipe: Recipe, source: str, set_keys: Collection[str] = ()) -> None:
-    """Names that need torchvision to check: transforms (built once) and model architectures."""
+    """Names that need torchvision to check: transforms (built once), architectures, weights names."""
     for key, specs in (("augment", recipe.augment), ("tta.transforms", recipe.tta.transforms or [])):
         origin = f"{source}: --set" if _from_set(key, "", set_keys) else source
         for index, spec in enumerate(specs):
@@ -44,8 +45,21 @@ def check_names(recipe: Recipe, source: str, set_keys: Collection[str] = ()) -> 
             except Exception as exc:  # torchvision refusing user-given arguments
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise CvtoolError(_one_line(f"{origin}: {where}: cannot build this transform: {reason}")) from None
+    if get_task(recipe.task).point_targets:
+        for key, specs in (("augment", recipe.augment), ("tta.transforms", recipe.tta.transforms or [])):
+            if blind := point_blind(specs):
+                origin = f"{source}: --set" if _from_set(key, "", set_keys) else source
+                raise CvtoolError(f"{origin}: {key}: {', '.join(blind)} would move the image but not the "
+                                  f"keypoints (task {recipe.task}); use RandomAffine / flips / colour transforms")
     try:
         check_arch(recipe.model.arch)
     except CvtoolError as exc:
         origin = f"{source}: --set" if _from_set("model.arch", "", set_keys) else source
         raise CvtoolError(_one_line(f"{origin}: model.arch: {exc}")) from None
+    from cvtool.models.pretrained import resolve_weights
+
+    try:  # weights names (no download): `pretrained: IMAGENET1K_V3` is refused before any data is read
+        resolve_weights(recipe.model)
+    except CvtoolError as exc:
+        origin = f"{source}: --set" if _from_set("model.pretrained", "", set_keys) else source
+        raise CvtoolError(_one_line(f"{origin}: {exc}")) from None

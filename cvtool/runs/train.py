@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,11 +12,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from cvtool.data.loaders import EpochSampler, Normalize, make_loader
+from cvtool.data.batch_mix import build_mixer
+from cvtool.data.loaders import Normalize, make_loader
 from cvtool.data.pipeline import DataBundle, eval_dataset, prepare_data, train_dataset
+from cvtool.data.sampling import train_sampler
 from cvtool.data.stats import class_weights, pos_weight
 from cvtool.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from cvtool.engine.loop import Stepper, amp_dtype, select_device, train_one_epoch, with_cpu_runtime
+from cvtool.engine.ema import WeightEMA
+from cvtool.engine.loop import (
+    Stepper,
+    amp_dtype,
+    optimizer_steps,
+    select_device,
+    train_one_epoch,
+    with_cpu_runtime,
+)
 from cvtool.engine.optim import (
     OPTIMIZERS,
     Schedule,
@@ -30,9 +41,11 @@ from cvtool.engine.state import Session, TrainState, unwrap
 from cvtool.errors import CvtoolError
 from cvtool.model_card import ModelMeta
 from cvtool.models import build_model, frozen_batchnorm_eval, set_trainable
+from cvtool.models.pretrained import ensure_weights, record_weights, weights_record
 from cvtool.recipe.schema import Recipe
-from cvtool.runs.artifacts import finish_run, save_predictions, split_metrics
+from cvtool.runs.artifacts import finish_run, record_sampling, save_predictions, split_metrics
 from cvtool.runs.layout import RunDir
+from cvtool.runs.normalization import normalization_line, normalization_source
 from cvtool.tasks import Task, get_task, higher_is_better
 
 
@@ -42,15 +55,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
+def build_session(recipe: Recipe, quiet: bool, dist: Any = None, resume: bool = False) -> Session:
+    """The run's live objects. A resumed run loads its weights from last.pt, so the pretrained
+    ones are neither needed nor fetched (resuming works offline without the weights cache)."""
     seed_everything(recipe.seed + (dist.rank if dist else 0))
     task = get_task(recipe.task)
-    bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank))
+    model_cfg = recipe.model.model_copy(update={"pretrained": None}) if resume else recipe.model
+    ensure_weights(model_cfg)  # a missing download fails before any image is decoded
+    normalization, origin = normalization_source(recipe)
+    bundle = prepare_data(recipe, progress=not quiet and not (dist and dist.rank), normalization=normalization)
+    if not quiet and not (dist and dist.rank):
+        print(normalization_line(origin, bundle.mean, bundle.std), file=sys.stderr)
     info, cfg = bundle.info, recipe.data
     meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
                      cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None)
     device = dist.device if dist else select_device(recipe.train.device)
-    model = build_model(recipe.model, info.num_outputs, cfg.channels, cfg.image_size)
+    model = build_model(model_cfg, info.num_outputs, cfg.channels, cfg.image_size)
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     weights, positive = _loss_weights(recipe, task, bundle, class_weights, pos_weight)
@@ -64,8 +84,12 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None) -> Session:
     dtype = amp_dtype(device, recipe.train.amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None  # GPU only
     step = Stepper(net, Normalize(bundle.mean, bundle.std).to(device), loss_fn, optimizer, None, device,
-                   recipe.train, dtype, channels_last, scaler, after_train_mode=frozen_batchnorm_eval)
-    return Session(recipe, task, bundle, meta, device, step, monitor, dist)
+                   recipe.train, dtype, channels_last, scaler, after_train_mode=frozen_batchnorm_eval,
+                   mix=build_mixer(recipe.augment_batch, recipe.seed, task, info.num_outputs, dist.rank if dist else 0))
+    ema = WeightEMA(model, recipe.train.ema) if recipe.train.ema is not None else None
+    if ema is not None:
+        step.after_step = lambda epoch: ema.update(model, epoch)
+    return Session(recipe, task, bundle, meta, device, step, monitor, dist, ema)
 
 
 def _loss_weights(recipe: Recipe, task: Task, bundle: DataBundle, class_weights, pos_weight):
@@ -104,13 +128,18 @@ def enter_phase(session: Session, epoch: int, steps: int) -> None:
 
 
 def checkpoint_payload(session: Session, state: TrainState) -> dict[str, Any]:
+    raw = unwrap(session.step.model).state_dict()
+    # "model" is what evaluate / TTA / export / predict load: the EMA weights when train.ema is on
+    weights = {"model": raw, "weights": "raw"} if session.ema is None else {
+        "model": session.ema.module.state_dict(), "weights": "ema", "raw_model": raw, "ema": session.ema.state_dict()}
     return {
         "recipe": session.recipe.model_dump(mode="json"), "meta": session.meta.to_dict(), "epoch": state.epoch,
-        "model": unwrap(session.step.model).state_dict(), "optimizer": session.step.optimizer.state_dict(),
+        **weights, "optimizer": session.step.optimizer.state_dict(),
         "scheduler": session.step.schedule.state_dict(), "rng": rng_state(),
         "train_state": {"best_value": state.best_value, "best_epoch": state.best_epoch,
                         "bad_epochs": state.bad_epochs, "history": state.history},
         "monitor": session.monitor,
+        "pretrained": weights_record(unwrap(session.step.model)),  # where the run's weights started from
     }
 
 
@@ -119,14 +148,20 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
     saved = payload["train_state"]
     state = TrainState(int(payload["epoch"]), saved["best_value"], int(saved["best_epoch"]),
                        int(saved["bad_epochs"]), list(saved["history"]))
-    unwrap(session.step.model).load_state_dict(payload["model"])
+    unwrap(session.step.model).load_state_dict(payload.get("raw_model", payload["model"]))
+    record_weights(unwrap(session.step.model), None, payload.get("pretrained"))
+    if session.ema is not None:
+        session.ema.load(payload["model"], payload["ema"])
     # The optimizer and schedule as they were when the checkpoint was taken; a phase that
     # starts at the next epoch is entered by the loop, exactly as in an uninterrupted run.
     saved_epoch = max(state.epoch, 1)
     session.step.optimizer = build_optimizer(unwrap(session.step.model).parameters(),
                                              optim_for_epoch(session.recipe.optim, session.recipe.phases, saved_epoch))
-    session.step.optimizer.load_state_dict(payload["optimizer"])
+    # Building a torch scheduler writes its starting lr into the optimizer: the saved optimizer
+    # state (lr in force at the checkpoint) is loaded after it, or a per-batch schedule such as
+    # onecycle would run the first resumed batch at its starting lr.
     session.step.schedule = make_schedule(session, saved_epoch, steps)
+    session.step.optimizer.load_state_dict(payload["optimizer"])
     session.step.schedule.load_state_dict(payload["scheduler"])
     set_rng_state(payload["rng"])
     return state
@@ -138,15 +173,16 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
     """Train `recipe`, writing the run into `run_dir`; returns the summary. `started` is called
     once data, model and the first checkpoint are in place and returns where the run lives from
     then on (a new run is written beside an old one and swapped in: see runs/placement.py)."""
-    session = build_session(recipe, quiet, dist)
+    session = build_session(recipe, quiet, dist, resume)
     lead = dist is None or dist.rank == 0
     train_set = train_dataset(session.bundle, recipe, session.task)
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
-    sampler = EpochSampler(len(train_set), recipe.seed, True, rank, world)
+    sampler = train_sampler(recipe.data.sampler, session.task, len(train_set), session.bundle.splits["train"].targets,
+                            session.bundle.info.num_outputs, recipe.seed, rank, world)
     batch = recipe.data.batch_size
     loader = make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
                          drop_last=len(sampler) % batch == 1)
-    steps = min(len(loader), recipe.train.max_batches or len(loader))
+    steps = optimizer_steps(min(len(loader), recipe.train.max_batches or len(loader)), recipe.train.accumulate)
     session.step.schedule = make_schedule(session, 1, steps)
     if stop is not None:
         session.step.stop = stop
@@ -186,13 +222,15 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, r
         sampler.set_epoch(epoch)
         lr = current_lr(step.optimizer)
         start = time.perf_counter()
-        result = train_one_epoch(step, loader, epoch, log.progress(epoch, recipe.train.epochs, steps))
+        batches = min(len(loader), recipe.train.max_batches or len(loader))
+        result = train_one_epoch(step, loader, epoch, log.progress(epoch, recipe.train.epochs, batches))
         train_metrics = session.task.metrics(*_gather_train(session, result))
-        val = split_metrics(session, val_set, "val", keep_outputs=lead, epoch=epoch)
+        val = split_metrics(session.evaluated(), val_set, "val", keep_outputs=lead, epoch=epoch)
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - start, 3),
                "train/loss": result.loss, "val/loss": val["loss"],
                **{f"train/{k}": v for k, v in train_metrics.items()},
-               **{f"val/{k}": v for k, v in val["metrics"].items()}}
+               **{f"val/{k}": v for k, v in val["metrics"].items()},
+               **_raw_val_metrics(session, val_set)}
         if session.monitor not in row:
             raise CvtoolError(f"train.monitor: {session.monitor} is not reported (have: "
                               f"{', '.join(k for k in row if k.startswith('val/'))})")
@@ -208,6 +246,7 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, r
         log.add(row, session.monitor, is_best)
         if lead and run is not None:
             _save_epoch(session, state, run, is_best, val)
+            record_sampling(sampler, session, run.path, epoch)
         if stopper and state.bad_epochs >= stopper.patience:
             log.console.print(f"early stop: no {session.monitor} gain for {stopper.patience} epochs")
             break
@@ -222,6 +261,14 @@ def _tiebreak(recipe: Recipe, row: dict[str, float]) -> tuple[str, float, bool] 
         raise CvtoolError(f"train.monitor_tiebreak: {key} is not reported (have: "
                           f"{', '.join(k for k in row if k.startswith(('val/', 'train/')))})")
     return key, row[key], higher_is_better(key)
+
+
+def _raw_val_metrics(session: Session, val_set: Any) -> dict[str, float]:
+    """With EMA, the raw weights' validation loss and metrics beside the EMA's (val_raw/...)."""
+    if session.ema is None:
+        return {}
+    raw = split_metrics(session, val_set, "val", keep_outputs=False)
+    return {"val_raw/loss": raw["loss"], **{f"val_raw/{k}": v for k, v in raw["metrics"].items()}}
 
 
 def _gather_train(session: Session, result) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cvtool.errors import CvtoolError
 from cvtool.model_card import Labels
 
 LOWER_IS_BETTER = {"loss", "mse", "rmse", "mae"}
@@ -40,6 +41,9 @@ class Task(ABC):
     default_monitor: str = ""
     default_loss: str = ""
     confusion: bool = False  # confusion-matrix plots make sense
+    has_classes: bool = False  # targets name classes (class-balanced sampling applies)
+    mixable: bool = False  # MixUp/CutMix can mix the targets (a convex combination means something)
+    point_targets: bool = False  # targets are points that geometric augmentation must move
     roc: bool = False  # ROC curves make sense
     losses: tuple[str, ...] = ()  # loss names a recipe may choose (recipe.schema asks)
     formats: tuple[str, ...] = ()  # layouts `cvtool data synthetic` writes; the first is the default
@@ -130,3 +134,11 @@ class Task(ABC):
     @abstractmethod
     def build_loss(self, cfg: Any, class_weights: Any = None, pos_weight: float | None = None) -> Any:
         """The training criterion: loss(logits, targets) -> scalar tensor."""
+
+    def dense_targets(self, targets: Any, num_outputs: int) -> Any:
+        """Targets as one float row per sample (what MixUp/CutMix mix): N x outputs tensor."""
+        raise CvtoolError(f"task {self.name}: targets cannot be mixed (MixUp/CutMix)")
+
+    def sampling_groups(self, targets: np.ndarray, num_outputs: int) -> np.ndarray:
+        """The class each training sample counts for in class-balanced sampling (0..groups-1)."""
+        raise CvtoolError(f"task {self.name}: targets have no classes to balance")

@@ -50,6 +50,9 @@ class _OneClassPerImage(Task):
     def target_labels(self, targets, class_names):
         return [class_names[int(t)] for t in targets.reshape(-1)]
 
+    def sampling_groups(self, targets, num_outputs):
+        return np.asarray(targets, np.int64)
+
 
 class Multiclass(_OneClassPerImage):
     name = "multiclass"
@@ -62,6 +65,8 @@ class Multiclass(_OneClassPerImage):
 
     def class_table(self, result, meta):
         return multiclass_table(result, meta)
+    has_classes = True
+    mixable = True
 
     def activate(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits.astype(np.float64)).astype(np.float32)
@@ -91,6 +96,11 @@ class Multiclass(_OneClassPerImage):
         return [[names[i], *(f"{p:.6f}" for p in row)] if probs else [names[i]]
                 for i, row in zip(outputs.argmax(axis=1), outputs, strict=True)]
 
+    def dense_targets(self, targets, num_outputs):
+        import torch
+
+        return torch.nn.functional.one_hot(targets.long(), num_outputs).float()
+
     def build_loss(self, cfg, class_weights=None, pos_weight=None):
         return cross_entropy(cfg, class_weights)
 
@@ -119,6 +129,8 @@ class Binary(_OneClassPerImage):
 
     def class_table(self, result, meta):
         return positive_table(result, meta)
+    has_classes = True
+    mixable = True
 
     def activate(self, logits):
         return sigmoid(logits.astype(np.float64)).astype(np.float32)
@@ -143,6 +155,9 @@ class Binary(_OneClassPerImage):
 
     def rows(self, outputs, labels, probs=False, sizes=None):
         return [[f"{p:.6f}"] for p in outputs.reshape(-1)]
+
+    def dense_targets(self, targets, num_outputs):
+        return targets.float().reshape(-1, 1)
 
     def build_loss(self, cfg, class_weights=None, pos_weight=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)
@@ -183,6 +198,8 @@ class Multilabel(Task):
 
     def class_table(self, result, meta):
         return label_table(result, meta)
+    has_classes = True
+    mixable = True
 
     def activate(self, logits):
         return sigmoid(logits.astype(np.float64)).astype(np.float32)
@@ -210,6 +227,16 @@ class Multilabel(Task):
         above = outputs > np.asarray(labels.thresholds)
         return [[" ".join(names[mask]), *(f"{p:.6f}" for p in row)] if probs else [" ".join(names[mask])]
                 for mask, row in zip(above, outputs, strict=True)]
+
+    def dense_targets(self, targets, num_outputs):
+        return targets.float()
+
+    def sampling_groups(self, targets, num_outputs):
+        """An image counts for its rarest positive tag; images with no tag form one more group."""
+        positives = np.asarray(targets) > 0.5
+        counts = positives.sum(axis=0)
+        rarity = np.where(positives, counts[None, :], np.iinfo(np.int64).max)
+        return np.where(positives.any(axis=1), rarity.argmin(axis=1), num_outputs).astype(np.int64)
 
     def build_loss(self, cfg, class_weights=None, pos_weight=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)
