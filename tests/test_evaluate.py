@@ -59,6 +59,14 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray, list[str]]:
     return rows[0], np.asarray([[float(v) for v in row[1:]] for row in rows[1:]]), [r[0] for r in rows[1:]]
 
 
+def read_labelled_csv(path: Path) -> tuple[list[str], list[tuple[str, str]], np.ndarray, list[str]]:
+    """header, (target, predicted) labels, probabilities, image paths."""
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    return (rows[0], [(r[1], r[2]) for r in rows[1:]], np.asarray([[float(v) for v in r[3:]] for r in rows[1:]]),
+            [r[0] for r in rows[1:]])
+
+
 def printed(output: str, name: str) -> float:
     """The value of a metric row in a printed rich table."""
     match = re.search(rf"│ {re.escape(name)}\s+│\s+(-?[0-9.]+)", output)
@@ -72,11 +80,14 @@ def test_multiclass_metrics_match_sklearn_on_saved_predictions(runs, tmp_path):
     assert result.exit_code == 0, result.output
     folder = runs["multiclass"] / "eval" / "test-best"
     written = json.loads((folder / "metrics.json").read_text())
-    header, values, paths = read_csv(preds)
-    assert header[:2] == ["image", "target"] and header[2].startswith("prob_")
-    truth, probs = values[:, 0].astype(int), values[:, 1:]
+    header, labels, values, paths = read_labelled_csv(preds)
+    classes = [name.removeprefix("prob_") for name in header[3:]]
+    assert header[:3] == ["image", "target", "predicted"] and {t for t, _ in labels} <= set(classes)
+    truth, probs = np.asarray([classes.index(t) for t, _ in labels]), values
     assert len(paths) == written["images"] and all(Path(p).is_file() for p in paths)
+    assert all(Path(p).parent.name == t for p, (t, _) in zip(paths, labels, strict=True))  # folder = class
     predicted = probs.argmax(axis=1)
+    assert [classes[i] for i in predicted] == [p for _, p in labels]
     expected = {"accuracy": accuracy_score(truth, predicted),
                 "f1_macro": f1_score(truth, predicted, average="macro", labels=range(probs.shape[1]), zero_division=0)}
     for name, value in expected.items():
@@ -130,9 +141,12 @@ def test_tuned_thresholds_raise_val_f1_and_are_stored(runs, tmp_path):
     stored = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["meta"]["thresholds"]
     assert stored == pytest.approx(tuning["per_class_thresholds"])
     assert load_model(run).meta.labels().thresholds == pytest.approx(stored)
-    header, values, _ = read_csv(preds)
-    k = (len(header) - 1) // 2
-    truth, probs = values[:, :k].astype(int), values[:, k:]
+    header, labels, probs, _ = read_labelled_csv(preds)
+    tags = [name.removeprefix("prob_") for name in header[3:]]
+    k = len(tags)
+    truth = np.asarray([[tag in target.split() for tag in tags] for target, _ in labels], dtype=int)
+    predicted_tags = [[t for t, v, cut in zip(tags, row, stored, strict=True) if v > cut] for row in probs]
+    assert [p.split() for _, p in labels] == predicted_tags
     baseline = f1_score(truth, (probs > 0.5).astype(int), average="macro", zero_division=0)
     tuned = f1_score(truth, (probs > np.asarray(stored)).astype(int), average="macro", zero_division=0)
     assert tuned > baseline
@@ -184,3 +198,19 @@ def test_user_errors_are_one_line_exit_2(runs, args, message):
 def test_missing_run_is_one_line(tmp_path):
     result = invoke("evaluate", tmp_path / "nowhere")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+
+
+def test_predicted_and_target_labels_per_task():
+    from cvtool.tasks import get_task
+
+    names = ["cat", "dog"]
+    binary, multiclass, multilabel = get_task("binary"), get_task("multiclass"), get_task("multilabel")
+    assert binary.predicted_labels(np.array([[0.2], [0.9]]), names, 0.5) == ["cat", "dog"]
+    assert binary.predicted_labels(np.array([[0.2], [0.9]]), names, np.array([0.95])) == ["cat", "cat"]
+    assert binary.target_labels(np.array([1, 0]), names) == ["dog", "cat"]
+    assert multiclass.predicted_labels(np.array([[0.3, 0.7], [0.8, 0.2]]), names) == ["dog", "cat"]
+    assert multiclass.target_labels(np.array([0, 1]), names) == ["cat", "dog"]
+    outputs = np.array([[0.6, 0.7], [0.1, 0.2]])
+    assert multilabel.predicted_labels(outputs, names, np.array([0.5, 0.8])) == ["cat", ""]
+    assert multilabel.target_labels(np.array([[1, 1], [0, 1]]), names) == ["cat dog", "dog"]
+    assert get_task("keypoints").predicted_labels(outputs, []) is None

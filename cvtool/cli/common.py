@@ -3,18 +3,50 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleRenderable, RenderHook
 
 from cvtool.errors import CvtoolError
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Not a terminal (CI logs, `make demo | tee`): rich would wrap at 80 columns; there lines get a
+# width no cvtool table reaches, and a table's title stays one line instead of wrapping at the
+# table's width.
+LOG_WIDTH = 240
+
+
+class _OneLineTitles(RenderHook):
+    def __init__(self, target: Console) -> None:
+        self.target = target
+
+    def process_renderables(self, renderables: list[ConsoleRenderable]) -> list[ConsoleRenderable]:
+        if not self.target.is_terminal:
+            from rich.table import Table  # here, not at import: `cvtool --help` stays fast
+            from rich.text import Text
+
+            for item in renderables:
+                if isinstance(item, Table) and isinstance(item.title, str):
+                    title = Text.from_markup(item.title)
+                    title.no_wrap, title.overflow = True, "ignore"
+                    item.title = title
+        return renderables
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    plain = not stream.isatty() and "COLUMNS" not in os.environ
+    made = Console(stderr=stderr, highlight=False, width=LOG_WIDTH if plain else None)
+    made.push_render_hook(_OneLineTitles(made))
+    return made
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,7 +76,7 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except CvtoolError as exc:
             fail(_escape(str(exc)), exc.exit_code)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        except OSError as exc:  # a missing file, a read-only folder or a full disk outside cvtool.fileio
             name = exc.filename or ""
             fail(_escape(f"{name}: {exc.strerror or exc}"))
         except KeyboardInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 
 def metrics_table(title: str, columns: dict[str, dict[str, float] | None]) -> Table:
@@ -27,8 +28,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
         for column in ("rank", "run", "best_epoch", "best_value", "smoothed_best_value", "test"):
             table.add_column(column, justify="right" if column != "run" else "left")
         for rank, row in enumerate(summary["runs"], 1):
-            table.add_row(str(rank), row["run"], str(row["best_epoch"]), _fmt(row["best_value"]),
+            run = f"{row['run']} (failed)" if row.get("failed") else row["run"]
+            table.add_row(str(rank), run, str(row["best_epoch"]), _fmt(row["best_value"]),
                           _fmt(row["smoothed_best_value"]), _fmt(row["test"]))
+        failed = [f"{row['run']}: {row['failed']}" for row in summary["runs"] if row.get("failed")]
+        if failed:
+            table.caption = Text("failed: " + "; ".join(failed))  # plain text: no markup in messages
         return table
     title = (f"{summary['name']}: best {summary['monitor']} {_fmt(summary['best_value'])} at epoch "
              f"{summary['best_epoch']} (smoothed {_fmt(summary['smoothed_best_value'])} at epoch "

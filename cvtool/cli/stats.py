@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from cvtool.cli.common import QuietOpt, console, handle_errors, is_tty
-from cvtool.errors import CvtoolError
+from cvtool.errors import CvtoolError, WriteError
 from cvtool.fileio import write_json
 
 app = typer.Typer()
@@ -35,7 +35,11 @@ def stats(
 
     cfg, task_name, seed, size = _config(data, recipe, fmt, task, image_size, channels)
     result = compute_stats(cfg, task_name, seed, size, progress=not quiet and is_tty())
-    write_json(target := out or data / STATS_FILE, result)
+    target = out or data / STATS_FILE
+    try:
+        write_json(target, result)
+    except WriteError as exc:  # a read-only data root
+        raise CvtoolError(f"{exc}; pass --out FILE to write the statistics elsewhere" if out is None else str(exc)) from None
     _render(result)
     console.print(f"wrote {target}", markup=False)
 

@@ -47,7 +47,8 @@ def train(
         if fold is not None or (resume is not None and RunDir(resume).is_fold_set()):
             return _folds(resolved, run_dir, fold, resume is not None, overwrite, quiet, detect_anomaly)
         summary = launch(resolved, run_dir, resume=resume is not None, overwrite=overwrite, quiet=quiet,
-                         detect_anomaly=detect_anomaly, extend=extend, search_worker=search_worker)
+                         detect_anomaly=detect_anomaly, extend=extend, search_worker=search_worker,
+                         recipe_file=source)
     except RunStopped as stopped:
         err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
         raise typer.Exit(stopped.exit_code) from None

@@ -61,7 +61,9 @@ def skipped_counts(bundle: DataBundle) -> dict[str, int]:
 
 
 def _decode(split, cfg: DataConfig, progress: bool) -> DecodedSplit:
-    if not progress:
+    from rich.console import Console
+
+    if not progress or not Console().is_terminal:  # a transient bar leaves an empty line in a log
         return decode_split(split, cfg.cached_size, cfg.channels, root=cfg.root, mode=cfg.cache,
                             max_gb=cfg.cache_max_gb, on_bad_image=cfg.on_bad_image, resize=cfg.resize)
     from rich.progress import Progress

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise CvtoolError(f"{path}: refused: not a plain-weights checkpoint ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CvtoolError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        raise CvtoolError(f"{path}: refused: not a plain-weights checkpoint ({_first_line(exc, 'unsupported content')})") from None
+    except Exception as exc:  # empty, truncated or not a checkpoint: torch's reader and unpickler raise anything
+        raise CvtoolError(f"{path}: not a readable checkpoint ({_reason(path, exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CvtoolError(f"{path}: not a cvtool checkpoint")
     return payload
+
+
+def _first_line(exc: BaseException, default: str) -> str:
+    """The first non-empty line of an exception's message (some have none at all)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else default)[:160]
+
+
+def _reason(path: Path, exc: Exception) -> str:
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if isinstance(exc, RuntimeError | OSError):  # torch's zip reader: truncated or damaged
+        return _first_line(exc, "damaged file").split(". ")[0]
+    return "not a PyTorch file"  # the legacy unpickler's KeyError / EOFError on text or other data
 
 
 def rng_state() -> dict[str, Any]:

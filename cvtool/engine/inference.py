@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from cvtool.data.loaders import EpochSampler, SampleDataset, make_loader
-from cvtool.engine.loop import run_inference
+from cvtool.engine.loop import NonFiniteOutputs, run_inference
 from cvtool.recipe.schema import DataConfig
 from cvtool.tasks import Task
 
@@ -45,6 +45,8 @@ def predict_split(model: torch.nn.Module, normalize: torch.nn.Module, dataset: S
                                                    loss_fn if labelled else None, channels_last)
     if dist:
         logits, targets, indices, loss = dist.gather(logits, targets, indices, loss)
+    if not (np.isfinite(logits).all() and (loss is None or np.isfinite(loss))):  # scikit-learn would fail on them
+        raise NonFiniteOutputs(dataset.split.name, None)
     order = np.argsort(indices, kind="stable")
     indices = indices[order]
     outputs = task.activate(logits[order])

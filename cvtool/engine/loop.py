@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cvtool.engine.accel import compile_failed
-from cvtool.errors import CvtoolError
+from cvtool.errors import CvtoolError, NonFiniteError
 from cvtool.recipe.schema import TrainConfig
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -53,10 +53,20 @@ def _keep_freed_memory() -> None:
     mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
 
 
-class NonFiniteLoss(CvtoolError):
+class NonFiniteLoss(NonFiniteError):
     def __init__(self, epoch: int, batch: int, value: float) -> None:
         super().__init__(f"training stopped: loss is {value} at epoch {epoch}, batch {batch} "
                          "(the last good checkpoint is kept; try a lower optim.lr or --detect-anomaly)")
+
+
+class NonFiniteOutputs(NonFiniteError):
+    def __init__(self, split: str, epoch: int | None) -> None:
+        if epoch is None:  # evaluating a checkpoint
+            super().__init__(f"the model's {split} outputs are NaN or infinite (the checkpoint's weights diverged)")
+            return
+        super().__init__(f"training stopped: the model's {split} outputs are NaN or infinite at epoch {epoch} "
+                         "while the training loss is finite (the last good checkpoint is kept; try a lower "
+                         "optim.lr, train.grad_clip or --detect-anomaly)")
 
 
 class StopRequested(Exception):

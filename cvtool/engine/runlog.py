@@ -35,7 +35,8 @@ class RunLog:
             self.console.print(text.replace("*best*", "[bold green]best[/]"), soft_wrap=True)
 
     def progress(self, epoch: int, epochs: int, batches: int) -> EpochProgress | None:
-        return None if self.quiet else EpochProgress(self.console, epoch, epochs, batches)
+        # not a terminal: a transient bar can't be erased and would leave an empty line per epoch
+        return None if self.quiet or not self.console.is_terminal else EpochProgress(self.console, epoch, epochs, batches)
 
     def close(self, error: BaseException | None = None) -> None:
         if self.loggers is not None:

@@ -24,11 +24,20 @@ class TrainState:
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def improved(self, value: float, higher: bool, min_delta: float = 0.0) -> bool:
+    def improved(self, value: float, higher: bool, min_delta: float = 0.0,
+                 tiebreak: tuple[str, float, bool] | None = None) -> bool:
+        """Is `value` a new best? A tie with the best goes to `tiebreak` (key, value, higher is
+        better), e.g. val/loss: with val AUC at 1.0 from epoch 1 the first epoch is not best forever."""
         if self.best_value is None or not math.isfinite(self.best_value):
             return True  # the first epoch is the best so far, even with an undefined metric
         if not math.isfinite(value):
             return False
+        if value == self.best_value and tiebreak is not None:
+            key, current, tie_higher = tiebreak
+            best = next((r.get(key) for r in self.history if r.get("epoch") == self.best_epoch), None)
+            if not math.isfinite(current):
+                return False
+            return best is None or not math.isfinite(best) or (current > best if tie_higher else current < best)
         return value > self.best_value + min_delta if higher else value < self.best_value - min_delta
 
 

@@ -97,24 +97,39 @@ def write_reports(loaded: LoadedModel, result: EvalResult, table: ClassTable, fo
 
 
 def prediction_table(task: Task, meta: ModelMeta, result: EvalResult) -> tuple[list[str], list[list[Any]]]:
-    """image, targets, outputs (probabilities, or coordinates in original pixels)."""
-    names = output_names(meta)
-    targets, outputs = result.targets, result.outputs
-    prefixes = ("target", "prob")
+    """image, target and predicted label (class name, or tags), then the probabilities; for
+    keypoints the true and predicted coordinates in original pixels."""
     if task.point_targets:
-        prefixes = ("true", "pred")
-        outputs = to_pixels(outputs, result.sizes)
-        targets = None if targets is None else to_pixels(targets, result.sizes)
-    header, cells = ["image"], []
-    if targets is not None:
-        as_cell = float if task.point_targets else int  # class indices / 0-1 flags
-        header += [prefixes[0]] if targets.ndim == 1 else [f"{prefixes[0]}_{n}" for n in names]
-        cells.append([[as_cell(v) for v in row] for row in targets.reshape(len(targets), -1).tolist()])
-    header += [f"{prefixes[1]}_{n}" for n in names]
-    cells.append(outputs.reshape(len(outputs), -1).astype(np.float64).tolist())
-    rows = [[str(path), *(v for part in parts for v in part)]
-            for path, *parts in zip(result.paths, *cells, strict=True)]
-    return header, rows
+        return _point_table(meta, result)
+    classes = list(meta.class_names)
+    header, columns = ["image"], []
+    if result.targets is not None:
+        header.append("target")
+        columns.append([[label] for label in task.target_labels(result.targets, classes)])
+    header.append("predicted")
+    columns.append([[label] for label in task.predicted_labels(result.outputs, classes, result.threshold)])
+    header += [f"prob_{n}" for n in output_names(meta)]
+    columns.append(_flat(result.outputs))
+    return header, _rows(result.paths, columns)
+
+
+def _point_table(meta: ModelMeta, result: EvalResult) -> tuple[list[str], list[list[Any]]]:
+    names = output_names(meta)
+    header, columns = ["image"], []
+    if result.targets is not None:
+        header += [f"true_{n}" for n in names]
+        columns.append(_flat(to_pixels(result.targets, result.sizes)))
+    header += [f"pred_{n}" for n in names]
+    columns.append(_flat(to_pixels(result.outputs, result.sizes)))
+    return header, _rows(result.paths, columns)
+
+
+def _flat(values: np.ndarray) -> list[list[float]]:
+    return values.reshape(len(values), -1).astype(np.float64).tolist()
+
+
+def _rows(paths: list[str], columns: list[list[list[Any]]]) -> list[list[Any]]:
+    return [[str(path), *(v for part in parts for v in part)] for path, *parts in zip(paths, *columns, strict=True)]
 
 
 def write_predictions_csv(path: Path, task: Task, meta: ModelMeta, result: EvalResult) -> Path:

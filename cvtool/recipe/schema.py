@@ -188,6 +188,7 @@ class EarlyStop(Section):
 class TrainConfig(Section):
     epochs: PosInt = 10
     monitor: str | None = None  # default: the task's main metric, e.g. val/accuracy
+    monitor_tiebreak: str | None = "val/loss"  # which epoch is best when the monitor ties; null: the first
     save_every: NonNegInt = 0
     smoothing: Annotated[float, Field(ge=0, lt=1), NoBool] = 0.6
     early_stop: EarlyStop | None = None
@@ -205,7 +206,7 @@ class TrainConfig(Section):
     mlflow: MlflowConfig = MlflowConfig()
     log_checkpoints: Literal["none", "best"] = "none"  # best.pt and an exported .onnx as artifacts
 
-    @field_validator("monitor")
+    @field_validator("monitor", "monitor_tiebreak")
     @classmethod
     def _split_prefix(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("val/", "train/")):

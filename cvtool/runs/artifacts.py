@@ -19,12 +19,18 @@ from cvtool.runs.layout import RunDir
 from cvtool.tasks import Task, higher_is_better
 
 
-def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool = True) -> dict[str, Any]:
+def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool = True,
+                  epoch: int | None = None) -> dict[str, Any]:
     """Loss and task metrics of the current model on one split (gathered over ranks)."""
+    from cvtool.engine.loop import NonFiniteOutputs
+
     step, recipe = session.step, session.recipe
-    found = predict_split(step.model, step.normalize, dataset, session.task, recipe.data, session.device,
-                          threshold=recipe.evaluate.threshold, loss_fn=step.loss_fn, dtype=step.dtype,
-                          channels_last=step.channels_last, dist=session.dist)
+    try:
+        found = predict_split(step.model, step.normalize, dataset, session.task, recipe.data, session.device,
+                              threshold=recipe.evaluate.threshold, loss_fn=step.loss_fn, dtype=step.dtype,
+                              channels_last=step.channels_last, dist=session.dist)
+    except NonFiniteOutputs:
+        raise NonFiniteOutputs(split, epoch) from None  # name the epoch training stopped at
     result = {"split": split, "loss": found.loss, "metrics": found.metrics}
     if keep_outputs:
         result.update(outputs=found.outputs, targets=found.targets, indices=found.indices, sizes=found.sizes,

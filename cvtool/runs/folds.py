@@ -23,7 +23,7 @@ from cvtool.recipe.schema import Recipe
 from cvtool.runs.artifacts import load_predictions
 from cvtool.runs.layout import RunDir
 from cvtool.runs.oof import OofPredictions, write_oof
-from cvtool.runs.sweep import prepare_run_dir, run_recipe
+from cvtool.runs.sweep import prepare_now, run_recipe
 from cvtool.tasks import get_task
 
 
@@ -51,7 +51,7 @@ def run_folds(recipe: Recipe, run_dir: Path, fold: str = "all", *, resume: bool 
         raise CvtoolError("--fold: a recipe with a sweep cannot be folded (fold one of its points)")
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"fold": None})})
     wanted = parse_fold(fold, recipe.data.folds.k)
-    prepare_run_dir(run_dir, resume, overwrite)
+    prepare_now(run_dir, resume, overwrite, recipe)
     info = read_dataset(recipe.data, recipe.task, recipe.seed)
     fold_of = fixed_assignment(recipe, info, RunDir(run_dir), resume)
     write_text(RunDir(run_dir).recipe, recipe_to_yaml(recipe))

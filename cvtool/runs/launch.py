@@ -25,15 +25,16 @@ class RunStopped(Exception):
 
 
 def launch(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool,
-           detect_anomaly: bool = False, extend: bool = False,
-           search_worker: bool = False) -> dict[str, Any] | None:
+           detect_anomaly: bool = False, extend: bool = False, search_worker: bool = False,
+           recipe_file: Path | None = None) -> dict[str, Any] | None:
     """Train `recipe` (or its sweep) into `run_dir`; the summary on the lead rank, None on the others."""
     dist = from_environment(recipe.train.device)
     with stop_on_signals() as stop, torch.autograd.set_detect_anomaly(detect_anomaly):
         try:
             with failure_guard(dist):  # one rank's failure is reported once; the others exit quietly
                 summary = run_recipe(recipe, run_dir, resume=resume, overwrite=overwrite,
-                                     quiet=quiet, stop=stop, dist=dist, extend=extend, search_worker=search_worker)
+                                     quiet=quiet, stop=stop, dist=dist, extend=extend, search_worker=search_worker,
+                                     recipe_file=recipe_file)
         except StopRequested:
             raise RunStopped(run_dir, stop.exit_code) from None
         finally:

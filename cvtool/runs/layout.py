@@ -24,6 +24,8 @@ PLOTS = "plots"
 PREDICTIONS = "predictions"
 TENSORBOARD = "tensorboard"
 EVAL = "eval"
+MARKER = ".cvtool-run"  # written first into every run and sweep dir: what --overwrite may remove
+FAILED = "failed.json"  # a sweep point stopped by a non-finite loss or output: resume moves on
 SAMPLING = "sampling.csv"  # data.sampler: the classes each epoch drew
 FOLD_PREFIX = "fold_"
 FOLDS = "folds.json"
@@ -131,6 +133,13 @@ class RunDir:
     def trial(self, number: int) -> Path:
         """A search's trial run dir: trial_007."""
         return self.path / f"trial_{number:03d}"
+    @property
+    def marker(self) -> Path:
+        return self.path / MARKER
+
+    @property
+    def failed(self) -> Path:
+        return self.path / FAILED
 
     def checkpoint(self, name: str) -> Path:
         """checkpoints/<name>.pt: best, last, epoch_046 (or 46)."""
@@ -158,6 +167,15 @@ class RunDir:
 
     def is_search(self) -> bool:
         return self.search.is_file()
+    def is_marked(self) -> bool:
+        """cvtool created this folder (a run or a sweep), so --overwrite may replace it."""
+        return self.marker.is_file()
+
+    def has_results(self) -> bool:
+        """At least one epoch finished here (in a sweep: in one of its points)."""
+        if self.metrics.is_file() or self.summary.is_file() or self.sweep.is_file():
+            return True
+        return any(RunDir(p).metrics.is_file() for p in self.path.iterdir() if p.is_dir())
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Path) -> RunDir | None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cvtool.errors import CvtoolError
+from cvtool.errors import CvtoolError, NonFiniteError
 from cvtool.fileio import write_csv, write_json, write_text
 from cvtool.recipe.load import recipe_to_yaml
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.layout import RunDir
+from cvtool.runs.placement import Placement, mark, place_run
 from cvtool.runs.recipes import expand_sweep
 from cvtool.runs.train import fit
 from cvtool.tasks import get_task, higher_is_better
@@ -21,22 +23,31 @@ def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / recipe.name / time.strftime("%Y%m%d-%H%M%S")
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """A run never silently replaces another: an existing run needs --overwrite or --resume."""
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, recipe: Recipe | None = None,
+                    recipe_file: Path | None = None) -> Placement | None:
+    """A run never silently replaces another: an existing run needs --overwrite or --resume,
+    and --overwrite replaces only what cvtool wrote (see placement.py)."""
     if resume:
         if not run_dir.is_dir():
             raise CvtoolError(f"--resume {run_dir}: no such run directory")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise CvtoolError(f"{run_dir}: already holds a run; pass --overwrite to replace it or --resume to continue it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        return None
+    protected = [p for p in (recipe_file, recipe.data.root if recipe else None) if p is not None]
+    return place_run(run_dir, "sweep" if recipe is not None and recipe.sweep else "run",
+                     overwrite=overwrite, protected=protected)
+
+
+def prepare_now(run_dir: Path, resume: bool, overwrite: bool, recipe: Recipe | None = None,
+                recipe_file: Path | None = None) -> None:
+    """`prepare_run_dir` for runs that write their folder as they go (fold sets, searches): the
+    same refusals, and an old run it may replace is replaced at once."""
+    placement = prepare_run_dir(run_dir, resume, overwrite, recipe, recipe_file)
+    if placement is not None:
+        placement.start()
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
                quiet: bool = False, stop: Any = None, dist: Any = None, extend: bool = False,
-               search_worker: bool = False) -> dict[str, Any]:
+               search_worker: bool = False, recipe_file: Path | None = None) -> dict[str, Any]:
     """Train a recipe (every grid point of its sweep, or its search's trials) into run_dir;
     returns the summary."""
     if recipe.search or search_worker:
@@ -45,20 +56,26 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite
         if search_worker:  # joins a search that another process may have started in run_dir
             run_dir.mkdir(parents=True, exist_ok=True)
         elif dist is None:
-            prepare_run_dir(run_dir, resume, overwrite)
+            prepare_now(run_dir, resume, overwrite, recipe, recipe_file)
         return start_search(recipe, run_dir, resume=resume, worker=search_worker, quiet=quiet, stop=stop, dist=dist)
     lead = dist is None or dist.rank == 0
-    if lead:
-        prepare_run_dir(run_dir, resume, overwrite)
+    placement = prepare_run_dir(run_dir, resume, overwrite, recipe, recipe_file) if lead else None
     if dist is not None:
         dist.barrier()
-    if recipe.sweep:
-        return run_sweep(recipe, run_dir, resume=resume, quiet=quiet, stop=stop, dist=dist, extend=extend)
-    return _run_one(recipe, run_dir, resume, quiet, stop, dist, extend)
+    try:
+        if recipe.sweep:
+            return run_sweep(recipe, run_dir, resume=resume, quiet=quiet, stop=stop, dist=dist, placement=placement,
+                             extend=extend)
+        return _run_one(recipe, placement.work if placement else run_dir, resume, quiet, stop, dist,
+                        placement.start if placement else None, extend)
+    except BaseException:
+        if placement is not None:
+            placement.abandon()  # failed before it started: nothing left that blocks a rerun
+        raise
 
 
 def _run_one(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, stop: Any, dist: Any,
-             extend: bool = False) -> dict[str, Any]:
+             started: Callable[[], Path] | None = None, extend: bool = False) -> dict[str, Any]:
     if dist is None or dist.rank == 0:
         last = RunDir(run_dir).checkpoint("last")
         if resume and not last.is_file():
@@ -69,30 +86,44 @@ def _run_one(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, stop: Any
 
             check_resume(recipe, load_checkpoint(last), extend, run_dir)
         write_text(RunDir(run_dir).recipe, recipe_to_yaml(recipe))
-    return fit(recipe, run_dir, resume=resume, quiet=quiet, stop=stop, dist=dist, extend=extend)
+    return fit(recipe, run_dir, resume=resume, quiet=quiet, stop=stop, dist=dist, started=started, extend=extend)
 
 
 def run_sweep(recipe: Recipe, sweep_dir: Path, *, resume: bool, quiet: bool, stop: Any, dist: Any,
-              extend: bool = False) -> dict[str, Any]:
+              placement: Placement | None = None, extend: bool = False) -> dict[str, Any]:
     lead = dist is None or dist.rank == 0
+    base = lambda: placement.path if placement is not None else sweep_dir  # noqa: E731 (moves once started)
     if lead:
-        write_text(RunDir(sweep_dir).recipe, recipe_to_yaml(recipe))
+        write_text(RunDir(base()).recipe, recipe_to_yaml(recipe))
     results = []
     for name, point in expand_sweep(recipe):
-        point_dir = sweep_dir / name
-        done = RunDir(point_dir).summary.is_file()
-        if resume and done:
-            results.append((name, RunDir(point_dir).read_summary()))
+        run = RunDir(base() / name)
+        if resume and (run.summary.is_file() or run.failed.is_file()):
+            results.append((name, run.read_summary() if run.summary.is_file() else _failed(run)))
             continue
         if lead:
-            point_dir.mkdir(parents=True, exist_ok=True)
+            mark(run.path, "run")
         if dist is not None:
             dist.barrier()
-        started = RunDir(point_dir).checkpoint("last").is_file()
-        results.append((name, _run_one(point, point_dir, resume and started, quiet, stop, dist, extend)))
+        started = run.checkpoint("last").is_file()
+        moved = (lambda name=name: placement.start() / name) if placement is not None else None
+        try:
+            results.append((name, _run_one(point, run.path, resume and started, quiet, stop, dist, moved, extend)))
+        except NonFiniteError as exc:
+            if lead:  # a resume moves on to the next point and ranks this one as failed
+                write_json(RunDir(base() / name).failed, {"error": str(exc)})
+            raise
     if not lead:
         return {}
-    return rank_sweep(recipe, sweep_dir, results)
+    return rank_sweep(recipe, base(), results)
+
+
+def _failed(run: RunDir) -> dict[str, Any]:
+    try:
+        error = json.loads(run.failed.read_text(encoding="utf-8")).get("error", "failed")
+    except (OSError, ValueError, AttributeError):
+        error = "failed"
+    return {"failed": str(error)}
 
 
 def rank_sweep(recipe: Recipe, sweep_dir: Path, results: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -102,7 +133,8 @@ def rank_sweep(recipe: Recipe, sweep_dir: Path, results: list[tuple[str, dict[st
     ranked = sorted(results, key=lambda item: _sort_key(item[1].get("best_value"), higher))
     rows = [{"run": name, "best_epoch": s.get("best_epoch"), "best_value": s.get("best_value"),
              "smoothed_best_value": s.get("smoothed_best_value"),
-             "test": (s.get("test") or {}).get(monitor.split("/")[-1])} for name, s in ranked]
+             "test": (s.get("test") or {}).get(monitor.split("/")[-1]), "failed": s.get("failed")}
+            for name, s in ranked]
     summary = {"sweep": True, "name": recipe.name, "monitor": monitor, "runs": rows}
     write_json(RunDir(sweep_dir).sweep, summary)
     write_csv(RunDir(sweep_dir).sweep_table, list(rows[0]) if rows else ["run"], [list(r.values()) for r in rows])

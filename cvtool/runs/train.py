@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,12 @@ def restore(session: Session, payload: dict[str, Any], steps: int) -> TrainState
 
 @with_cpu_runtime
 def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bool = False,
-        stop: Any = None, dist: Any = None, extend: bool = False, on_epoch: Any = None) -> dict[str, Any]:
+        stop: Any = None, dist: Any = None, extend: bool = False, on_epoch: Any = None,
+        started: Callable[[], Path] | None = None) -> dict[str, Any]:
     """Train `recipe`, writing the run into `run_dir`; returns the summary. `on_epoch(row)` is
-    called after each epoch is saved (a search prunes a trial by raising there)."""
+    called after each epoch is saved (a search prunes a trial by raising there). `started` is
+    called once data, model and the first checkpoint are in place and returns where the run lives
+    from then on (a new run is written beside an old one and swapped in: see runs/placement.py)."""
     session = build_session(recipe, quiet, dist, resume)
     lead = dist is None or dist.rank == 0
     defer = augment_on_device(session.device, recipe.data.num_workers)
@@ -136,6 +140,9 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, quiet: bo
         state = TrainState()
         if lead and run is not None:
             save_checkpoint(run.checkpoint("last"), checkpoint_payload(session, state))
+    if started is not None:
+        run_dir = started()
+        run = RunDir(run_dir)
     trackers = open_loggers(recipe, run_dir, resume, state.history) if lead and run is not None else None
     log = RunLog(quiet or not lead, history=state.history, loggers=trackers)
     try:
@@ -174,7 +181,7 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, r
         batches = min(len(loader), recipe.train.max_batches or len(loader))
         result = train_one_epoch(step, loader, epoch, log.progress(epoch, recipe.train.epochs, batches))
         train_metrics = session.task.metrics(*_gather_train(session, result))
-        val = split_metrics(session.evaluated(), val_set, "val", keep_outputs=lead)
+        val = split_metrics(session.evaluated(), val_set, "val", keep_outputs=lead, epoch=epoch)
         row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - start, 3),
                "train/loss": result.loss, "val/loss": val["loss"],
                **{f"train/{k}": v for k, v in train_metrics.items()},
@@ -185,7 +192,7 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, r
                               f"{', '.join(k for k in row if k.startswith('val/'))})")
         value = row[session.monitor]
         step.schedule.step_epoch(value)
-        is_best = state.improved(value, higher, stopper.min_delta if stopper else 0.0)
+        is_best = state.improved(value, higher, stopper.min_delta if stopper else 0.0, _tiebreak(recipe, row))
         state.bad_epochs = 0 if is_best else state.bad_epochs + 1
         if is_best:
             state.best_value, state.best_epoch = value, epoch
@@ -201,6 +208,17 @@ def _epochs(session: Session, state: TrainState, loader, sampler, log: RunLog, r
         if stopper and state.bad_epochs >= stopper.patience:
             log.console.print(f"early stop: no {session.monitor} gain for {stopper.patience} epochs")
             break
+
+
+def _tiebreak(recipe: Recipe, row: dict[str, float]) -> tuple[str, float, bool] | None:
+    """train.monitor_tiebreak: which epoch is best when the monitored value ties (val/loss)."""
+    key = recipe.train.monitor_tiebreak
+    if key is None:
+        return None
+    if key not in row:
+        raise CvtoolError(f"train.monitor_tiebreak: {key} is not reported (have: "
+                          f"{', '.join(k for k in row if k.startswith(('val/', 'train/')))})")
+    return key, row[key], higher_is_better(key)
 
 
 def _raw_val_metrics(session: Session, val_set: Any) -> dict[str, float]:

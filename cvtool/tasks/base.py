@@ -121,6 +121,16 @@ class Task(ABC):
              sizes: np.ndarray | None = None) -> list[list[Any]]:
         """Submission cells (without the image column) for each sample."""
 
+    def predicted_labels(self, outputs: np.ndarray, class_names: list[str],
+                         threshold: np.ndarray | float = 0.5) -> list[str] | None:
+        """The predicted class name (space-separated tags for multi-label) per sample; None
+        for tasks without labels (keypoints)."""
+        return None
+
+    def target_labels(self, targets: np.ndarray, class_names: list[str]) -> list[str] | None:
+        """The true class name (or tags) per sample; None for tasks without labels."""
+        return None
+
     def encode_targets(self, targets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """Targets as the model learns them (identity except for keypoints)."""
         return targets

@@ -47,6 +47,9 @@ class _OneClassPerImage(Task):
     def metric_targets(self, targets):
         return targets.astype(np.int64)
 
+    def target_labels(self, targets, class_names):
+        return [class_names[int(t)] for t in targets.reshape(-1)]
+
     def sampling_groups(self, targets, num_outputs):
         return np.asarray(targets, np.int64)
 
@@ -102,6 +105,9 @@ class Multiclass(_OneClassPerImage):
 
     def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
         return cross_entropy(cfg, class_weights)
+
+    def predicted_labels(self, outputs, class_names, threshold=0.5):
+        return [class_names[i] for i in outputs.argmax(axis=1)]
 
 
 class Binary(_OneClassPerImage):
@@ -159,6 +165,10 @@ class Binary(_OneClassPerImage):
 
     def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)
+
+    def predicted_labels(self, outputs, class_names, threshold=0.5):
+        cut = float(np.asarray(threshold, np.float64).reshape(-1)[0])
+        return [class_names[int(p > cut)] for p in outputs.reshape(-1)]
 
 
 class Multilabel(Task):
@@ -238,3 +248,14 @@ class Multilabel(Task):
 
     def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
         return sigmoid_loss(cfg, class_weights, pos_weight)
+
+    def predicted_labels(self, outputs, class_names, threshold=0.5):
+        return _tags(outputs > np.asarray(threshold), class_names)
+
+    def target_labels(self, targets, class_names):
+        return _tags(targets > 0.5, class_names)
+
+
+def _tags(flags: np.ndarray, class_names: list[str]) -> list[str]:
+    names = np.asarray(list(class_names))
+    return [" ".join(names[row]) for row in flags]
