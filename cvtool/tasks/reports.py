@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from cvtool.model_card import ModelMeta
+from cvtool.tasks.frame import from_frame
 
 
 @dataclass
@@ -26,10 +27,9 @@ def first_threshold(threshold: np.ndarray | float) -> float:
     return float(np.asarray(threshold, dtype=np.float64).reshape(-1)[0])
 
 
-def to_pixels(outputs: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Keypoint outputs in [-1, 1] of the image extent -> original-image pixels."""
-    scale = np.tile(np.asarray(sizes, np.float64), outputs.shape[1] // 2)
-    return (outputs.astype(np.float64) + 1.0) / 2.0 * scale
+def to_pixels(outputs: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Keypoint outputs in [-1, 1] of the model frame -> original-image pixels (tasks.frame)."""
+    return from_frame(outputs, frames)
 
 
 def _prf_table(names: list[str], truth: np.ndarray, predicted: np.ndarray, labels: list[int] | None,
