@@ -101,7 +101,7 @@ def evaluate_oof(fold_set: str | Path, tune: bool = False) -> OofEval:
     threshold: Any = np.asarray(fold_set_thresholds(fold_set) or recipe.evaluate.threshold, np.float32)
     tuned = None
     if tune:
-        check_tunable(task.name, recipe.evaluate.tune_metric)
+        check_tunable(task, recipe.evaluate.tune_metric)
         tuned = tune_thresholds(oof.targets, oof.outputs, recipe.evaluate.tune_metric, recipe.evaluate.threshold)
         threshold = tuned.per_class
         store_thresholds(run, [float(t) for t in tuned.per_class])
