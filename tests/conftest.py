@@ -126,3 +126,25 @@ def onnx_file(factory: pytest.TempPathFactory, synthetic: Callable[..., dict], t
 
         export_onnx(trained_run(factory, synthetic, task), out, **SETUPS[task]["export"])
     return out
+
+
+def one_line_error(result: Any) -> str:
+    """A CliRunner result that failed with exit 2 and printed exactly one `cvtool:` line."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cvtool:") and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def stop_line(result: Any) -> str:
+    """A run that stopped after printing its epoch rows: exit 2 and one error line, the last."""
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("cvtool:")]
+    assert len(errors) == 1 and result.output.strip().splitlines()[-1] == errors[0], result.output
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (hidden temp files included) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error, snapshot, stop_line
 from typer.testing import CliRunner
 
 from cvtool.cli.main import app
@@ -23,28 +24,8 @@ runner = CliRunner()
 FAST = {"epochs": 1, "device": "cpu", "max_batches": 1}
 
 
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("cvtool:") and "Traceback" not in result.output, result.output
-    return lines[0]
-
-
-def stop_line(result) -> str:
-    """A run that stopped after printing its epoch rows: exit 2 and one error line, the last."""
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("cvtool:")]
-    assert len(errors) == 1 and result.output.strip().splitlines()[-1] == errors[0], result.output
-    assert "Traceback" not in result.output
-    return errors[0]
-
-
 def invoke(*args: object):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_overwrite_refuses_a_folder_of_the_users_files(synthetic, make_recipe, tmp_path) -> None:

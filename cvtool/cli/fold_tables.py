@@ -8,14 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from cvtool.cli.common import console, fail, is_tty
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
+from cvtool.cli.render import fmt_cell
 
 
 def folds_table(summary: dict[str, Any]) -> Table:
@@ -32,13 +25,13 @@ def folds_table(summary: dict[str, Any]) -> Table:
         table.add_column(key, justify="right")
     for row in rows:
         values = {f"{split}/{k}": v for split in ("val", "test") for k, v in (row[split] or {}).items()}
-        table.add_row(str(row["fold"]), str(row["best_epoch"]), *(_fmt(values.get(k)) for k in keys))
+        table.add_row(str(row["fold"]), str(row["best_epoch"]), *(fmt_cell(values.get(k)) for k in keys))
     if summary.get("mean"):
         mean, std = summary["mean"], summary["std"]
         table.add_row("mean ± std", "", *(f"{mean[k]:.4f} ± {std[k]:.4f}" if k in mean else "-" for k in keys))
     if summary.get("oof"):
         oof = summary["oof"]
-        table.add_row("out-of-fold", "", *(_fmt(oof.get(k.removeprefix("val/"))) if k.startswith("val/") else "-"
+        table.add_row("out-of-fold", "", *(fmt_cell(oof.get(k.removeprefix("val/"))) if k.startswith("val/") else "-"
                                            for k in keys))
     return table
 
@@ -50,7 +43,7 @@ def ensemble_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
     for name in columns:
         table.add_column(name, justify="right")
     for key in dict.fromkeys(k for values in columns.values() for k in values):
-        table.add_row(key, *(_fmt(values.get(key)) for values in columns.values()))
+        table.add_row(key, *(fmt_cell(values.get(key)) for values in columns.values()))
     return table
 
 

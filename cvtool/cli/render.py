@@ -16,7 +16,7 @@ def metrics_table(title: str, columns: dict[str, dict[str, float] | None]) -> Ta
         table.add_column(name, justify="right")
     keys = list(dict.fromkeys(k for values in columns.values() if values for k in values))
     for key in keys:
-        table.add_row(key, *(_fmt((values or {}).get(key)) for values in columns.values()))
+        table.add_row(key, *(fmt_cell((values or {}).get(key)) for values in columns.values()))
     return table
 
 
@@ -29,14 +29,14 @@ def summary_table(summary: dict[str, Any]) -> Table:
             table.add_column(column, justify="right" if column != "run" else "left")
         for rank, row in enumerate(summary["runs"], 1):
             run = f"{row['run']} (failed)" if row.get("failed") else row["run"]
-            table.add_row(str(rank), run, str(row["best_epoch"]), _fmt(row["best_value"]),
-                          _fmt(row["smoothed_best_value"]), _fmt(row["test"]))
+            table.add_row(str(rank), run, str(row["best_epoch"]), fmt_cell(row["best_value"]),
+                          fmt_cell(row["smoothed_best_value"]), fmt_cell(row["test"]))
         failed = [f"{row['run']}: {row['failed']}" for row in summary["runs"] if row.get("failed")]
         if failed:
             table.caption = Text("failed: " + "; ".join(failed))  # plain text: no markup in messages
         return table
-    title = (f"{summary['name']}: best {summary['monitor']} {_fmt(summary['best_value'])} at epoch "
-             f"{summary['best_epoch']} (smoothed {_fmt(summary['smoothed_best_value'])} at epoch "
+    title = (f"{summary['name']}: best {summary['monitor']} {fmt_cell(summary['best_value'])} at epoch "
+             f"{summary['best_epoch']} (smoothed {fmt_cell(summary['smoothed_best_value'])} at epoch "
              f"{summary['smoothed_best_epoch']})")
     return metrics_table(title, {"val (best epoch)": summary["val"], "test (best checkpoint)": summary["test"]})
 
@@ -49,12 +49,13 @@ def search_table(summary: dict[str, Any]) -> Table:
     for column in ("rank", *keys, "run"):
         table.add_column(column, justify="left" if column in ("state", "run") else "right")
     for row in summary["trials"]:
-        table.add_row(*(f"{v:.4g}" if isinstance(v := row.get(column), float) else _fmt(v)
+        table.add_row(*(f"{v:.4g}" if isinstance(v := row.get(column), float) else fmt_cell(v)
                         for column in ("rank", *keys, "run")))
     return table
 
 
-def _fmt(value: Any) -> str:
+def fmt_cell(value: Any) -> str:
+    """A table cell: 4 decimals for floats, '-' for a missing value."""
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -36,10 +36,27 @@ def _vote_labels(stack: np.ndarray, threshold: np.ndarray | float) -> np.ndarray
     return np.where(decision_pos, agree_pos, np.where(decision_neg, agree_neg, mean))
 
 
-class _OneClassPerImage(Task):
+class _Classes(Task):
+    """Targets name classes: they can be balanced by class and mixed by MixUp/CutMix."""
+
+    has_classes = True
+    mixable = True
+
+
+class _Sigmoid:
+    """One independent probability per output (binary, multi-label)."""
+
+    activation = "sigmoid"
+
+    def activate(self, logits):
+        return sigmoid(logits.astype(np.float64)).astype(np.float32)
+
+
+class _OneClassPerImage(_Classes):
     """Targets are int64 class indices, so a val split can keep the class proportions."""
 
     stratify = True
+    fold_stratify = "classes"
 
     def class_counts(self, targets, num_classes):
         return np.bincount(targets, minlength=num_classes)
@@ -56,6 +73,7 @@ class _OneClassPerImage(Task):
 
 class Multiclass(_OneClassPerImage):
     name = "multiclass"
+    activation = "softmax"
     default_monitor = "val/accuracy"
     default_loss = "cross_entropy"
     confusion = True
@@ -65,10 +83,6 @@ class Multiclass(_OneClassPerImage):
 
     def class_table(self, result, meta):
         return multiclass_table(result, meta)
-    has_classes = True
-    mixable = True
-    fold_stratify = "classes"
-    activation = "softmax"
 
     def activate(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits.astype(np.float64)).astype(np.float32)
@@ -110,7 +124,7 @@ class Multiclass(_OneClassPerImage):
         return [class_names[i] for i in outputs.argmax(axis=1)]
 
 
-class Binary(_OneClassPerImage):
+class Binary(_Sigmoid, _OneClassPerImage):
     name = "binary"
     default_monitor = "val/auc"
     default_loss = "bce"
@@ -131,13 +145,6 @@ class Binary(_OneClassPerImage):
 
     def class_table(self, result, meta):
         return positive_table(result, meta)
-    has_classes = True
-    mixable = True
-    fold_stratify = "classes"
-    activation = "sigmoid"
-
-    def activate(self, logits):
-        return sigmoid(logits.astype(np.float64)).astype(np.float32)
 
     def metrics(self, targets, outputs, threshold=0.5, sizes=None):
         from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
@@ -171,8 +178,9 @@ class Binary(_OneClassPerImage):
         return [class_names[int(p > cut)] for p in outputs.reshape(-1)]
 
 
-class Multilabel(Task):
+class Multilabel(_Sigmoid, _Classes):
     name = "multilabel"
+    fold_stratify = "tags"
     default_monitor = "val/f1_macro"
     default_loss = "bce"
     roc = True
@@ -204,13 +212,6 @@ class Multilabel(Task):
 
     def class_table(self, result, meta):
         return label_table(result, meta)
-    has_classes = True
-    mixable = True
-    fold_stratify = "tags"
-    activation = "sigmoid"
-
-    def activate(self, logits):
-        return sigmoid(logits.astype(np.float64)).astype(np.float32)
 
     def metrics(self, targets, outputs, threshold=0.5, sizes=None):
         from sklearn.metrics import f1_score, fbeta_score
