@@ -27,7 +27,8 @@ from cvtool.bench.steps import StepClock, ceiling_batch
 from cvtool.data.device import DeviceFeeder, augment_on_device
 from cvtool.data.loaders import EpochSampler, make_loader
 from cvtool.data.pipeline import train_dataset
-from cvtool.engine.loop import train_one_epoch, with_cpu_runtime
+from cvtool.engine.cpu import with_cpu_runtime
+from cvtool.engine.loop import train_one_epoch
 from cvtool.errors import CvtoolError
 from cvtool.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from cvtool.recipe.schema import Recipe

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,40 +14,6 @@ import torch
 from cvtool.engine.accel import compile_failed
 from cvtool.errors import CvtoolError, NonFiniteError
 from cvtool.recipe.schema import TrainConfig
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def with_cpu_runtime(fn: _F) -> _F:
-    """Run `fn` (training, a training benchmark) with CPU settings that make steps fast and steady,
-    and leave the process as it was afterwards (flush-to-zero is process state other code sees):
-
-    - Denormal floats (|x| < 1.2e-38) take a slow microcode path on x86: once a model fits its
-      data, tiny gradients made steps up to 2.6x slower (simplenet 28 px: 42 -> 110 ms).
-    - glibc gives freed blocks above its adaptive mmap threshold back to the OS, so a step could
-      page-fault its activations in again (simplenet 28 px: 47 ms instead of 39)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _keep_freed_memory()
-        torch.set_flush_denormal(True)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_flush_denormal(False)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _keep_freed_memory() -> None:
-    if sys.platform != "linux":
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD, at the adaptive threshold's ceiling
-    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
 
 
 class NonFiniteLoss(NonFiniteError):

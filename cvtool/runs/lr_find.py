@@ -19,7 +19,8 @@ import numpy as np
 
 from cvtool.data.loaders import EpochSampler, make_loader
 from cvtool.data.pipeline import train_dataset
-from cvtool.engine.loop import autocast, backward_and_step, with_cpu_runtime
+from cvtool.engine.cpu import with_cpu_runtime
+from cvtool.engine.loop import autocast, backward_and_step
 from cvtool.errors import CvtoolError
 from cvtool.fileio import write_csv
 from cvtool.recipe.schema import Recipe

@@ -15,10 +15,10 @@ from cvtool.data.loaders import make_loader
 from cvtool.data.pipeline import eval_dataset, train_dataset
 from cvtool.data.sampling import train_sampler
 from cvtool.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cvtool.engine.cpu import with_cpu_runtime
 from cvtool.engine.loop import (
     optimizer_steps,
     train_one_epoch,
-    with_cpu_runtime,
 )
 from cvtool.engine.optim import (
     OPTIMIZERS,
