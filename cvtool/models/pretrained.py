@@ -33,8 +33,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CvtoolError(f"model.pretrained: file not found: {path}")
     try:
-        loaded: Any = _load_safetensors(path) if path.suffix == ".safetensors" else torch.load(
-            path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            loaded: Any = _load_safetensors(path)
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except CvtoolError:
         raise
     except Exception as exc:  # any unreadable or unsafe file is the user's input problem
