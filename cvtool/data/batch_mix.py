@@ -40,6 +40,7 @@ class BatchMixer:
         self.classes = {"MixUp": v2.MixUp, "CutMix": v2.CutMix}
         self.seed, self.rank = seed, rank
         self.dense_targets, self.num_outputs = dense_targets, num_outputs
+        self._built: dict[tuple[int, int], Any] = {}  # (mixer, batch size) -> v2 transform, built once
 
     def batch_seed(self, epoch: int, batch: int) -> int:
         return (self.seed * 1_000_003 + epoch * 10_007 + batch * 101 + self.rank) % (2**63)
@@ -59,7 +60,10 @@ class BatchMixer:
         count = images.shape[0]
         if picked is None or count < 2:
             return images, dense, None
-        mixer = self.classes[self.names[picked]](alpha=self.alphas[picked], num_classes=count)
+        mixer = self._built.get((picked, count))
+        if mixer is None:
+            mixer = self._built[(picked, count)] = self.classes[self.names[picked]](
+                alpha=self.alphas[picked], num_classes=count)
         with torch.random.fork_rng(devices=[]):  # v2 draws lambda and the box from the global CPU generator
             torch.manual_seed(self.batch_seed(epoch, batch))
             mixed, matrix = mixer(images, torch.arange(count, device=images.device))
