@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from cvtool.recipe.experiments import LoggerName, MlflowConfig, SearchConfig
-from cvtool.recipe.fields import (  # noqa: F401  (names the rest of cvtool imports from here)
+from cvtool.recipe.fields import (
     NoBool,
     NonNegFloat,
     NonNegInt,
