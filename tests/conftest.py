@@ -105,8 +105,8 @@ def dataset(synthetic: Callable[..., dict], task: str) -> dict[str, Any]:
 
 def trained_run(factory: pytest.TempPathFactory, synthetic: Callable[..., dict], task: str) -> Path:
     """A run of the task's setup (trained once per session)."""
+    from cvtool.runs.launch import run_recipe
     from cvtool.runs.recipes import load_recipe
-    from cvtool.runs.sweep import run_recipe
 
     run = shared_dir(factory) / f"run-{task}"
     if (run / "summary.json").is_file():

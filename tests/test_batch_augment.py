@@ -50,7 +50,8 @@ def test_a_batch_fetch_equals_fetching_each_sample(task, augment, synthetic, mak
     from cvtool.tasks import get_task
 
     recipe = load_recipe(make_recipe(tmp_path, synthetic(task, n=60, size=16), augment=augment))
-    train_set = train_dataset(prepare_data(recipe, ("train",), progress=False), recipe, get_task(task))
+    train_set = train_dataset(prepare_data(recipe.data, get_task(task), recipe.seed, ("train",), progress=False), get_task(task),
+                              recipe.augment, recipe.seed)
     keys = [(2, 7), (2, 0), (2, 3), (5, 7)]
     batch = train_set.__getitems__(keys)
     expected = torch.utils.data.default_collate([train_set[key] for key in keys])

@@ -14,8 +14,8 @@ import torch
 
 from cvtool.data.device import DeviceFeeder, augment_on_device
 from cvtool.data.loaders import Batch, EpochSampler, Normalize, make_loader, resize
-from cvtool.engine.accel import compile_model
-from cvtool.engine.loop import NonFiniteLoss, Stepper, _check_finite
+from cvtool.engine.accel import compiled_forward, wants_compile
+from cvtool.engine.loop import NonFiniteLoss, Step, _check_finite
 
 FLIP_AFFINE = [{"RandomHorizontalFlip": {"p": 0.5}},
                {"RandomAffine": {"degrees": 10, "translate": [0.1, 0.1], "scale": [0.9, 1.1]}}]
@@ -28,14 +28,14 @@ def _train_set(synthetic, make_recipe, tmp_path: Path, defer: bool, augment=FLIP
 
     recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=60, size=16), augment=augment,
                                      data={"normalize": "imagenet", **data}))
-    bundle = prepare_data(recipe, ("train",), progress=False)
-    return recipe, bundle, train_dataset(bundle, recipe, get_task("multiclass"), defer_augment=defer)
+    bundle = prepare_data(recipe.data, get_task("multiclass"), recipe.seed, ("train",), progress=False)
+    return recipe, bundle, train_dataset(bundle, get_task("multiclass"), recipe.augment, recipe.seed, defer_augment=defer)
 
 
-def _stepper(train_set, bundle, size: int) -> Stepper:
-    normalize = Normalize(bundle.mean, bundle.std, size)
-    return Stepper(torch.nn.Identity(), normalize, None, None, None, torch.device("cpu"), None,
-                   augment=train_set.batched if train_set.defer_augment else None)
+def _stepper(train_set, bundle, size: int) -> Step:
+    normalize, identity = Normalize(bundle.mean, bundle.std, size), torch.nn.Identity()
+    return Step(identity, identity, identity, normalize, None, None, None, torch.device("cpu"),
+                augment=train_set.batched if train_set.defer_augment else None)
 
 
 def test_device_side_augmentation_equals_the_per_sample_pipeline(synthetic, make_recipe, tmp_path: Path) -> None:
@@ -99,8 +99,8 @@ def test_decode_size_caches_small_trains_and_exports_with_parity(synthetic, make
     from cvtool.evaluation.tta import tta_outputs
     from cvtool.inference.export import export_onnx
     from cvtool.inference.onnx_runtime import create_session
+    from cvtool.runs.launch import run_recipe
     from cvtool.runs.model import load_model
-    from cvtool.runs.sweep import run_recipe
 
     recipe, bundle, _ = _train_set(synthetic, make_recipe, tmp_path, defer=True, image_size=20, decode_size=12)
     assert bundle.splits["train"].images.shape[1:] == (12, 12, 3)  # the cache holds decode_size
@@ -125,10 +125,10 @@ def test_decode_size_caches_small_trains_and_exports_with_parity(synthetic, make
 
 def test_compile_failure_falls_back_to_eager_with_one_line(synthetic, make_recipe, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from cvtool.runs.launch import run_recipe
     from cvtool.runs.recipes import load_recipe
-    from cvtool.runs.sweep import run_recipe
 
-    assert compile_model(torch.nn.Linear(2, 2), torch.device("cpu"), "auto") is None  # auto: CUDA only
+    assert not wants_compile(torch.device("cpu"), "auto") and wants_compile(torch.device("cuda"), "auto")
 
     def broken(*_, **__):
         raise RuntimeError("backend compiler failed\nlong trace")
@@ -136,9 +136,66 @@ def test_compile_failure_falls_back_to_eager_with_one_line(synthetic, make_recip
     monkeypatch.setattr(torch, "compile", lambda model: broken)
     recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=60, size=16), train={"compile": True}))
     summary = run_recipe(recipe, tmp_path / "run", quiet=True)
-    assert summary["val"]["accuracy"] >= 0.0
+    assert summary["epochs_run"] == 1 and np.isfinite(summary["val"]["loss"])  # trained eagerly
     lines = [line for line in capsys.readouterr().err.splitlines() if "torch.compile" in line]
     assert lines == ["cvtool: torch.compile failed (RuntimeError: backend compiler failed); training without it"]
+
+
+class _BackwardFails(torch.autograd.Function):
+    """Stands for a compiled graph whose backward fails to compile (raised on the first backward)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("backward graph failed to compile")
+
+
+def test_compiling_runs_forward_and_backward_once_and_changes_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys) -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    monkeypatch.setattr(torch, "compile", lambda m: lambda x: _BackwardFails.apply(m(x)))
+    assert compiled_forward(model, (2, 3, 8, 8), torch.device("cpu"), None, False) is None
+    assert "backward graph failed to compile" in capsys.readouterr().err  # caught at build time, not mid-run
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BatchNorm statistics kept
+    assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())
+    monkeypatch.setattr(torch, "compile", lambda m: m)
+    assert compiled_forward(model, (2, 3, 8, 8), torch.device("cpu"), None, False) is model
+
+
+def test_out_of_memory_while_compiling_is_raised_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def out_of_memory(*_):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch, "compile", lambda m: out_of_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        compiled_forward(torch.nn.Linear(4, 2), (2, 4), torch.device("cpu"), None, False)
+
+
+def test_a_failure_after_compiling_stops_the_run(synthetic, make_recipe, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the build-time trial may fall back: a later step's error is the run's error."""
+    from cvtool.runs.launch import run_recipe
+    from cvtool.runs.recipes import load_recipe
+
+    def compile_then_fail(model):
+        calls = {"n": 0}
+
+        def forward(x):
+            calls["n"] += 1
+            if calls["n"] > 2:
+                raise RuntimeError("guard failure in step 2")
+            return model(x)
+        return forward
+
+    monkeypatch.setattr(torch, "compile", compile_then_fail)
+    recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=60, size=16), train={"compile": True}))
+    with pytest.raises(RuntimeError, match="guard failure in step 2"):
+        run_recipe(recipe, tmp_path / "run", quiet=True)
 
 
 def test_a_non_finite_loss_found_after_the_epoch_names_its_batch() -> None:

@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from cvtool.cli.main import app
-from cvtool.engine.loop import amp_dtype, select_device
+from cvtool.engine.accel import amp_dtype, select_device
 from cvtool.runs.model import load_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -70,16 +70,16 @@ def test_train_with_amp_and_channels_last_then_evaluate_on_cpu(amp: str, synthet
 def test_fp16_trains_with_loss_scaling_and_channels_last(amp: str, scaled: bool, synthetic, make_recipe,
                                                          tmp_path: Path) -> None:
     from cvtool.runs.recipes import load_recipe
-    from cvtool.runs.session import build_session
+    from cvtool.runs.step import build_session, build_step
 
     recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=80, size=16),
                                      model={"arch": "resnet18"}, train={**CUDA_TRAIN, "amp": amp},
                                      data={"image_size": 32}))
-    session = build_session(recipe, quiet=True)
-    assert (session.step.scaler is not None) == scaled
-    assert session.step.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16, "none": None}[amp]
-    assert session.step.channels_last
-    conv = next(m for m in session.step.model.modules() if isinstance(m, torch.nn.Conv2d))
+    step = build_step(build_session(recipe, quiet=True), steps=4, batch=8)
+    assert (step.scaler is not None) == scaled
+    assert step.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16, "none": None}[amp]
+    assert step.channels_last
+    conv = next(m for m in step.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
 
@@ -94,8 +94,8 @@ def test_compile_auto_compiles_on_cuda_without_falling_back(synthetic, make_reci
 
 def test_ddp_over_nccl_with_one_process(synthetic, make_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cvtool.engine.distributed import Dist
+    from cvtool.runs.launch import run_recipe
     from cvtool.runs.recipes import load_recipe
-    from cvtool.runs.sweep import run_recipe
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -120,8 +120,8 @@ def test_ddp_over_nccl_with_one_process(synthetic, make_recipe, tmp_path: Path, 
 def test_resume_on_gpu_equals_an_uninterrupted_gpu_run(synthetic, make_recipe, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from cvtool.engine.loop import StopRequested
+    from cvtool.runs.launch import run_recipe
     from cvtool.runs.recipes import load_recipe
-    from cvtool.runs.sweep import run_recipe
 
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     path = make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), augment=FLIP_AFFINE,
@@ -199,7 +199,8 @@ def test_device_feeder_copies_each_batch_unchanged(synthetic, make_recipe, tmp_p
     from cvtool.tasks import get_task
 
     recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), augment=FLIP_AFFINE))
-    dataset = train_dataset(prepare_data(recipe, ("train",), progress=False), recipe, get_task("multiclass"), True)
+    dataset = train_dataset(prepare_data(recipe.data, get_task("multiclass"), recipe.seed, ("train",), progress=False),
+                            get_task("multiclass"), recipe.augment, recipe.seed, defer_augment=True)
     device = torch.device("cuda")
     loader = make_loader(dataset, 8, EpochSampler(len(dataset), 0, True), 2, device)
     plain, fed = list(loader), list(DeviceFeeder(loader, device))

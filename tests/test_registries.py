@@ -6,7 +6,8 @@ import typing
 
 from cvtool.data.class_stats import WEIGHT_MODES
 from cvtool.data.formats import READERS
-from cvtool.engine.optim import OPTIMIZERS, SCHEDULES
+from cvtool.engine.optim import OPTIMIZERS
+from cvtool.engine.schedule import SCHEDULES
 from cvtool.evaluation.thresholds import OBJECTIVES
 from cvtool.models.registry import OWN_ARCHS
 from cvtool.recipe import schema

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from cvtool.cli.main import app
 from cvtool.engine.checkpoint import load_checkpoint, save_checkpoint
 from cvtool.errors import CvtoolError
+from cvtool.runs.launch import run_recipe
 from cvtool.runs.recipes import load_recipe
-from cvtool.runs.sweep import run_recipe
 
 runner = CliRunner()
 

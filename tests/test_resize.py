@@ -84,7 +84,7 @@ def test_training_targets_sit_on_the_marks_the_model_sees(mode: str, tmp_path: P
                                                           synthetic: Callable[..., dict[str, Any]]) -> None:
     data = synthetic("keypoints", n=40, size=SIZE)
     recipe = load_recipe(recipe_for(tmp_path, make_recipe, data, mode))
-    bundle = prepare_data(recipe, ("train",), progress=False)
+    bundle = prepare_data(recipe.data, get_task("keypoints"), recipe.seed, ("train",), progress=False)
     dataset = eval_dataset(bundle, "train", get_task("keypoints"))
     split = bundle.splits["train"]
     assert len({tuple(s) for s in split.sizes}) > 5 and len({round(w / h, 2) for w, h in split.sizes}) > 5
@@ -131,7 +131,8 @@ def test_predict_returns_the_true_targets_in_original_pixels(mode: str, runs: di
     from cvtool.runs.model import load_model
 
     loaded = load_model(runs[mode])
-    bundle = prepare_data(loaded.recipe, ("test",), progress=False, normalization=(loaded.meta.mean, loaded.meta.std))
+    bundle = prepare_data(loaded.recipe.data, loaded.task, loaded.recipe.seed, ("test",), progress=False,
+                          normalization=(loaded.meta.mean, loaded.meta.std))
     dataset = eval_dataset(bundle, "test", loaded.task)
     split = bundle.splits["test"]
     encoded = {hashlib.sha1(np.asarray(split.images[i]).tobytes()).hexdigest(): dataset.targets[i]

@@ -17,8 +17,8 @@ from cvtool.cli.main import app
 from cvtool.engine.checkpoint import update_meta
 from cvtool.errors import CvtoolError
 from cvtool.evaluation.thresholds import tune_thresholds
+from cvtool.runs.launch import run_recipe
 from cvtool.runs.recipes import load_recipe
-from cvtool.runs.sweep import run_recipe
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

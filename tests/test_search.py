@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from cvtool.cli.main import app
 from cvtool.engine.loop import StopRequested
 from cvtool.errors import CvtoolError
+from cvtool.runs.launch import run_recipe
 from cvtool.runs.recipes import load_recipe
 from cvtool.runs.search import claim_trial, counted
 from cvtool.runs.search_table import load_search
-from cvtool.runs.sweep import run_recipe
 
 optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed")
 runner = CliRunner()

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from cvtool.cli.main import app
 from cvtool.engine.loop import StopRequested
+from cvtool.runs.launch import run_recipe
 from cvtool.runs.recipes import load_recipe
-from cvtool.runs.sweep import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

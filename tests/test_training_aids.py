@@ -20,9 +20,9 @@ from cvtool.data.sampling import BalancedSampler
 from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.engine.loop import StopRequested
 from cvtool.recipe.schema import MixArgs
+from cvtool.runs.launch import run_recipe
 from cvtool.runs.model import load_model
 from cvtool.runs.recipes import load_recipe
-from cvtool.runs.sweep import run_recipe
 from cvtool.tasks import get_task
 
 runner = CliRunner()
@@ -155,7 +155,8 @@ def test_policy_augmentations_keep_uint8_and_their_seed(spec, synthetic, make_re
     from cvtool.data.pipeline import prepare_data, train_dataset
 
     recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=40, size=16), augment=[spec]))
-    dataset = train_dataset(prepare_data(recipe, ("train",), progress=False), recipe, get_task("multiclass"))
+    dataset = train_dataset(prepare_data(recipe.data, get_task("multiclass"), recipe.seed, ("train",), progress=False),
+                            get_task("multiclass"), recipe.augment, recipe.seed)
     first, again, other = dataset[(3, 5)][0], dataset[(3, 5)][0], dataset[(4, 5)][0]
     assert first.dtype == torch.uint8 and first.shape == (3, 16, 16)
     assert torch.equal(first, again)

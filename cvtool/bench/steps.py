@@ -43,3 +43,14 @@ def ceiling_batch(step: Any, batch: Any) -> Any:
     if plan is not None and step.augment is not None:
         images = step.augment.apply(images, plan).contiguous()
     return Batch((images, targets, indices))
+
+
+def on_cpu(value: Any) -> Any:
+    """A copy of nested state dicts with every tensor in host memory."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(on_cpu(item) for item in value)
+    return value

@@ -19,11 +19,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cvtool.bench.steps import StepClock, ceiling_batch
+from cvtool.bench.steps import StepClock, ceiling_batch, on_cpu
 from cvtool.data.device import DeviceFeeder, augment_on_device
 from cvtool.data.loaders import EpochSampler, make_loader
 from cvtool.data.pipeline import train_dataset
@@ -32,8 +32,7 @@ from cvtool.engine.loop import train_one_epoch
 from cvtool.errors import CvtoolError
 from cvtool.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from cvtool.recipe.schema import Recipe
-from cvtool.runs.session import build_session
-from cvtool.runs.train import make_schedule
+from cvtool.runs.step import build_session, build_step
 
 
 @dataclass(frozen=True)
@@ -121,8 +120,8 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
         raise CvtoolError("--steps, --warmup and --rounds need at least 1")
     session = build_session(recipe, quiet=True)
     defer = augment_on_device(session.device, recipe.data.num_workers)
-    train_set = train_dataset(session.bundle, recipe, session.task, defer_augment=defer)
-    session.step.augment = train_set.batched if train_set.defer_augment else None
+    train_set = train_dataset(session.bundle, session.task, recipe.augment, recipe.seed, recipe.data.flip_pairs,
+                              defer_augment=defer)
     batch = recipe.data.batch_size
     sampler = EpochSampler(len(train_set), recipe.seed, True)
     loader = DeviceFeeder(make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
@@ -134,17 +133,20 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
     if warmup + steps > len(loader):
         notes.append(f"--steps {steps} cut to {len(loader) - warmup}: one epoch has {len(loader)} batches")
         steps = len(loader) - warmup
-    session.step.schedule = make_schedule(session, 1, len(loader))
+    timed = session.recipe.train.model_copy(update={"max_batches": warmup + steps})
+    session = replace(session, recipe=session.recipe.model_copy(update={"train": timed}))
+    step = build_step(session, steps=len(loader), batch=batch,
+                      augment=train_set.batched if train_set.defer_augment else None)
     cuda = session.device.type == "cuda"
     if cuda:  # GPU only
         torch.cuda.reset_peak_memory_stats(session.device)
-    real, ceiling = _time_blocks(session.step, loader, sampler, steps, warmup, rounds)
+    real, ceiling = _time_blocks(step, loader, sampler, steps, warmup, rounds)
     paired = statistics.median(r / c for r, c in zip(real, ceiling, strict=True))
     size = f"{recipe.data.image_size} px" + (f" (decoded at {recipe.data.decode_size})"
                                              if recipe.data.cached_size != recipe.data.image_size else "")
     notes.append(f"{recipe.name}: {recipe.model.arch} at {size}, batch {batch}, precision "
-                 f"{str(session.step.dtype or torch.float32).removeprefix('torch.')}, "
-                 f"compiled {'yes' if session.step.compiled is not None else 'no'}, "
+                 f"{str(step.dtype or torch.float32).removeprefix('torch.')}, "
+                 f"compiled {'yes' if step.forward is not step.model else 'no'}, "
                  f"{len(recipe.augment)} augmentations, {len(train_set)} train images, device {session.device}, "
                  f"torch threads {torch.get_num_threads()}, data.num_workers {recipe.data.num_workers}")
     notes.append(f"{rounds} rounds of {steps} timed steps (after {warmup}) per source; best block kept; "
@@ -167,20 +169,18 @@ def _time_blocks(step: Any, loader: Any, sampler: Any, steps: int, warmup: int,
                  rounds: int) -> tuple[list[float], list[float]]:
     """Images/s per round through `loader` and on its first batch repeated, in blocks of
     warmup + steps calls of train_one_epoch, each from the same weights and optimizer state."""
-    import copy
-
     import torch
 
-    step.cfg = step.cfg.model_copy(update={"max_batches": warmup + steps})
     fixed = ceiling_batch(step, next(iter(loader)))
-    start = copy.deepcopy((step.model.state_dict(), step.optimizer.state_dict()))
+    # the starting point in host memory: a copy on the GPU would count in the peak memory
+    start = on_cpu((step.module.state_dict(), step.optimizer.state_dict()))
     cuda = step.device.type == "cuda"
 
     def timed(source: Iterable, epoch: int) -> float:
-        step.model.load_state_dict(start[0])
+        step.module.load_state_dict(start[0])
         step.optimizer.load_state_dict(start[1])
         clock = StepClock(torch.cuda.synchronize if cuda else None, (warmup, warmup + steps))
-        train_one_epoch(step, source, epoch, clock)
+        train_one_epoch(step, source, epoch, progress=clock)
         return steps * len(fixed[0]) / (clock.times[warmup + steps] - clock.times[warmup])
 
     real, ceiling = [], []

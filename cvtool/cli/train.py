@@ -33,7 +33,7 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
-    from cvtool.runs.launch import RunStopped, launch
+    from cvtool.runs.launch import RunStopped, launched, run_recipe
     from cvtool.runs.layout import RunDir
     from cvtool.runs.recipes import load_recipe
     from cvtool.runs.sweep import default_run_dir
@@ -44,27 +44,20 @@ def train(
     resolved = load_recipe(source, set_ or [])
     run_dir = resume or out or default_run_dir(resolved)
     try:
-        if fold is not None or (resume is not None and RunDir(resume).is_fold_set()):
-            return _folds(resolved, run_dir, fold, resume is not None, overwrite, quiet, detect_anomaly)
-        summary = launch(resolved, run_dir, resume=resume is not None, overwrite=overwrite, quiet=quiet,
-                         detect_anomaly=detect_anomaly, extend=extend, search_worker=search_worker,
-                         recipe_file=source)
+        with launched(resolved.train.device, run_dir, detect_anomaly) as (dist, stop):
+            summary = run_recipe(resolved, run_dir, fold=fold, resume=resume is not None, overwrite=overwrite,
+                                 quiet=quiet, stop=stop, dist=dist, extend=extend, search_worker=search_worker,
+                                 recipe_file=source)
     except RunStopped as stopped:
         err_console.print(f"[yellow]cvtool: stopped by signal; resume with: cvtool train --resume {run_dir}[/]")
         raise typer.Exit(stopped.exit_code) from None
-    if summary is not None:
+    if summary.get("folds"):
+        from cvtool.cli.fold_tables import folds_table
+
+        console.print(folds_table(summary))
+        console.print(f"fold set: {run_dir}")
+    elif summary:
         from cvtool.cli.render import summary_table
 
         console.print(summary_table(summary))
         console.print(f"run: {run_dir}")
-
-
-def _folds(recipe, run_dir: Path, fold: str | None, resume: bool, overwrite: bool, quiet: bool,
-           detect_anomaly: bool) -> None:
-    from cvtool.cli.fold_tables import folds_table
-    from cvtool.runs.launch import launch_folds
-
-    summary = launch_folds(recipe, run_dir, fold or "all", resume=resume, overwrite=overwrite, quiet=quiet,
-                           detect_anomaly=detect_anomaly)
-    console.print(folds_table(summary))
-    console.print(f"fold set: {run_dir}")

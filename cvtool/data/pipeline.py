@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cvtool.data.cache import DecodedSplit, decode_split
@@ -11,8 +11,8 @@ from cvtool.data.formats import DatasetInfo, read_dataset
 from cvtool.data.loaders import SampleDataset
 from cvtool.data.stats import resolve_normalization
 from cvtool.data.transforms import build_pipeline
-from cvtool.recipe.schema import DataConfig, Recipe
-from cvtool.tasks import Task, get_task
+from cvtool.recipe.schema import DataConfig, TransformSpec
+from cvtool.tasks import Task
 
 
 @dataclass
@@ -23,14 +23,14 @@ class DataBundle:
     std: list[float]
 
 
-def prepare_data(recipe: Recipe, splits: Iterable[str] = ("train", "val", "test"), progress: bool = True,
-                 normalization: tuple[list[float], list[float]] | None = None) -> DataBundle:
-    """Read the sample tables, resolve normalization and decode the requested splits."""
-    cfg = recipe.data
-    info = fold_view(read_dataset(cfg, recipe.task, recipe.seed), cfg, recipe.task, recipe.seed)
+def prepare_data(cfg: DataConfig, task: Task, seed: int, splits: Iterable[str] = ("train", "val", "test"),
+                 progress: bool = True, normalization: tuple[list[float], list[float]] | None = None) -> DataBundle:
+    """Read the sample tables, resolve normalization and decode the requested splits (`seed`:
+    the recipe's, which draws a val split off the training split when asked)."""
+    info = fold_view(read_dataset(cfg, task.name, seed), cfg, task.name, seed)
     wanted = [s for s in splits if s in info.splits]
     if normalization is None:
-        normalization = resolve_normalization(cfg, recipe.task, recipe.seed)
+        normalization = resolve_normalization(cfg, task.name, seed)
     mean, std = normalization
     decoded = {name: _decode(info.splits[name], cfg, progress) for name in wanted}
     for split in decoded.values():
@@ -39,7 +39,7 @@ def prepare_data(recipe: Recipe, splits: Iterable[str] = ("train", "val", "test"
 
             print(f"cvtool: {split.name}: skipped {len(split.skipped)} unreadable images "
                   f"(data.on_bad_image: skip), e.g. {split.skipped[0][0]}: {split.skipped[0][1]}", file=sys.stderr)
-    _report_cut_off(decoded.values(), get_task(recipe.task))
+    _report_cut_off(decoded.values(), task)
     return DataBundle(info, decoded, list(mean), list(std))
 
 
@@ -75,10 +75,12 @@ def _decode(split, cfg: DataConfig, progress: bool) -> DecodedSplit:
                             progress=lambda n: bar.advance(task, n), resize=cfg.resize)
 
 
-def train_dataset(bundle: DataBundle, recipe: Recipe, task: Task, defer_augment: bool = False) -> SampleDataset:
-    """defer_augment: batches carry drawn flip/affine parameters for the device to apply."""
-    pipeline = build_pipeline(recipe.augment, "augment")
-    return SampleDataset(bundle.splits["train"], task, pipeline, recipe.seed, recipe.data.flip_pairs, defer_augment)
+def train_dataset(bundle: DataBundle, task: Task, augment: list[TransformSpec], seed: int,
+                  flip_pairs: Sequence[tuple[int, int]] = (), defer_augment: bool = False) -> SampleDataset:
+    """The training split with the recipe's `augment` pipeline (seeded per sample from `seed`);
+    defer_augment: batches carry drawn flip/affine parameters for the device to apply."""
+    pipeline = build_pipeline(augment, "augment")
+    return SampleDataset(bundle.splits["train"], task, pipeline, seed, flip_pairs, defer_augment)
 
 
 def eval_dataset(bundle: DataBundle, split: str, task: Task, seed: int = 0) -> SampleDataset:

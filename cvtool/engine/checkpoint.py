@@ -6,7 +6,7 @@ from __future__ import annotations
 import pickle
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,6 +14,12 @@ import torch
 from cvtool import __version__
 from cvtool.errors import CvtoolError
 from cvtool.fileio import atomic_open
+
+if TYPE_CHECKING:
+    from cvtool.engine.ema import WeightEMA
+    from cvtool.engine.loop import Step
+    from cvtool.engine.schedule import LrSchedule
+    from cvtool.engine.state import TrainState
 
 FORMAT = "cvtool-checkpoint/1"
 
@@ -55,11 +61,13 @@ def _reason(path: Path, exc: Exception) -> str:
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's random generators: torch's CPU one, Python's, NumPy's and the current CUDA
+    device's (not every visible device's: a resume may see fewer)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     np_state = np.random.get_state()
     state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
-    if torch.cuda.is_available():  # GPU only
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # GPU only
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -68,12 +76,54 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_tuples(state["python"]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():  # GPU only
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, torch.Tensor) and torch.cuda.is_available():  # GPU only: the current device
+        torch.cuda.set_rng_state(cuda)
 
 
 def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def training_payload(step: Step, state: TrainState, rngs: list[dict[str, Any]], **run: Any) -> dict[str, Any]:
+    """Everything a resume continues from: the weights (the EMA's under "model" when on: that is
+    what evaluate / TTA / export / predict load), optimizer, schedule, GradScaler, EMA, every
+    rank's random generators (`rngs[rank]`) and the run's progress; `run` adds the recipe, the
+    model card and the like."""
+    raw = step.module.state_dict()
+    weights = {"model": raw, "weights": "raw"} if step.ema is None else {
+        "model": step.ema.module.state_dict(), "weights": "ema", "raw_model": raw, "ema": step.ema.state_dict()}
+    return {**run, "epoch": state.epoch, **weights, "optimizer": step.optimizer.state_dict(),
+            "scheduler": step.schedule.state_dict(),
+            "scaler": step.scaler.state_dict() if step.scaler is not None else None,
+            "rng": rngs[0], "rng_per_rank": rngs, "train_state": state.to_dict()}
+
+
+def restore_training(payload: dict[str, Any], *, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     schedule: LrSchedule | None, scaler: torch.amp.GradScaler | None, ema: WeightEMA | None) -> None:
+    """Load a `training_payload` into freshly built parts. The optimizer state is loaded after the
+    schedule was built (building one writes its starting lr) and before the schedule's own state,
+    which sets the lr of the update the run continues with. `schedule` None: a fresh schedule
+    (`--extend`) keeps its own start."""
+    module.load_state_dict(payload.get("raw_model", payload["model"]))
+    if ema is not None:
+        ema.load(payload["model"], payload["ema"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if schedule is not None:
+        schedule.load_state_dict(payload["scheduler"])
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+
+
+def restore_rng(payload: dict[str, Any], rank: int) -> None:
+    """This rank's generators as saved. A run resumed on more ranks than it was saved with
+    gives the new ranks rank 0's state, each offset by its rank (distinct masks, not exact)."""
+    saved = payload.get("rng_per_rank") or [payload["rng"]]
+    if rank < len(saved):
+        set_rng_state(saved[rank])
+        return
+    set_rng_state(saved[0])
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,))) + rank)
 
 
 def update_meta(path: str | Path, **changes: Any) -> None:

@@ -74,6 +74,12 @@ class Dist:
         return (np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts]),
                 np.concatenate([part[2] for part in parts]), float(mean))
 
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's `value`, in rank order, on every rank (small objects: RNG states)."""
+        parts: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, value)
+        return parts
+
     def barrier(self) -> None:
         torch.distributed.barrier()
 

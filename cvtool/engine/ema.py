@@ -1,6 +1,9 @@
-"""An exponential moving average of the weights (`train.ema`), with torch's own
-`AveragedModel` + `get_ema_multi_avg_fn`; `use_buffers=True` averages BatchNorm's running
-statistics too, so the averaged model is evaluated as it is (no BatchNorm re-estimation).
+"""An exponential moving average of the weights (`train.ema`), BatchNorm's running statistics
+included, so the averaged model is evaluated as it is (no BatchNorm re-estimation).
+
+One `torch._foreach_lerp_` per update over every floating-point tensor, as timm's `ModelEmaV3`
+and torch's `get_ema_multi_avg_fn` do; the decay is a Python number, so an update never waits
+for the device (torch's `AveragedModel` reads its `n_averaged` tensor on every update).
 
 Validation, the best checkpoint, test metrics and everything that loads a checkpoint use the
 average; the raw weights stay in the checkpoint for resuming.
@@ -8,6 +11,7 @@ average; the raw weights stay in the checkpoint for resuming.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -17,30 +21,34 @@ from cvtool.recipe.schema import EmaConfig
 
 class WeightEMA:
     def __init__(self, model: torch.nn.Module, cfg: EmaConfig) -> None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
         self.cfg = cfg
-        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.decay), use_buffers=True)
-        self.steps = 0  # optimizer steps seen
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.steps = 0  # optimizer updates seen
+        self.averaged = 0  # updates averaged in (0: the next update copies the weights)
 
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.averaged.module
+    def _tensors(self, model: torch.nn.Module) -> list[torch.Tensor]:
+        return [t.detach() for t in (*model.parameters(), *model.buffers())]
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, epoch: int) -> None:
-        """After an optimizer step of `model` (the unwrapped module) in `epoch` (1-based)."""
+        """After an optimizer update of `model` (the unwrapped module) in `epoch` (1-based)."""
         self.steps += 1
         if epoch <= self.cfg.warmup_epochs:
-            self.averaged.n_averaged.zero_()  # follow the raw weights: the next update copies them
+            self.averaged = 0  # follow the raw weights: the next update copies them
         elif self.steps % self.cfg.every:
             return
-        self.averaged.update_parameters(model)
+        weight = 1.0 if self.averaged == 0 else 1.0 - self.cfg.decay
+        averaged, current = self._tensors(self.module), self._tensors(model)
+        floats = [i for i, t in enumerate(averaged) if t.is_floating_point()]
+        torch._foreach_lerp_([averaged[i] for i in floats], [current[i] for i in floats], weight)
+        for i in set(range(len(averaged))) - set(floats):  # e.g. num_batches_tracked
+            averaged[i].copy_(current[i])
+        self.averaged += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "n_averaged": int(self.averaged.n_averaged)}
+        return {"steps": self.steps, "n_averaged": self.averaged}
 
     def load(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         self.module.load_state_dict(weights)
         self.steps = int(state["steps"])
-        self.averaged.n_averaged.fill_(int(state["n_averaged"]))
+        self.averaged = int(state["n_averaged"])

@@ -1,19 +1,29 @@
-"""The training loop as plain functions: one training epoch, one inference pass."""
+"""The step: one training epoch (`train_one_epoch`) over a `Step`, and one inference pass.
+
+`Step` holds everything an optimizer update needs. `runs/step.py` builds it whole; nothing
+assigns its fields later (a phase change builds a new one), so what a step does can be read
+here, top to bottom, from the batch to `backward()` and the update.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
-from cvtool.engine.accel import compile_failed
-from cvtool.errors import CvtoolError, NonFiniteError
-from cvtool.recipe.schema import TrainConfig
+from cvtool.engine.accel import autocast
+from cvtool.errors import NonFiniteError
+
+if TYPE_CHECKING:
+    from cvtool.data.batch_augment import BatchAugment, Plan
+    from cvtool.data.batch_mix import BatchMixer
+    from cvtool.engine.ema import WeightEMA
+    from cvtool.engine.schedule import LrSchedule
 
 
 class NonFiniteLoss(NonFiniteError):
@@ -32,60 +42,51 @@ class NonFiniteOutputs(NonFiniteError):
                          "optim.lr, train.grad_clip or --detect-anomaly)")
 
 
+class Meter(Protocol):
+    """Gathers the training split's metrics while an epoch runs (`Task.train_meter`)."""
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor) -> None: ...
+
+    def result(self) -> dict[str, float]: ...
+
+
 class StopRequested(Exception):
     """Raised between batches when SIGINT/SIGTERM asked the run to stop."""
 
 
-def select_device(name: str) -> torch.device:
-    """auto: cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():  # GPU only
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CvtoolError("train.device: cuda requested but no CUDA device is available")
-    return torch.device(name)
+def _never() -> bool:
+    return False
 
 
-def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """Mixed precision on CUDA only: bf16 where supported (auto), else fp16."""
-    if device.type != "cuda" or amp == "none":
-        return None
-    if amp == "auto":  # GPU only
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
+def _train_mode(model: torch.nn.Module) -> None:
+    model.train()
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)  # GPU only
+@dataclass(frozen=True)
+class Step:
+    """Everything one optimizer update needs, built whole by `runs.step.build_step`."""
 
-
-@dataclass
-class Stepper:
-    """Everything one optimization step needs."""
-
-    model: torch.nn.Module
+    model: torch.nn.Module  # what trains: DistributedDataParallel around `module` under torchrun
+    module: torch.nn.Module  # the plain model (checkpoints, EMA)
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the compiled model, or `model`
     normalize: torch.nn.Module
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    schedule: Any
+    schedule: LrSchedule
     device: torch.device
-    cfg: TrainConfig
-    dtype: torch.dtype | None = None
+    dtype: torch.dtype | None = None  # autocast dtype; None: fp32
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling
     channels_last: bool = False
-    scaler: Any = None
-    stop: Callable[[], bool] = field(default=lambda: False)
-    after_train_mode: Callable[[torch.nn.Module], None] = field(default=lambda m: None)
-    augment: Any = None  # data.batch_augment.BatchAugment applying a Batch's drawn plan on the device
-    mix: Any = None  # cvtool.data.batch_mix.BatchMixer: MixUp / CutMix per batch, on the device
-    after_step: Callable[[int], None] | None = None  # after each optimizer step, with the epoch (EMA)
-    compiled: Any = None  # torch.compile(model) for training steps; None: eager
+    ema: WeightEMA | None = None
+    augment: BatchAugment | None = None  # applies a batch's drawn flips/affines on the device
+    mix: BatchMixer | None = None  # MixUp / CutMix of whole batches
+    accumulate: int = 1  # batches per optimizer update
+    grad_clip: float | None = None
+    max_batches: int | None = None  # cut each epoch short (smoke tests, benchmarks)
+    train_mode: Callable[[torch.nn.Module], None] = _train_mode  # model.train() (+ frozen BatchNorm in eval)
+    stop: Callable[[], bool] = _never  # asked before every batch (SIGINT/SIGTERM)
 
-    def inputs(self, images: torch.Tensor, plan: Any = None) -> torch.Tensor:
+    def inputs(self, images: torch.Tensor, plan: Plan | None = None) -> torch.Tensor:
         """uint8 batch -> model input on the device: drawn flips/affines, resize, normalize, channels_last."""
         images = images.to(self.device, non_blocking=True)
         if plan is not None and self.augment is not None:
@@ -93,23 +94,11 @@ class Stepper:
         x = self.normalize(images)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The compiled model when there is one; on its first failure, one line and eager from then on."""
-        if self.compiled is not None:
-            try:
-                return self.compiled(x)
-            except Exception as exc:  # the compiler raises many types; any one means: run eagerly
-                compile_failed(exc)
-                self.compiled = None
-        return self.model(x)
 
-
-@dataclass
+@dataclass(frozen=True)
 class EpochResult:
     loss: float
-    logits: np.ndarray
-    targets: np.ndarray
-    indices: np.ndarray
+    metrics: dict[str, float]  # train/* metrics (none under MixUp: mixed images have no true label)
     seconds: float
     images: int
 
@@ -117,61 +106,71 @@ class EpochResult:
 SHOW_LOSS_EVERY = 25  # CUDA: steps between progress-bar loss reads (each read waits for the device)
 
 
-def train_one_epoch(step: Stepper, loader: Any, epoch: int, progress: Any = None) -> EpochResult:
-    """One pass over the training loader; returns the mean loss and the batch outputs. Loss and
-    outputs stay on the device until the epoch ends: on CUDA no step waits for the GPU (a
-    non-finite loss is reported after the epoch, naming its batch; on CPU at once). With `train.accumulate: N` the optimizer steps every N batches; each batch's loss is weighted
-    by its share of the images of its group, so N batches of B give the gradient of one batch of
-    N x B (also for a short last group)."""
-    step.model.train()
-    step.after_train_mode(step.model)
+def train_one_epoch(step: Step, loader: Any, epoch: int, meter: Meter | None = None,
+                    progress: Any = None) -> EpochResult:
+    """One pass over the training loader. With `accumulate: N` the optimizer updates after every
+    N batches; each batch's loss is weighted by its share of its group's images, so N batches of
+    B give the gradient of one batch of N x B (also for a short last group). On CUDA nothing
+    waits for the device: the loss sum stays there and a non-finite loss is reported after the
+    epoch, naming its batch (on the CPU at once)."""
+    step.train_mode(step.model)
+    sizes = batch_sizes(loader, step.max_batches)
     eager_check = step.device.type != "cuda"  # reading a loss on the CPU costs nothing
+    total: Any = 0.0 if eager_check else torch.zeros((), dtype=torch.float64, device=step.device)
+    losses: list[torch.Tensor] = []
     start, count = time.perf_counter(), 0
-    # CUDA: a float64 sum on the device (MPS has no float64; elsewhere a Python float is as cheap)
-    total_loss: Any = 0.0 if eager_check else torch.zeros((), dtype=torch.float64, device=step.device)
-    losses, logits_all, targets_all, index_all = [], [], [], []
-    groups = accumulation_groups(loader, step.cfg.accumulate, step.cfg.max_batches)
-    for batch_no, batch in enumerate(_with_progress(loader, progress)):
+    for i, batch in enumerate(_with_progress(loader, progress)):
+        if i == len(sizes):
+            break
         if step.stop():
             raise StopRequested
-        if batch_no >= len(groups):
-            break
-        group_images, last_of_group = groups[batch_no]
+        group = sizes[i - i % step.accumulate:][:step.accumulate]  # this batch's accumulation group
+        last_of_group = len(group) == i % step.accumulate + 1
         images, targets, index = batch
-        x = step.inputs(images, getattr(batch, "augment", None))
-        y = targets.to(step.device, non_blocking=True)
+        x, y = step.inputs(images, getattr(batch, "augment", None)), targets.to(step.device, non_blocking=True)
         if step.mix is not None:
-            x, y, _ = step.mix(x, y, epoch, batch_no)
-        with _sync_gradients(step.model, last_of_group), autocast(step.device, step.dtype):
-            logits = step.forward(x)
-            loss = step.loss_fn(logits.float(), y)
-        if eager_check and not torch.isfinite(loss):
-            raise NonFiniteLoss(epoch, batch_no + 1, float(loss.detach()))
-        n = images.shape[0]
-        share = n / group_images
-        if step.cfg.accumulate == 1 or batch_no % step.cfg.accumulate == 0:
-            step.optimizer.zero_grad(set_to_none=True)
+            x, y, _ = step.mix(x, y, epoch, i)
         with _sync_gradients(step.model, last_of_group):
-            _backward(step, loss if share == 1.0 else loss * share)
+            with autocast(step.device, step.dtype):
+                logits = step.forward(x)
+                loss = step.loss_fn(logits.float(), y)
+            if eager_check and not torch.isfinite(loss):
+                raise NonFiniteLoss(epoch, i + 1, float(loss.detach()))
+            weighted = loss * (len(images) / sum(group))
+            (weighted if step.scaler is None else step.scaler.scale(weighted)).backward()
         if last_of_group:
-            _step(step)
-            step.schedule.step_batch()
-            if step.after_step is not None:
-                step.after_step(epoch)
+            update(step, epoch)
         losses.append(loss.detach())
-        total_loss = total_loss + (float(losses[-1]) if eager_check else losses[-1].double()) * n
-        count += n
-        logits_all.append(logits.detach().float())
-        targets_all.append(targets)
-        index_all.append(index)
+        total = total + (float(losses[-1]) if eager_check else losses[-1].double()) * len(images)
+        count += len(images)
+        if meter is not None and step.mix is None:
+            meter.add(logits.detach(), y, index)
         if progress is not None:
-            shown = eager_check or batch_no % SHOW_LOSS_EVERY == 0
-            progress.update(loss=float(total_loss) / count if shown else None, images=count,
+            shown = eager_check or i % SHOW_LOSS_EVERY == 0
+            progress.update(loss=float(total) / count if shown else None, images=count,
                             seconds=time.perf_counter() - start)
     _check_finite(losses, epoch)
-    return EpochResult(float(total_loss) / max(count, 1), torch.cat(logits_all).cpu().numpy(),
-                       torch.cat(targets_all).cpu().numpy(), torch.cat(index_all).numpy(),
-                       time.perf_counter() - start, count)
+    metrics = meter.result() if meter is not None and step.mix is None else {}
+    return EpochResult(float(total) / max(count, 1), metrics, time.perf_counter() - start, count)
+
+
+def update(step: Step, epoch: int) -> None:
+    """One optimizer update from the accumulated gradients, which are freed right after it (they
+    would otherwise stay allocated through the next forward); then the schedule's next lr and
+    the weight average."""
+    if step.scaler is not None and step.grad_clip:
+        step.scaler.unscale_(step.optimizer)  # clip the true gradients, not the scaled ones
+    if step.grad_clip:
+        torch.nn.utils.clip_grad_norm_(step.model.parameters(), step.grad_clip)
+    if step.scaler is not None:
+        step.scaler.step(step.optimizer)  # skipped when fp16 gradients overflowed
+        step.scaler.update()
+    else:
+        step.optimizer.step()
+    step.optimizer.zero_grad(set_to_none=True)
+    step.schedule.step()
+    if step.ema is not None:
+        step.ema.update(step.module, epoch)
 
 
 def _check_finite(losses: list[torch.Tensor], epoch: int) -> None:
@@ -185,7 +184,7 @@ def _check_finite(losses: list[torch.Tensor], epoch: int) -> None:
 
 def batch_sizes(loader: Any, max_batches: int | None = None) -> list[int]:
     """The image count of each batch an epoch of `loader` yields (a DataLoader over a sampler, or
-    a list of batches)."""
+    a list of batches), the first `max_batches` of them."""
     loader = getattr(loader, "loader", loader)  # a data.device.DeviceFeeder: the DataLoader it feeds from
     if isinstance(loader, torch.utils.data.DataLoader):
         total, size = len(loader.sampler), loader.batch_size
@@ -195,51 +194,15 @@ def batch_sizes(loader: Any, max_batches: int | None = None) -> list[int]:
     return sizes[:max_batches] if max_batches is not None else sizes
 
 
-def optimizer_steps(batches: int, accumulate: int) -> int:
+def updates_per_epoch(batches: int, accumulate: int) -> int:
     return -(-batches // accumulate)
 
 
-def accumulation_groups(loader: Any, accumulate: int, max_batches: int | None) -> list[tuple[int, bool]]:
-    """Per batch: (images in its accumulation group, whether the optimizer steps after it)."""
-    sizes = batch_sizes(loader, max_batches)
-    plan = []
-    for start in range(0, len(sizes), accumulate):
-        group = sizes[start:start + accumulate]
-        plan += [(sum(group), i == len(group) - 1) for i in range(len(group))]
-    return plan
-
-
 def _sync_gradients(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-    """DDP all-reduces gradients only on the batch the optimizer steps after."""
+    """DDP all-reduces gradients only on the batch the optimizer updates after."""
     if sync or not hasattr(model, "no_sync"):
         return contextlib.nullcontext()
     return model.no_sync()
-
-
-def _backward(step: Stepper, loss: torch.Tensor) -> None:
-    if step.scaler is not None:  # GPU only: fp16 needs loss scaling
-        step.scaler.scale(loss).backward()
-    else:
-        loss.backward()
-
-
-def _step(step: Stepper) -> None:
-    if step.scaler is not None:  # GPU only
-        if step.cfg.grad_clip:
-            step.scaler.unscale_(step.optimizer)
-            torch.nn.utils.clip_grad_norm_(step.model.parameters(), step.cfg.grad_clip)
-        step.scaler.step(step.optimizer)
-        step.scaler.update()
-        return
-    if step.cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(step.model.parameters(), step.cfg.grad_clip)
-    step.optimizer.step()
-
-
-def backward_and_step(step: Stepper, loss: torch.Tensor) -> None:
-    """One optimizer step on one loss (the lr range test)."""
-    _backward(step, loss)
-    _step(step)
 
 
 @torch.no_grad()

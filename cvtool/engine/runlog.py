@@ -4,24 +4,30 @@ epoch (none with --quiet)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
+class EpochLoggers(Protocol):
+    """What a run reports to (`cvtool.runs.loggers.Trackers`)."""
+
+    def log_epoch(self, row: dict[str, float], history: list[dict[str, float]]) -> None: ...
+
+    def close(self, error: BaseException | None = None) -> None: ...
+
+
 class RunLog:
-    def __init__(self, quiet: bool, console: Console | None = None,
-                 history: list[dict[str, float]] | None = None, loggers: Any = None) -> None:
+    def __init__(self, quiet: bool, console: Console | None = None, loggers: EpochLoggers | None = None) -> None:
         self.quiet = quiet
         self.console = console or Console(highlight=False)
-        self.history: list[dict[str, float]] = list(history or [])
-        self.loggers = loggers  # has log_epoch(row, history) and close(error)
+        self.loggers = loggers
 
-    def add(self, row: dict[str, float], monitor: str, is_best: bool) -> None:
-        self.history.append(row)
+    def add(self, row: dict[str, float], monitor: str, is_best: bool, history: list[dict[str, float]]) -> None:
+        """Report an epoch's row; `history` is the run's (TrainState's), this row included."""
         if self.loggers is not None:
-            self.loggers.log_epoch(row, self.history)
+            self.loggers.log_epoch(row, history)
         self._print_row(row, monitor, is_best)
 
     def _print_row(self, row: dict[str, float], monitor: str, is_best: bool) -> None:

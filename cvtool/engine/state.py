@@ -1,23 +1,17 @@
-"""The live state of a training run: what is built once (Session) and what changes per epoch (TrainState)."""
+"""What changes per epoch of a training run (TrainState)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from cvtool.data.pipeline import DataBundle
-from cvtool.engine.loop import Stepper
-from cvtool.model_card import ModelMeta
-from cvtool.recipe.schema import Recipe
-from cvtool.tasks import Task
-
 
 @dataclass
 class TrainState:
+    """The run's progress: the one epoch history (metrics.csv's rows), the best epoch so far and
+    early stopping's count."""
+
     epoch: int = 0  # last completed epoch
     best_value: float | None = None
     best_epoch: int = 0
@@ -40,29 +34,14 @@ class TrainState:
             return best is None or not math.isfinite(best) or (current > best if tie_higher else current < best)
         return value > self.best_value + min_delta if higher else value < self.best_value - min_delta
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "history": self.history}
 
-@dataclass
-class Session:
-    """The live objects of one run (model, data, optimisation), built once."""
-
-    recipe: Recipe
-    task: Task
-    bundle: DataBundle
-    meta: ModelMeta
-    device: torch.device
-    step: Stepper
-    monitor: str
-    dist: Any = None  # cvtool.engine.distributed.Dist when launched with torchrun
-    ema: Any = None  # cvtool.engine.ema.WeightEMA with train.ema
-
-    def evaluated(self) -> Session:
-        """The session whose model validation and checkpoints use: the EMA weights when on."""
-        if self.ema is None:
-            return self
-        return dataclasses.replace(self, step=dataclasses.replace(self.step, model=self.ema.module))
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module under torch.compile and DDP wrappers (what checkpoints hold)."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
+    @classmethod
+    def from_checkpoint(cls, payload: dict[str, Any] | None) -> TrainState:
+        if payload is None:
+            return cls()
+        saved = payload["train_state"]
+        return cls(int(payload["epoch"]), saved["best_value"], int(saved["best_epoch"]), int(saved["bad_epochs"]),
+                   list(saved["history"]))

@@ -27,7 +27,7 @@ class CheckpointTable:
 def evaluate_checkpoints(target: str | Path, split: str = "test", data_root: str | Path | None = None,
                          out_dir: str | Path | None = None, progress: bool = False) -> CheckpointTable:
     """Score every kept checkpoint of the run `target` on `split`; write CSV and JSON tables."""
-    from cvtool.engine.loop import select_device
+    from cvtool.engine.accel import select_device
     from cvtool.evaluation.evaluate import check_split, evaluate_split, load_splits, require_split
     from cvtool.runs.model import load_model
 

@@ -56,7 +56,7 @@ def evaluate_ensemble(models: Sequence[str | Path], split: str = "test", which: 
                       data_root: str | Path | None = None, weights: Sequence[float] | None = None,
                       progress: bool = False) -> EnsembleEval:
     """Each member and their weighted mean on one split, side by side."""
-    from cvtool.engine.loop import select_device
+    from cvtool.engine.accel import select_device
     from cvtool.runs.model import load_model
 
     check_split(split)

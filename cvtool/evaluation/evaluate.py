@@ -15,9 +15,9 @@ import numpy as np
 
 from cvtool.data.loaders import Normalize
 from cvtool.data.pipeline import eval_dataset, prepare_data
+from cvtool.engine.accel import select_device
 from cvtool.engine.checkpoint import update_meta
 from cvtool.engine.inference import predict_split
-from cvtool.engine.loop import select_device
 from cvtool.errors import CvtoolError
 from cvtool.evaluation.reports import per_class_table, write_predictions_csv, write_reports
 from cvtool.evaluation.results import EvalReport, EvalResult, Tuning
@@ -56,7 +56,8 @@ def load_splits(loaded: LoadedModel, splits: tuple[str, ...], data_root: str | P
     for split in splits:
         check_split(split)
     meta = loaded.meta
-    bundle = prepare_data(recipe_for(loaded, data_root), splits, progress, normalization=(meta.mean, meta.std))
+    recipe = recipe_for(loaded, data_root)
+    bundle = prepare_data(recipe.data, loaded.task, recipe.seed, splits, progress, normalization=(meta.mean, meta.std))
     names = list(bundle.info.target_names or bundle.info.class_names)
     expected = list(meta.target_names or meta.class_names)
     if names != expected:

@@ -27,8 +27,8 @@ from cvtool.data.transforms import (
     mirrored,
     swap_pairs,
 )
+from cvtool.engine.accel import select_device
 from cvtool.engine.inference import eval_batch_size
-from cvtool.engine.loop import select_device
 from cvtool.errors import CvtoolError
 from cvtool.evaluation.evaluate import (
     check_split,

@@ -3,32 +3,38 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from cvtool import plots
 from cvtool.data.pipeline import eval_dataset, skipped_counts
 from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.engine.inference import predict_split
-from cvtool.engine.state import Session, TrainState, unwrap
+from cvtool.engine.state import TrainState
 from cvtool.fileio import atomic_open, write_csv, write_json
 from cvtool.plots import ema
 from cvtool.runs.layout import RunDir
+from cvtool.runs.session import Session
 from cvtool.tasks import Task, higher_is_better
 
+if TYPE_CHECKING:
+    from cvtool.engine.loop import Step
 
-def split_metrics(session: Session, dataset: Any, split: str, keep_outputs: bool = True,
-                  epoch: int | None = None) -> dict[str, Any]:
-    """Loss and task metrics of the current model on one split (gathered over ranks)."""
+
+def split_metrics(session: Session, step: Step, dataset: Any, split: str, *, model: torch.nn.Module | None = None,
+                  keep_outputs: bool = True, epoch: int | None = None) -> dict[str, Any]:
+    """Loss and task metrics of `model` (default: the step's) on one split, gathered over ranks."""
     from cvtool.engine.loop import NonFiniteOutputs
 
-    step, recipe = session.step, session.recipe
+    recipe = session.recipe
     try:
-        found = predict_split(step.model, step.normalize, dataset, session.task, recipe.data, session.device,
-                              threshold=recipe.evaluate.threshold, loss_fn=step.loss_fn, dtype=step.dtype,
-                              channels_last=step.channels_last, dist=session.dist)
+        found = predict_split(step.model if model is None else model, step.normalize, dataset, session.task,
+                              recipe.data, session.device, threshold=recipe.evaluate.threshold, loss_fn=step.loss_fn,
+                              dtype=step.dtype, channels_last=step.channels_last, dist=session.dist)
     except NonFiniteOutputs:
         raise NonFiniteOutputs(split, epoch) from None  # name the epoch training stopped at
     result = {"split": split, "loss": found.loss, "metrics": found.metrics}
@@ -49,19 +55,14 @@ def load_predictions(path: Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-def finish_run(session: Session, state: TrainState, run_dir: Path | None, quiet: bool) -> dict[str, Any]:
-    """Best checkpoint on the test split, summary.json and plots."""
-
+def finish_run(session: Session, step: Step, state: TrainState, run_dir: Path | None, quiet: bool) -> dict[str, Any]:
+    """Best checkpoint on the test split, summary.json and plots (rank 0 alone, no gathering)."""
     test = None
     if run_dir is not None and "test" in session.bundle.splits and session.bundle.splits["test"].targets is not None:
         best = load_checkpoint(RunDir(run_dir).checkpoint("best"))
-        unwrap(session.step.model).load_state_dict(best["model"])
-        evaluator = session
-        if session.dist is not None:  # only rank 0 gets here: evaluate alone (no DDP wrapper, no gather)
-            from dataclasses import replace
-
-            evaluator = replace(session, dist=None, step=replace(session.step, model=unwrap(session.step.model)))
-        result = split_metrics(evaluator, eval_dataset(session.bundle, "test", session.task), "test")
+        step.module.load_state_dict(best["model"])
+        alone = replace(session, dist=None)  # only rank 0 gets here: no DDP wrapper, no gathering
+        result = split_metrics(alone, step, eval_dataset(alone.bundle, "test", alone.task), "test", model=step.module)
         test = {"loss": result["loss"], **result["metrics"]}
         save_predictions(RunDir(run_dir).prediction("test_best"), result)
     summary = build_summary(session, state, test)

@@ -23,7 +23,8 @@ from cvtool.recipe.schema import Recipe
 from cvtool.runs.artifacts import load_predictions
 from cvtool.runs.layout import RunDir
 from cvtool.runs.oof import OofPredictions, write_oof
-from cvtool.runs.sweep import prepare_now, run_recipe
+from cvtool.runs.sweep import new_run, prepare_now
+from cvtool.runs.train import fit
 from cvtool.tasks import get_task
 
 
@@ -60,7 +61,9 @@ def run_folds(recipe: Recipe, run_dir: Path, fold: str = "all", *, resume: bool 
         if fold_dir.summary.is_file():
             continue
         started = fold_dir.checkpoint("last").is_file()
-        run_recipe(fold_recipe(recipe, index), fold_dir.path, resume=started, overwrite=True, quiet=quiet, stop=stop)
+        point = fold_recipe(recipe, index)
+        with new_run(point, fold_dir.path, resume=started, overwrite=True) as (work, moved):
+            fit(point, work, resume=started, quiet=quiet, stop=stop, started=moved)
     return collect_folds(recipe, info, fold_of, RunDir(run_dir))
 
 

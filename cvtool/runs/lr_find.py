@@ -19,12 +19,13 @@ import numpy as np
 
 from cvtool.data.loaders import EpochSampler, make_loader
 from cvtool.data.pipeline import train_dataset
+from cvtool.engine.accel import autocast
 from cvtool.engine.cpu import with_cpu_runtime
-from cvtool.engine.loop import autocast, backward_and_step
+from cvtool.engine.loop import update
 from cvtool.errors import CvtoolError
 from cvtool.fileio import write_csv
 from cvtool.recipe.schema import Recipe
-from cvtool.runs.session import build_session
+from cvtool.runs.step import build_session, build_step
 
 SMOOTHING = 0.98
 DIVERGED = 4.0  # smoothed loss above this many times its minimum
@@ -49,12 +50,13 @@ def lr_find(recipe: Recipe, out: Path, start: float = 1e-7, end: float = 1.0, st
     if steps < 10:
         raise CvtoolError(f"--steps {steps}: the range test needs at least 10 steps")
     session = build_session(recipe, quiet=True)
-    train_set = train_dataset(session.bundle, recipe, session.task)
+    train_set = train_dataset(session.bundle, session.task, recipe.augment, recipe.seed, recipe.data.flip_pairs)
     sampler = EpochSampler(len(train_set), recipe.seed, True)
     loader = make_loader(train_set, recipe.data.batch_size, sampler, recipe.data.num_workers, session.device,
                          drop_last=len(sampler) > recipe.data.batch_size)
     lrs = [start * (end / start) ** (i / (steps - 1)) for i in range(steps)]
-    losses = _run(session.step, loader, sampler, lrs)
+    step = build_step(session, steps=max(1, len(loader)), batch=min(recipe.data.batch_size, len(sampler)))
+    losses = _run(step, loader, sampler, lrs)
     smoothed = _smooth(losses)
     stop = _divergence(smoothed)
     suggestion = _steepest(lrs[:stop], smoothed[:stop])
@@ -66,8 +68,7 @@ def lr_find(recipe: Recipe, out: Path, start: float = 1e-7, end: float = 1.0, st
 
 
 def _run(step, loader, sampler, lrs: list[float]) -> list[float]:
-    step.model.train()
-    step.after_train_mode(step.model)
+    step.train_mode(step.model)
     losses: list[float] = []
     epoch, batches = 0, iter(())
     for lr in lrs:
@@ -84,12 +85,12 @@ def _run(step, loader, sampler, lrs: list[float]) -> list[float]:
         if step.mix is not None:
             x, y, _ = step.mix(x, y, epoch, len(losses))
         with autocast(step.device, step.dtype):
-            loss = step.loss_fn(step.model(x).float(), y)
+            loss = step.loss_fn(step.forward(x).float(), y)
         value = float(loss.detach())
         if not math.isfinite(value):
             break
-        step.optimizer.zero_grad(set_to_none=True)
-        backward_and_step(step, loss)
+        (loss if step.scaler is None else step.scaler.scale(loss)).backward()
+        update(step, epoch)  # the schedule's lr it sets is replaced by the next one of the test
         losses.append(value)
         if _divergence(_smooth(losses)) < len(losses):  # diverged: later steps only blow up
             break

@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from cvtool.engine.checkpoint import load_checkpoint
-from cvtool.engine.optim import Schedule, optim_for_epoch, retune
-from cvtool.engine.state import Session, TrainState
 from cvtool.errors import CvtoolError
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.layout import RunDir
-from cvtool.tasks import higher_is_better
+from cvtool.runs.session import Session
 
 
 def planned_epochs(payload: dict[str, Any]) -> int:
@@ -35,21 +33,11 @@ def check_resume(recipe: Recipe, payload: dict[str, Any], extend: bool, run_dir:
         raise CvtoolError(f"--extend: train.epochs {wanted} adds no epoch to the {done} the run has done")
 
 
-def extend_schedule(session: Session, state: TrainState, steps: int) -> None:
-    """--extend: the optimizer back at the recipe's lr and a fresh schedule (no warm-up) over
-    the added epochs, as a phase would start; patience counts from here."""
-    recipe, step = session.recipe, session.step
-    retune(step.optimizer, optim_for_epoch(recipe.optim, recipe.phases, state.epoch + 1))
-    mode = "max" if higher_is_better(session.monitor) else "min"
-    cfg = recipe.schedule.model_copy(update={"warmup_epochs": 0})
-    step.schedule = Schedule(step.optimizer, cfg, recipe.train.epochs - state.epoch, steps, mode)
-    state.bad_epochs = 0
-
-
-def carry_thresholds(session: Session, run: RunDir, payload: dict[str, Any]) -> None:
+def carry_thresholds(session: Session, run: RunDir, payload: dict[str, Any]) -> Session:
     """Tuned thresholds live in best.pt (or the checkpoint tuned); later saves keep them."""
     best = run.checkpoint("best")
     stored = load_checkpoint(best)["meta"].get("thresholds") if best.is_file() else None
     stored = stored if stored is not None else payload["meta"].get("thresholds")
-    if stored is not None:
-        session.meta = dataclasses.replace(session.meta, thresholds=[float(t) for t in stored])
+    if stored is None:
+        return session
+    return dataclasses.replace(session, meta=dataclasses.replace(session.meta, thresholds=[float(t) for t in stored]))

@@ -159,13 +159,19 @@ def run_search(recipe: Recipe, search_dir: Path, *, resume: bool = False, worker
     return rank_search(recipe, search_dir, study)
 
 
-def start_search(recipe: Recipe, search_dir: Path, *, resume: bool, worker: bool,
-                 quiet: bool, stop: Any, dist: Any) -> dict[str, Any]:
-    """`cvtool train` of a recipe with `search:` (its run dir prepared): the first process, a
+def start_search(recipe: Recipe, search_dir: Path, *, resume: bool, worker: bool, overwrite: bool = False,
+                 quiet: bool, stop: Any, dist: Any, recipe_file: Path | None = None) -> dict[str, Any]:
+    """`cvtool train` of a recipe with `search:`: the first process (its folder prepared here), a
     resumed one or a worker."""
+    from cvtool.runs.sweep import prepare_now
+
     if recipe.search is None:
         raise CvtoolError("--search-worker: the recipe has no search: section")
     if dist is not None:
         raise CvtoolError("search: trials run one process each (start more --search-worker processes "
                           "instead of torchrun)")
+    if worker:  # joins a search that another process may have started in search_dir
+        search_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        prepare_now(search_dir, resume, overwrite, recipe, recipe_file)
     return run_search(recipe, search_dir, resume=resume, worker=worker, quiet=quiet, stop=stop)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cvtool.errors import CvtoolError, NonFiniteError
 from cvtool.fileio import write_csv, write_json, write_text
@@ -17,6 +18,9 @@ from cvtool.runs.placement import Placement, mark, place_run
 from cvtool.runs.recipes import expand_sweep
 from cvtool.runs.train import fit
 from cvtool.tasks import get_task, higher_is_better
+
+if TYPE_CHECKING:
+    from cvtool.engine.distributed import Dist
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -45,77 +49,82 @@ def prepare_now(run_dir: Path, resume: bool, overwrite: bool, recipe: Recipe | N
         placement.start()
 
 
-def run_recipe(recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
-               quiet: bool = False, stop: Any = None, dist: Any = None, extend: bool = False,
-               search_worker: bool = False, recipe_file: Path | None = None) -> dict[str, Any]:
-    """Train a recipe (every grid point of its sweep, or its search's trials) into run_dir;
-    returns the summary."""
-    if recipe.search or search_worker:
-        from cvtool.runs.search import start_search
-
-        if search_worker:  # joins a search that another process may have started in run_dir
-            run_dir.mkdir(parents=True, exist_ok=True)
-        elif dist is None:
-            prepare_now(run_dir, resume, overwrite, recipe, recipe_file)
-        return start_search(recipe, run_dir, resume=resume, worker=search_worker, quiet=quiet, stop=stop, dist=dist)
+@contextlib.contextmanager
+def new_run(recipe: Recipe, run_dir: Path, *, resume: bool, overwrite: bool, dist: Dist | None = None,
+            extend: bool = False, recipe_file: Path | None = None) -> Iterator[tuple[Path, Callable[[], Path] | None]]:
+    """Where `fit` writes one run: (the folder to write into now, the `started` callback that
+    moves it into place), with its recipe.yaml written; a run that fails before it started
+    leaves nothing that blocks a rerun."""
     lead = dist is None or dist.rank == 0
     placement = prepare_run_dir(run_dir, resume, overwrite, recipe, recipe_file) if lead else None
     if dist is not None:
         dist.barrier()
     try:
-        if recipe.sweep:
-            return run_sweep(recipe, run_dir, resume=resume, quiet=quiet, stop=stop, dist=dist, placement=placement,
-                             extend=extend)
-        return _run_one(recipe, placement.work if placement else run_dir, resume, quiet, stop, dist,
-                        placement.start if placement else None, extend)
+        work = placement.work if placement is not None else run_dir
+        if lead:
+            write_run_recipe(recipe, work, resume, extend)
+        yield work, placement.start if placement is not None else None
     except BaseException:
         if placement is not None:
-            placement.abandon()  # failed before it started: nothing left that blocks a rerun
+            placement.abandon()
         raise
 
 
-def _run_one(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, stop: Any, dist: Any,
-             started: Callable[[], Path] | None = None, extend: bool = False) -> dict[str, Any]:
-    if dist is None or dist.rank == 0:
-        last = RunDir(run_dir).checkpoint("last")
-        if resume and not last.is_file():
-            raise CvtoolError(f"--resume {run_dir}: no checkpoints/last.pt to continue from")
-        if resume:  # refused before recipe.yaml is replaced
-            from cvtool.engine.checkpoint import load_checkpoint
-            from cvtool.runs.resume import check_resume
+def write_run_recipe(recipe: Recipe, run_dir: Path, resume: bool, extend: bool) -> None:
+    """recipe.yaml of a run; a resume is checked against its last.pt before the file is replaced."""
+    last = RunDir(run_dir).checkpoint("last")
+    if resume and not last.is_file():
+        raise CvtoolError(f"--resume {run_dir}: no checkpoints/last.pt to continue from")
+    if resume:
+        from cvtool.engine.checkpoint import load_checkpoint
+        from cvtool.runs.resume import check_resume
 
-            check_resume(recipe, load_checkpoint(last), extend, run_dir)
-        write_text(RunDir(run_dir).recipe, recipe_to_yaml(recipe))
-    return fit(recipe, run_dir, resume=resume, quiet=quiet, stop=stop, dist=dist, started=started, extend=extend)
+        check_resume(recipe, load_checkpoint(last), extend, run_dir)
+    write_text(RunDir(run_dir).recipe, recipe_to_yaml(recipe))
 
 
-def run_sweep(recipe: Recipe, sweep_dir: Path, *, resume: bool, quiet: bool, stop: Any, dist: Any,
-              placement: Placement | None = None, extend: bool = False) -> dict[str, Any]:
+def run_sweep(recipe: Recipe, sweep_dir: Path, *, resume: bool, overwrite: bool, quiet: bool,
+              stop: Callable[[], bool] | None, dist: Dist | None, extend: bool = False,
+              recipe_file: Path | None = None) -> dict[str, Any]:
+    """Every grid point into sweep_dir/<point>/ (a resume skips finished ones), then a ranked table."""
     lead = dist is None or dist.rank == 0
+    placement = prepare_run_dir(sweep_dir, resume, overwrite, recipe, recipe_file) if lead else None
+    if dist is not None:
+        dist.barrier()
     base = lambda: placement.path if placement is not None else sweep_dir  # noqa: E731 (moves once started)
-    if lead:
-        write_text(RunDir(base()).recipe, recipe_to_yaml(recipe))
-    results = []
-    for name, point in expand_sweep(recipe):
-        run = RunDir(base() / name)
-        if resume and (run.summary.is_file() or run.failed.is_file()):
-            results.append((name, run.read_summary() if run.summary.is_file() else _failed(run)))
-            continue
+    try:
         if lead:
-            mark(run.path, "run")
-        if dist is not None:
-            dist.barrier()
-        started = run.checkpoint("last").is_file()
-        moved = (lambda name=name: placement.start() / name) if placement is not None else None
-        try:
-            results.append((name, _run_one(point, run.path, resume and started, quiet, stop, dist, moved, extend)))
-        except NonFiniteError as exc:
-            if lead:  # a resume moves on to the next point and ranks this one as failed
-                write_json(RunDir(base() / name).failed, {"error": str(exc)})
-            raise
-    if not lead:
-        return {}
-    return rank_sweep(recipe, base(), results)
+            write_text(RunDir(base()).recipe, recipe_to_yaml(recipe))
+        results = [(name, _sweep_point(point, name, base, placement, resume, quiet, stop, dist, extend))
+                   for name, point in expand_sweep(recipe)]
+    except BaseException:
+        if placement is not None:
+            placement.abandon()  # failed before the first point started: nothing left that blocks a rerun
+        raise
+    return rank_sweep(recipe, base(), results) if lead else {}
+
+
+def _sweep_point(point: Recipe, name: str, base: Callable[[], Path], placement: Placement | None, resume: bool,
+                 quiet: bool, stop: Callable[[], bool] | None, dist: Dist | None, extend: bool) -> dict[str, Any]:
+    """One grid point into base()/name (the sweep folder moves into place when its first point starts)."""
+    lead = dist is None or dist.rank == 0
+    run = RunDir(base() / name)
+    if resume and (run.summary.is_file() or run.failed.is_file()):
+        return run.read_summary() if run.summary.is_file() else _failed(run)
+    if lead:
+        mark(run.path, "run")
+    if dist is not None:
+        dist.barrier()
+    started = resume and run.checkpoint("last").is_file()
+    moved = (lambda: placement.start() / name) if placement is not None else None
+    try:
+        if lead:
+            write_run_recipe(point, run.path, started, extend)
+        return fit(point, run.path, resume=started, extend=extend, quiet=quiet, stop=stop, dist=dist, started=moved)
+    except NonFiniteError as exc:
+        if lead:  # a resume moves on to the next point and ranks this one as failed
+            write_json(RunDir(base() / name).failed, {"error": str(exc)})
+        raise
 
 
 def _failed(run: RunDir) -> dict[str, Any]:

@@ -145,6 +145,12 @@ class Task(ABC):
         """The training criterion: loss(logits, targets) -> scalar tensor (`image_size`: the
         model's input side, which pixel-valued loss settings such as `loss.beta` need)."""
 
+    def train_meter(self, num_outputs: int, threshold: float, frames: np.ndarray) -> Any:
+        """What gathers the training split's metrics while an epoch runs (tasks.meters)."""
+        from cvtool.tasks.meters import OutputMeter
+
+        return OutputMeter(self, threshold, frames)
+
     def dense_targets(self, targets: Any, num_outputs: int) -> Any:
         """Targets as one float row per sample (what MixUp/CutMix mix): N x outputs tensor."""
         raise CvtoolError(f"task {self.name}: targets cannot be mixed (MixUp/CutMix)")

@@ -6,6 +6,7 @@ import numpy as np
 
 from cvtool.tasks.base import Task, sigmoid, softmax
 from cvtool.tasks.losses import cross_entropy, sigmoid_loss
+from cvtool.tasks.meters import ConfusionMeter, LabelMeter
 from cvtool.tasks.reports import label_table, multiclass_table, positive_table
 
 
@@ -47,6 +48,10 @@ class _Sigmoid:
     """One independent probability per output (binary, multi-label)."""
 
     activation = "sigmoid"
+    one_label_per_image: bool
+
+    def train_meter(self, num_outputs, threshold, frames):
+        return LabelMeter(threshold, tags=not self.one_label_per_image)
 
     def activate(self, logits):
         return sigmoid(logits.astype(np.float64)).astype(np.float32)
@@ -83,6 +88,9 @@ class Multiclass(_OneClassPerImage):
 
     def class_table(self, result, meta):
         return multiclass_table(result, meta)
+
+    def train_meter(self, num_outputs, threshold, frames):
+        return ConfusionMeter(num_outputs)
 
     def activate(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits.astype(np.float64)).astype(np.float32)
