@@ -67,7 +67,7 @@ def write_recipe(folder: Path, info: dict[str, Any], **data: Any) -> Path:
         "augment": [{"RandomHorizontalFlip": {}}],
         "model": {"arch": "simplenet", "blocks": [8, 16], "batch_norm": True, "dropout": 0.1},
         "optim": {"name": "adam", "lr": 0.01},
-        "train": {"epochs": 2, "device": "cpu"},
+        "train": {"epochs": 2, "device": "cpu", "ema": {"decay": 0.9}},  # EMA: BatchNorm averaged over ranks
     }
     path = folder / "ddp.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")

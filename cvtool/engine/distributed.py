@@ -46,13 +46,15 @@ class Dist:
     failure_key: str = "cvtool/failures/0"
     stdout: TextIO | None = None  # the real stdout of a silenced rank, restored by close()
 
-    def wrap(self, model: nn.Module, sync_batchnorm: bool, find_unused: bool = False) -> nn.Module:
+    def wrap(self, model: nn.Module, sync_batchnorm: bool, find_unused: bool = False, broadcast_buffers: bool = True,
+             bucket_view: bool = True) -> nn.Module:
         """DistributedDataParallel around `model` (already on `self.device`).
 
         sync_batchnorm: BatchNorm statistics over the global batch (CUDA only; the layers are
         converted in place, so `model` keeps its parameters and state-dict keys).
         find_unused: some parameters may get no gradient in a step; needed when `model.freeze`
         sets requires_grad=False after wrapping, since DDP otherwise waits for their gradients.
+        broadcast_buffers, bucket_view: `train.ddp` (DDP's broadcast_buffers, gradient_as_bucket_view).
         """
         if sync_batchnorm and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             if self.device.type != "cuda":
@@ -60,7 +62,25 @@ class Dist:
                                   f"{self.device.type}; set it to false for this run")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # GPU only
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused,
+                                                   broadcast_buffers=broadcast_buffers,
+                                                   gradient_as_bucket_view=bucket_view)
+
+    def average_buffers(self, model: nn.Module) -> None:
+        """Every floating-point buffer (BatchNorm's running statistics) averaged over the ranks, in
+        place: each rank's batches moved its own, and validation, which every rank runs on its
+        shard, must see one model (it is also the one the checkpoint keeps)."""
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        if not buffers:
+            return
+        flat = torch.cat([b.detach().reshape(-1).float() for b in buffers])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        with torch.no_grad():
+            for buffer in buffers:
+                buffer.copy_(flat[offset:offset + buffer.numel()].view_as(buffer))
+                offset += buffer.numel()
 
     def gather(self, logits: np.ndarray, targets: np.ndarray, indices: np.ndarray,
                loss: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:

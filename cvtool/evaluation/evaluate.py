@@ -101,7 +101,7 @@ def evaluate_split(loaded: LoadedModel, split: str, data_root: str | Path | None
                               image_size=recipe.data.image_size).to(device)
     threshold = default_threshold(loaded)
     found = predict_split(loaded.model, normalize, dataset, task, recipe.data, device, threshold=threshold,
-                          loss_fn=loss_fn)
+                          loss_fn=loss_fn, dtype=loaded.dtype, channels_last=loaded.channels_last)
     return EvalResult(split, found.outputs, found.targets, found.frames,
                       [dataset.split.paths[i] for i in found.indices], found.metrics, found.loss, threshold)
 

@@ -124,14 +124,14 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
 
     check_options(passes, aggregate)
     array = getattr(images, "images", images)
-    task, meta, model = loaded.task, loaded.meta, loaded.model
+    task, meta = loaded.task, loaded.meta
     pipeline = build_pipeline(tta_transforms(loaded.recipe) if transforms is None else transforms, "tta.transforms")
     device = model_device(loaded)
     normalize = Normalize(meta.mean, meta.std, meta.image_size).to(device)
     batch_size = batch_size or eval_batch_size(loaded.recipe.data)
     points = isinstance(task, Keypoints) and pipeline is not None
     threshold = default_threshold(loaded)
-    model.eval()
+    loaded.model.eval()
     chunks = []
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         for start in range(0, len(array), batch_size):
@@ -142,7 +142,7 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
                 if pipeline is not None:
                     seeds = [sample_seed(seed, p, start + i) for i in range(len(batch))]  # a pass seeds like an epoch
                     x, affines = _augment(pipeline, batch, seeds, points, device)
-                logits = model(normalize(x.to(device))).float().cpu().numpy()
+                logits = loaded(normalize(x.to(device))).cpu().numpy()
                 out = task.activate(logits)
                 if affines is not None:
                     out = restore_points(out, affines, x.shape[-1], batch.shape[-1], meta.flip_pairs or [])

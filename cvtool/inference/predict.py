@@ -65,7 +65,7 @@ class CheckpointPredictor:
 
             x = resize(x, self.card.image_size)
         with torch.inference_mode():
-            return self.loaded.model(x).float().numpy()
+            return self.loaded(x).numpy()
 
     def tta(self, images: np.ndarray, passes: int, seed: int, batch_size: int,
             progress: Callable[[int], None] | None) -> np.ndarray:

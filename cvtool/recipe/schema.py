@@ -185,6 +185,16 @@ class EarlyStop(Section):
     min_delta: NonNegFloat = 0.0
 
 
+class DdpConfig(Section):
+    """DistributedDataParallel's options under torchrun."""
+
+    # torch's and timm's default: rank 0's BatchNorm statistics to every rank at each forward
+    # (MMEngine and detectron2 turn it off to save a broadcast per step)
+    broadcast_buffers: bool = True
+    # gradients live in DDP's all-reduce buckets: one gradient copy less in memory (PyTorch's DDP notes)
+    bucket_view: bool = True
+
+
 class TrainConfig(Section):
     epochs: PosInt = 10
     monitor: str | None = None  # default: the task's main metric, e.g. val/accuracy
@@ -205,6 +215,7 @@ class TrainConfig(Section):
     loggers: list[LoggerName] = ["csv", "tensorboard"]
     mlflow: MlflowConfig = MlflowConfig()
     log_checkpoints: Literal["none", "best"] = "none"  # best.pt and an exported .onnx as artifacts
+    ddp: DdpConfig = DdpConfig()
 
     @field_validator("monitor", "monitor_tiebreak")
     @classmethod

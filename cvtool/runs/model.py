@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from cvtool.engine.accel import amp_dtype, autocast
 from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.errors import CvtoolError
 from cvtool.model_card import ModelMeta
@@ -25,6 +26,17 @@ class LoadedModel:
     meta: ModelMeta
     path: Path
     epoch: int
+    # the precision and layout training validated with on this device (`train.amp`, channels_last),
+    # so that `evaluate` on a GPU reproduces summary.json's validation numbers
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of a normalized batch, under the run's autocast."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(x.device, self.dtype):
+            return self.model(x).float()
 
 
 def load_model(target: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
@@ -40,5 +52,8 @@ def load_model(target: str | Path, which: str = "best", device: str | torch.devi
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
         raise CvtoolError(f"{path}: weights do not fit {recipe.model.arch}: {str(exc).splitlines()[0]}") from None
-    model.to(device).eval()
-    return LoadedModel(model, recipe, get_task(meta.task), meta, path, int(payload.get("epoch", 0)))
+    device = torch.device(device)
+    channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
+    return LoadedModel(model, recipe, get_task(meta.task), meta, path, int(payload.get("epoch", 0)),
+                       amp_dtype(device, recipe.train.amp), channels_last)

@@ -94,7 +94,8 @@ def build_step(session: Session, *, steps: int, batch: int, augment: BatchAugmen
     loss_fn = session.task.build_loss(recipe.loss, meta.class_weights, meta.pos_weight,
                                       image_size=data.image_size).to(device)
     # model.freeze sets requires_grad=False after wrapping: DDP must then expect gradient-less parameters
-    model = dist.wrap(module, recipe.model.sync_batchnorm, find_unused=recipe.model.freeze is not None) if dist \
+    model = dist.wrap(module, recipe.model.sync_batchnorm, find_unused=recipe.model.freeze is not None,
+                      broadcast_buffers=train.ddp.broadcast_buffers, bucket_view=train.ddp.bucket_view) if dist \
         else module
     done = int(payload["epoch"]) if payload else 0
     optimizer = build_optimizer(module.parameters(), optim_for_epoch(recipe.optim, recipe.phases, max(done, 1)))

@@ -87,8 +87,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
                 sampler.set_epoch(epoch)
                 lr, start = current_lr(step.optimizer), time.perf_counter()
                 result = train_one_epoch(step, loader, epoch, meter, log.progress(epoch, recipe.train.epochs, len(sizes)))
-                val = split_metrics(session, step, val_set, "val", model=_evaluated(step), keep_outputs=session.lead,
-                                    epoch=epoch)
+                val = split_metrics(session, step, val_set, "val", model=_evaluated(step, session),
+                                    keep_outputs=session.lead, epoch=epoch)
                 row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - start, 3),
                        "train/loss": result.loss, "val/loss": val["loss"],
                        **{f"train/{k}": v for k, v in result.metrics.items()},
@@ -136,16 +136,22 @@ def _training_data(session: Session) -> tuple[Any, Any, DeviceFeeder]:
     return train_set, sampler, DeviceFeeder(loader, session.device)
 
 
-def _evaluated(step: Step) -> torch.nn.Module:
-    """The model validation and checkpoints use: the EMA weights when on."""
-    return step.model if step.ema is None else step.ema.module
+def _evaluated(step: Step, session: Session) -> torch.nn.Module:
+    """The model validation and checkpoints use: the EMA weights when on. Under DDP the plain
+    module on every rank (its shard; no wrapper, which would broadcast rank 0's BatchNorm
+    statistics), with BatchNorm statistics averaged over the ranks first."""
+    if session.dist is not None:
+        session.dist.average_buffers(step.module)
+        if step.ema is not None:
+            session.dist.average_buffers(step.ema.module)
+    return step.module if step.ema is None else step.ema.module
 
 
 def _raw_val_metrics(session: Session, step: Step, val_set: Any) -> dict[str, float]:
     """With EMA, the raw weights' validation loss and metrics beside the EMA's (val_raw/...)."""
     if step.ema is None:
         return {}
-    raw = split_metrics(session, step, val_set, "val", keep_outputs=False)
+    raw = split_metrics(session, step, val_set, "val", model=step.module, keep_outputs=False)
     return {"val_raw/loss": raw["loss"], **{f"val_raw/{k}": v for k, v in raw["metrics"].items()}}
 
 
