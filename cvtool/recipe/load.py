@@ -169,6 +169,15 @@ def load_raw(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict[str,
     return apply_overrides(data, overrides)
 
 
+def expansion_base(recipe: Recipe, exclude: str, keys: Iterable[str], source: str) -> dict[str, Any]:
+    """The mapping a sweep point or search trial of `recipe` is built on: the keys the recipe set,
+    not every default (a point that switches optim.name must not meet a momentum nobody wrote)."""
+    probe = recipe.model_dump(mode="json", exclude={exclude})
+    for key in keys:  # refused against the whole recipe: seed.value where seed is a number
+        set_dotted(probe, key, None, source)
+    return recipe.model_dump(mode="json", exclude={exclude}, exclude_unset=True)
+
+
 def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
     """Validate a mapping that did not come from a file (e.g. the recipe stored in a checkpoint)."""
     return validate(copy.deepcopy(data), source)

@@ -77,7 +77,7 @@ def build_session(recipe: Recipe, quiet: bool, dist: Any = None, resume: bool = 
 
 def _loss_weights(recipe: Recipe, task: Task, bundle: DataBundle, class_weights, pos_weight):
     targets = bundle.splits["train"].targets
-    mode = recipe.loss.class_weights
+    mode = getattr(recipe.loss, "class_weights", "none")  # a key of the losses that take weights only
     weights = None
     if isinstance(mode, list):
         if len(mode) != bundle.info.num_outputs:
@@ -86,5 +86,5 @@ def _loss_weights(recipe: Recipe, task: Task, bundle: DataBundle, class_weights,
     elif mode != "none" and task.class_weighted:
         counts = task.class_counts(targets, bundle.info.num_outputs)
         weights = class_weights(counts, len(targets), mode)
-    positive = pos_weight(targets) if recipe.loss.pos_weight == "auto" else None
+    positive = pos_weight(targets) if getattr(recipe.loss, "pos_weight", None) == "auto" else None
     return weights, positive
