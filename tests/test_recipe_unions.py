@@ -1,13 +1,16 @@
 """`optim`, `schedule` and `loss` have one class per `name`: a setting another name reads is refused
 like a typo (one line, exit 2), defaults are not "set", phases / sweeps / searches are checked
-point by point."""
+point by point, and recipes that cvtool stored (every key, whatever the name) still load."""
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from conftest import one_line_error
 from typer.testing import CliRunner
@@ -15,7 +18,7 @@ from typer.testing import CliRunner
 from cvtool.cli.main import app
 from cvtool.engine.optim import optim_for_epoch
 from cvtool.errors import CvtoolError
-from cvtool.recipe.load import validate
+from cvtool.recipe.load import recipe_from_dict, recipe_to_yaml, validate
 from cvtool.recipe.training_config import LOSS_VARIANTS, OPTIM_VARIANTS, SCHEDULE_VARIANTS
 from cvtool.runs.recipes import expand_sweep, load_recipe
 from cvtool.tasks import TASKS, get_task
@@ -169,3 +172,80 @@ def test_every_listed_search_value_is_checked_at_load(tmp_path: Path) -> None:
     path.write_text(MIN + "optim: {momentum: 0.5}\nsearch: {space: {optim.name: [sgd, adam, sgd]}}\n", encoding="utf-8")
     with pytest.raises(CvtoolError, match=r"search.space point name=adam: optim.momentum: not a setting"):
         load_recipe(path)
+
+
+# ---- recipes cvtool stored: an older version wrote every key, whatever the name -------------------
+
+OLD_KEYS = {  # the sections as cvtool wrote them before they had one class per name
+    "optim": {"momentum": 0.9, "nesterov": False, "weight_decay": None, "betas": [0.9, 0.999], "amsgrad": False},
+    "schedule": {"T_max": None, "eta_min": 0.0, "milestones": [], "step_size": 10, "gamma": 0.1, "factor": 0.1,
+                 "patience": 10, "mode": None, "max_lr": None, "pct_start": 0.3, "warmup_epochs": 0},
+    "loss": {"label_smoothing": 0.0, "class_weights": "none", "pos_weight": None, "alpha": 0.25, "gamma": 2.0,
+             "beta": 1.0},
+}
+
+
+def old_format(recipe: dict[str, Any]) -> dict[str, Any]:
+    recipe = json.loads(json.dumps(recipe))
+    for section, keys in OLD_KEYS.items():
+        recipe[section] = {**keys, **recipe[section]}
+    for phase in recipe.get("phases", []):
+        phase["optim"]["momentum"] = 0.3  # an older version let a phase to adamw carry it, unread
+    return recipe
+
+
+def test_an_old_sweep_over_names_loads_and_expands_as_it_ran(tmp_path: Path) -> None:
+    stored = old_format({"name": "x", "data": {"root": "d"}, "optim": {"name": "sgd", "momentum": 0.5,
+                         "betas": [0.8, 0.9]}, "schedule": {"name": "cosine"}, "loss": {"name": "auto"},
+                         "sweep": {"optim.name": ["sgd", "adam"]}})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(stored), encoding="utf-8")
+    line = one_line_error(runner.invoke(app, ["recipe", "show", str(path)]))  # as user input: strict
+    assert "recipe.yaml: optim.amsgrad: not a setting of optim.name sgd (it applies to: adam, adamw)" in line
+    recipe = load_recipe(path, stored=True)
+    points = dict(expand_sweep(recipe, str(path)))
+    assert points["name=sgd"].optim.momentum == 0.5 and points["name=adam"].optim.betas == (0.8, 0.9)
+    path.write_text(recipe_to_yaml(recipe), encoding="utf-8")  # a resumed sweep writes its recipe.yaml again
+    again = dict(expand_sweep(load_recipe(path, stored=True), str(path)))
+    assert again == points
+
+
+def history(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def test_a_run_stored_by_an_older_version_evaluates_and_resumes_exactly(synthetic, make_recipe, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvtool.engine.checkpoint import load_checkpoint, save_checkpoint
+    from cvtool.engine.loop import StopRequested
+    from cvtool.runs.sweep import run_recipe
+
+    monkeypatch.setattr("cvtool.runs.artifacts.write_plots", lambda *args, **kwargs: None)  # the same for any run
+    data = synthetic("multiclass", n=80, size=16)
+    recipe = load_recipe(make_recipe(tmp_path, data, train={"epochs": 2, "max_batches": 2, "loggers": ["csv"]},
+                                     optim={"name": "adam", "lr": 0.01}, schedule={"name": "cosine"},
+                                     phases=[{"epoch": 2, "optim": {"name": "adamw"}}]))
+    run_recipe(recipe, tmp_path / "whole", quiet=True)
+    calls = {"n": 0}
+
+    def stop_in_epoch_2() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2 + 1  # 2 batches an epoch
+
+    with pytest.raises(StopRequested):
+        run_recipe(recipe, tmp_path / "cut", quiet=True, stop=stop_in_epoch_2)
+    run = tmp_path / "cut"
+    written = old_format(yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")))
+    (run / "recipe.yaml").write_text(yaml.safe_dump(written), encoding="utf-8")
+    for checkpoint in (run / "checkpoints").glob("*.pt"):
+        payload = load_checkpoint(checkpoint)
+        save_checkpoint(checkpoint, {**payload, "recipe": old_format(payload["recipe"])})
+    assert recipe_from_dict(old_format(recipe.model_dump(mode="json"))) == recipe
+    result = runner.invoke(app, ["evaluate", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--resume", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert history(tmp_path / "whole") == history(run)
+    final = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]
+    assert final["weight_decay"] == 0.01  # adamw from epoch 2, with its own default

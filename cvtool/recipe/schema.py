@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
+    PrivateAttr,
     SerializerFunctionWrapHandler,
     field_serializer,
     field_validator,
@@ -201,6 +202,9 @@ class Recipe(Section):
     tta: TTAConfig = TTAConfig()
     sweep: dict[str, list[Any]] | None = None
     search: SearchConfig | None = None
+    # a sweep's or search's recipe.yaml as cvtool stored it (recipe.load.keep_written): its points
+    # and trials are built from that mapping, each read as a stored recipe
+    _written: dict[str, Any] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:

@@ -45,7 +45,7 @@ def expand_sweep(recipe: Recipe, source: str = "<recipe>",
     count = math.prod(len(values) for values in recipe.sweep.values())
     if count > MAX_SWEEP_POINTS:
         raise CvtoolError(f"{source}: sweep: {count} grid points (more than {MAX_SWEEP_POINTS} runs)")
-    base = expansion_base(recipe, "sweep", recipe.sweep, f"{source}: sweep")
+    base, stored = expansion_base(recipe, "sweep", recipe.sweep, f"{source}: sweep")
     keys = list(recipe.sweep)
     points: list[tuple[str, Recipe]] = []
     seen: set[str] = set()
@@ -59,7 +59,7 @@ def expand_sweep(recipe: Recipe, source: str = "<recipe>",
             raise CvtoolError(_one_line(f"{source}: sweep: two grid points are both named {name}"
                                         " (a value is repeated)"))
         seen.add(name)
-        point_recipe = validate(data, f"{source}: sweep point {name}")
+        point_recipe = validate(data, f"{source}: sweep point {name}", stored=stored)
         if check is not None:
             check(point_recipe, f"{source}: sweep point {name}")
         points.append((name, point_recipe))

@@ -45,10 +45,10 @@ def trial_recipe(recipe: Recipe, params: dict[str, Any], source: str = "<recipe>
         head = key.split(".")[0]
         if head in ("search", "sweep", "name", "base"):
             raise CvtoolError(_one_line(f"{source}: search.space.{key}: cannot search over {head}"))
-    data = expansion_base(recipe, "search", params, f"{source}: search.space")
+    data, stored = expansion_base(recipe, "search", params, f"{source}: search.space")
     for key, value in params.items():
         set_dotted(data, key, value, f"{source}: search.space")
-    return validate(data, f"{source}: search.space point {sweep_point_name(params)}")
+    return validate(data, f"{source}: search.space point {sweep_point_name(params)}", stored=stored)
 
 
 def corner_points(space: SearchConfig) -> list[dict[str, Any]]:
