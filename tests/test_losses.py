@@ -8,17 +8,18 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from cvtool.cli.main import app
-from cvtool.recipe.schema import LossConfig
+from cvtool.recipe.training_config import MseConfig, SmoothL1Config
 from cvtool.tasks.losses import point_loss
 
 SIZE = 64
 
 
 def loss_of_error(pixels: float, beta: float = 1.0) -> float:
-    criterion = point_loss(LossConfig(name="smooth_l1", beta=beta), "mse", image_size=SIZE)
+    criterion = point_loss(SmoothL1Config(beta=beta), "mse", image_size=SIZE)
     error = 2.0 * pixels / SIZE  # pixels of the model input -> the [-1, 1] scale
     return float(criterion(torch.tensor([[error]]), torch.zeros(1, 1)))
 
@@ -33,9 +34,10 @@ def test_smooth_l1_is_quadratic_below_beta_pixels_and_linear_above() -> None:
     assert loss_of_error(5.0, beta=8.0) == pytest.approx(0.5 * large**2 / (16.0 / SIZE), rel=1e-5)
 
 
-def test_mse_ignores_beta() -> None:
-    criterion = point_loss(LossConfig(name="mse", beta=3.0), "mse", image_size=SIZE)
-    assert isinstance(criterion, torch.nn.MSELoss)
+def test_mse_has_no_beta() -> None:
+    assert isinstance(point_loss(MseConfig(), "mse", image_size=SIZE), torch.nn.MSELoss)
+    with pytest.raises(ValidationError, match="beta"):
+        MseConfig(beta=3.0)  # a beta would not take effect: refused
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

@@ -83,9 +83,9 @@ TABLE = [
     row("null-section", "name: x\ndata: null", "x.yaml: data: expected a mapping; got null"),
     row("bad-bool", MIN + "model: {skip: maybe}", "x.yaml: model.skip: expected true or false; got 'maybe'"),
     row("list-for-path", "name: x\ndata: {root: [a, b]}", "x.yaml: data.root: expected a path"),
-    row("list-item-type", MIN + "schedule: {milestones: [10, soon]}",
+    row("list-item-type", MIN + "schedule: {name: multistep, milestones: [10, soon]}",
         "x.yaml: schedule.milestones[1]: expected an integer; got 'soon'"),
-    row("pair-too-short", MIN + "optim: {betas: [0.9]}", "x.yaml: optim.betas[1]: required value is missing"),
+    row("pair-too-short", MIN + "optim: {name: adam, betas: [0.9]}", "x.yaml: optim.betas[1]: required value is missing"),
     row("pair-too-long", "name: x\ndata: {root: d, flip_pairs: [[0, 1, 2]]}",
         "x.yaml: data.flip_pairs[0]: expected at most 2 items; got [0, 1, 2]"),
     row("auto-or-bool", MIN + "train: {channels_last: maybe}",
@@ -137,7 +137,9 @@ TABLE = [
     row("loss-vs-task", MIN + "task: keypoints\nloss: {name: cross_entropy}",
         "x.yaml: loss.name cross_entropy does not fit task keypoints"),
     row("nesterov-with-adam", MIN + "optim: {name: adam, nesterov: true}",
-        "x.yaml: optim: nesterov needs optim.name sgd"),
+        "x.yaml: optim.nesterov: not a setting of optim.name adam (it applies to: sgd)"),
+    row("nesterov-without-momentum", MIN + "optim: {momentum: 0, nesterov: true}",
+        "x.yaml: optim: nesterov needs momentum > 0"),
     row("val-null-without-fraction", "name: x\ndata: {root: d, val: null}", "x.yaml: data.val is null"),
     row("normalize-lengths", "name: x\ndata: {root: d, normalize: {mean: [0.5, 0.5, 0.5], std: [0.2]}}",
         "x.yaml: data.normalize: mean and std need the same number of channels"),
@@ -179,13 +181,13 @@ TABLE = [
         "x.yaml: model.arch: unknown architecture 'resnet19' (did you mean resnet18?)"),
     # ---- sweeps
     row("sweep-unknown-key", MIN + "sweep: {optim.lrr: [0.1, 0.2]}",
-        "x.yaml: sweep: optim.lrr: unknown key (did you mean optim.lr?)"),
+        "x.yaml: sweep point lrr=0.1: optim.lrr: unknown key (did you mean optim.lr?)"),
     row("sweep-empty-list", MIN + "sweep: {optim.lr: []}", "x.yaml: sweep.optim.lr: needs at least one value"),
     row("sweep-bad-value", MIN + "sweep: {optim.lr: [0.1, -1]}",
-        "x.yaml: sweep: optim.lr: expected a value > 0; got -1"),
+        "x.yaml: sweep point lr=-1: optim.lr: expected a value > 0; got -1"),
     row("sweep-over-name", MIN + "sweep: {name: [a, b]}", "x.yaml: sweep.name: cannot sweep over name"),
     row("sweep-unknown-arch", MIN + "sweep: {model.arch: [resnet18, resnet19]}",
-        "x.yaml: sweep: model.arch: unknown architecture 'resnet19'"),
+        "x.yaml: sweep point arch=resnet19: model.arch: unknown architecture 'resnet19'"),
     row("sweep-repeated-value", MIN + "sweep: {model.dropout: [0.4, 0.4]}",
         "x.yaml: sweep: two grid points are both named dropout=0.4"),
     row("sweep-through-scalar", MIN + "sweep: {seed.value: [1]}", "x.yaml: sweep: seed.value: seed is a number"),
@@ -299,7 +301,7 @@ VALID: dict[str, Any] = {
                 {"RandomApply": {"p": 0.5, "transforms": [{"RandomRotation": {"degrees": 10}}]}}],
     "model": {"arch": "simplenet", "dropout": 0.2, "head": [16], "blocks": [8, 16], "small_input": {"stride1": 1},
               "shakedrop": {"p": 0.5, "at": "all"}, "freeze": {"unfreeze_last": 1}},
-    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "betas": [0.9, 0.99]},
+    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},
     "phases": [{"epoch": 2, "optim": {"lr": 0.01}}, {"epoch": 4, "optim": {"name": "adam"}}],
     "schedule": {"name": "multistep", "milestones": [2, 4], "gamma": 0.5},
     "loss": {"name": "cross_entropy", "label_smoothing": 0.1, "class_weights": [1.0, 2.0]},
@@ -400,8 +402,8 @@ def _parse_dotted(text: str) -> KeyPath | None:
 def _names_a_key(rest: str, data: dict[str, Any]) -> bool:
     """The key at the start of `rest` exists in `data` (or is a missing required key)."""
     sweep = data["sweep"] if isinstance(data.get("sweep"), dict) else {}
-    if rest.startswith("sweep: "):  # a grid point: the key is one of the sweep's
-        rest = rest.removeprefix("sweep: ")
+    if rest.startswith(("sweep: ", "sweep point ")):  # the grid, or one point of it: the key may be the sweep's
+        rest = rest.split(": ", 1)[-1]
         if rest.startswith("two grid points") or any(rest.startswith(f"{key}:") for key in sweep):
             return True
     if rest.startswith("circular base"):

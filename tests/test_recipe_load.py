@@ -136,7 +136,8 @@ def test_overrides_set_scalars_lists_and_mappings(layered: Path) -> None:
 
 def test_overriding_a_mapping_replaces_it(layered: Path) -> None:
     recipe = load_recipe(layered, ["optim={name: adam, lr: 0.001}"])
-    assert (recipe.optim.name, recipe.optim.lr, recipe.optim.momentum) == ("adam", 0.001, 0.9)  # default again
+    assert (recipe.optim.name, recipe.optim.lr, recipe.optim.betas) == ("adam", 0.001, (0.9, 0.999))  # default again
+    assert recipe.optim.weight_decay is None  # not the base's 0.0005: the whole section was replaced
 
 
 def test_load_raw_reports_the_keys_that_came_from_set(layered: Path) -> None:
@@ -237,7 +238,7 @@ sweep: {optim.lr: [1.0e-4, 3.0e-4]}
 name: planet
 task: multilabel
 data: {root: planet, format: csv, val: null, val_fraction: 0.1, normalize: auto}
-loss: {name: focal, class_weights: [1.0, 2.5], pos_weight: auto}
+loss: {name: focal, class_weights: [1.0, 2.5], alpha: null, gamma: 0.5}
 """,
 }
 

@@ -37,7 +37,7 @@ def show(recipe: RecipeArg, set_: SetOpt = None,
     if resolved.sweep:
         points = expand_sweep(resolved, str(recipe))
         console.print(f"[bold]sweep:[/] {len(points)} runs: " + ", ".join(name for name, _ in points))
-        if any(key.startswith(("optim.", "phases")) for key in resolved.sweep):
+        if any(key.split(".")[0] in ("optim", "phases") for key in resolved.sweep):
             for name, point in points:
                 for line in optimizer_lines(point):
                     console.print(f"[bold]optimizer[/] {name}: {line}", soft_wrap=True)

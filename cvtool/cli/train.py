@@ -41,7 +41,7 @@ def train(
     if recipe is None and resume is None:
         fail("give a RECIPE to train, or --resume DIR to continue a run")
     source = RunDir(resume).recipe if resume is not None and recipe is None else recipe
-    resolved = load_recipe(source, set_ or [])
+    resolved = load_recipe(source, set_ or [], stored=recipe is None)  # None: the run dir's own recipe.yaml
     run_dir = resume or out or default_run_dir(resolved)
     try:
         with launched(resolved.train.device, run_dir, detect_anomaly) as (dist, stop):

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from cvtool.recipe.schema import OptimConfig, Phase
+from cvtool.recipe.training_config import patched
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,7 @@ def optim_for_epoch(base: OptimConfig, phases: list[Phase], epoch: int) -> Optim
     cfg = base
     for phase in phases:
         if phase.epoch <= epoch:
-            patch = phase.optim.model_dump(exclude_none=True)
-            if patch.get("name", cfg.name) != cfg.name:  # options the new optimizer lacks are dropped
-                patch = {**({"nesterov": False} if patch["name"] != "sgd" else {"amsgrad": False}), **patch}
-            cfg = OptimConfig.model_validate({**cfg.model_dump(), **patch})
+            cfg = patched(cfg, phase.optim)  # a switch of name drops what the new optimizer lacks
     return cfg
 
 

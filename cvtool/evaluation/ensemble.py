@@ -95,7 +95,7 @@ def evaluate_oof(fold_set: str | Path, tune: bool = False) -> OofEval:
     run = RunDir(Path(fold_set))
     if not run.is_fold_set():
         raise CvtoolError(f"--oof: {fold_set} is not a fold set (train one with cvtool train --fold all)")
-    recipe = load_recipe(run.recipe)
+    recipe = load_recipe(run.recipe, stored=True)
     task = get_task(recipe.task)
     oof = read_oof(run.oof)
     threshold: Any = np.asarray(fold_set_thresholds(fold_set) or recipe.evaluate.threshold, np.float32)

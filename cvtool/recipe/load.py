@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from cvtool.errors import CvtoolError
 from cvtool.recipe.messages import _kind, _one_line, _show, format_validation_error
 from cvtool.recipe.schema import Recipe
+from cvtool.recipe.stored import drop_unread
 
 
 class _RecipeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when built
@@ -152,10 +153,15 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> tuple[dic
     return result, keys
 
 
-def validate(data: dict[str, Any], source: str, set_keys: Collection[str] = frozenset()) -> Recipe:
-    """The frozen `Recipe` for a raw mapping, or one error line naming source and key."""
+def validate(data: dict[str, Any], source: str, set_keys: Collection[str] = frozenset(),
+             stored: bool = False) -> Recipe:
+    """The frozen `Recipe` for a raw mapping, or one error line naming source and key. `stored`:
+    cvtool wrote the mapping (a run's recipe.yaml, a checkpoint): keys that earlier versions wrote
+    for every optimizer / schedule / loss name are dropped where the name does not read them."""
     if not isinstance(data, dict):
         raise CvtoolError(f"{source}: a recipe must be a mapping of keys, got {_kind(data)}")
+    if stored:
+        data = drop_unread(data, keep=set_keys)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -169,9 +175,30 @@ def load_raw(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict[str,
     return apply_overrides(data, overrides)
 
 
+def keep_written(recipe: Recipe, data: dict[str, Any]) -> Recipe:
+    """`recipe` with the mapping cvtool stored for it, when it has a sweep or search. A point of an
+    older version's sweep over optim.name needs keys the parent's name does not read (betas for
+    the adam point of an sgd parent), and must drop those that only the parent's name reads."""
+    if recipe.sweep or recipe.search:
+        recipe._written = copy.deepcopy(data)
+    return recipe
+
+
+def expansion_base(recipe: Recipe, exclude: str, keys: Iterable[str], source: str) -> tuple[dict[str, Any], bool]:
+    """The mapping a sweep point or search trial of `recipe` is built on, and whether it is read as
+    a stored recipe: the mapping cvtool stored (`keep_written`), else the keys the recipe set (not
+    every default: a point that switches optim.name must not meet a momentum nobody wrote)."""
+    probe = recipe.model_dump(mode="json", exclude={exclude})
+    for key in keys:  # refused against the whole recipe: seed.value where seed is a number
+        set_dotted(probe, key, None, source)
+    if recipe._written is not None:
+        return {key: value for key, value in copy.deepcopy(recipe._written).items() if key != exclude}, True
+    return recipe.model_dump(mode="json", exclude={exclude}, exclude_unset=True), False
+
+
 def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
-    """Validate a mapping that did not come from a file (e.g. the recipe stored in a checkpoint)."""
-    return validate(copy.deepcopy(data), source)
+    """Validate the recipe stored in a checkpoint (written by any cvtool version)."""
+    return validate(copy.deepcopy(data), source, stored=True)
 
 
 class _RecipeDumper(yaml.SafeDumper):
@@ -187,6 +214,8 @@ _RecipeDumper.add_representer(list, _represent_list)
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
-    """The resolved recipe as YAML; loading it again gives an equal recipe."""
-    return yaml.dump(recipe.model_dump(mode="json"), Dumper=_RecipeDumper, sort_keys=False,
+    """The resolved recipe as YAML; loading it again gives an equal recipe. A sweep or search read
+    back from a run dir is written as it was stored (`keep_written`): its points need all of it."""
+    data = recipe._written if recipe._written is not None else recipe.model_dump(mode="json")
+    return yaml.dump(data, Dumper=_RecipeDumper, sort_keys=False,
                      default_flow_style=False)  # ASCII: any text file encoding can hold it

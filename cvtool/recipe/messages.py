@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import typing
 from collections.abc import Collection, Sequence
@@ -11,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from cvtool.recipe.schema import Recipe
+from cvtool.recipe.training_config import not_a_setting, variants
 from cvtool.registry import suggest
 
 PathPart = tuple[Any, bool]  # (key or list index, is_index)
@@ -31,9 +33,15 @@ def format_validation_error(exc: ValidationError, source: str, set_keys: Collect
 
     `data` is the mapping that was validated: it tells the user's keys from pydantic's union tags."""
     errors = [(_real_path(err["loc"], data, err["type"]), err) for err in exc.errors()]
+    errors = [(path + [("name", False)] if err["type"] == "union_tag_invalid" else path, err) for path, err in errors]
     path, err = max(errors, key=lambda item: (len(item[0]), _priority(item[1])))
     dotted = _dotted(path)
-    if err["type"] in ("extra_forbidden", "invalid_key"):
+    member = _union_member(err["loc"]) if err["type"] == "extra_forbidden" and path else None
+    if member is not None:
+        message = _not_in_member(path, *member)
+    elif err["type"] == "union_tag_invalid":
+        message = _bad_name(err)
+    elif err["type"] in ("extra_forbidden", "invalid_key"):
         parent = _dotted(path[:-1])
         close = suggest(str(path[-1][0]), _fields_at(path)) if path else ""
         message = "unknown key" + (close.replace("mean ", f"mean {parent}.") if parent else close)
@@ -46,6 +54,49 @@ def format_validation_error(exc: ValidationError, source: str, set_keys: Collect
         message = _readable(err)
     origin = f"{source}: --set" if _from_set(dotted, message, set_keys) else source
     return _one_line(f"{origin}: {dotted}: {message}" if dotted else f"{origin}: {message}")
+
+
+def _union_member(loc: Sequence[Any]) -> tuple[str, dict[str, type[BaseModel]]] | None:
+    """(name, {name: class}) when the last part of `loc` is a key of one class of a section union
+    tagged by `name`; pydantic puts the name in the location: ('optim', 'adam', 'momentum')."""
+    annotation: Any = Recipe
+    member = None
+    for part in loc[:-1]:
+        options = variants(annotation)
+        if options and isinstance(part, str) and part in options:
+            annotation, member = options[part], (part, options)
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel) and part in annotation.model_fields:
+            annotation, member = annotation.model_fields[part].annotation, None
+        else:
+            return None
+    return member
+
+
+def _not_in_member(path: Sequence[PathPart], name: str, options: dict[str, type[BaseModel]]) -> str:
+    """Another name's setting ('not a setting of optim.name adam (it applies to: sgd)'), or a typo."""
+    key, section = str(path[-1][0]), _dotted(path[:-1])
+    if any(key in cls.model_fields for cls in options.values()):
+        return not_a_setting(section, name, key, options)
+    close = difflib.get_close_matches(key, list(options[name].model_fields), n=1, cutoff=0.6)
+    if close:
+        return f"unknown key (did you mean {section}.{close[0]}?)"
+    others = sorted({field for cls in options.values() for field in cls.model_fields})
+    close = difflib.get_close_matches(key, others, n=1, cutoff=0.6)
+    if not close:
+        return "unknown key"
+    takers = [tag for tag, cls in options.items() if close[0] in cls.model_fields and not getattr(cls, "stand_in", False)]
+    return f"unknown key (did you mean {section}.{close[0]}? it applies to: {', '.join(takers)})"
+
+
+def _bad_name(err: Any) -> str:
+    """A `name` that is none of the section's names: 'expected 'sgd', 'adam' or 'adamw'; got 'adamm''."""
+    ctx = err.get("ctx") or {}
+    names = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+    value = err["input"].get("name") if isinstance(err.get("input"), dict) else ctx.get("tag")
+    quoted = [f"'{name}'" for name in names] or ["a name"]
+    expected = ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
+    hint = suggest(value, names) if isinstance(value, str) and names else ""
+    return f"expected {expected}; got {_show(value)}{hint}"
 
 
 def _priority(err: Any) -> int:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from cvtool.recipe.experiments import LoggerName, MlflowConfig, SearchConfig
 from cvtool.recipe.fields import (
@@ -23,6 +30,18 @@ from cvtool.recipe.fields import (
     TaskName,
 )
 from cvtool.recipe.model_config import ModelConfig
+from cvtool.recipe.training_config import (  # the optim / schedule / loss unions live there
+    AutoLossConfig,
+    LossConfig,
+    NoSchedule,
+    OptimConfig,
+    Phase,
+    ScheduleConfig,
+    SgdConfig,
+    auto_loss_keys,
+    check_auto_loss,
+    check_phases,
+)
 from cvtool.tasks import get_task
 
 
@@ -101,66 +120,6 @@ class DataConfig(Section):
         if self.fold is not None and self.folds is not None and self.fold >= self.folds.k:
             raise ValueError(f"data.fold {self.fold} is out of range for data.folds.k {self.folds.k} (0 to {self.folds.k - 1})")
         return self
-
-
-class OptimConfig(Section):
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: PosFloat = 0.01
-    momentum: NonNegFloat = 0.9
-    nesterov: bool = False
-    weight_decay: NonNegFloat | None = None  # None: the optimizer's own default (SGD 0, Adam 0, AdamW 0.01)
-    betas: tuple[Probability, Probability] = (0.9, 0.999)
-    amsgrad: bool = False  # adam / adamw
-
-    @model_validator(mode="after")
-    def _nesterov(self) -> OptimConfig:
-        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
-            raise ValueError("nesterov needs optim.name sgd with momentum > 0")
-        if self.amsgrad and self.name == "sgd":
-            raise ValueError("amsgrad needs optim.name adam or adamw")
-        return self
-
-
-class OptimPatch(Section):
-    """A phase's changes to the optimizer; unset keys keep their value."""
-
-    name: Literal["sgd", "adam", "adamw"] | None = None
-    lr: PosFloat | None = None
-    momentum: NonNegFloat | None = None
-    nesterov: bool | None = None
-    weight_decay: NonNegFloat | None = None
-    betas: tuple[Probability, Probability] | None = None
-    amsgrad: bool | None = None
-
-
-class Phase(Section):
-    epoch: PosInt  # 1-based epoch at which the phase starts
-    optim: OptimPatch
-
-
-class ScheduleConfig(Section):
-    name: Literal["none", "cosine", "multistep", "step", "plateau", "exponential", "onecycle"] = "none"
-    T_max: PosInt | None = None  # cosine; default: epochs
-    eta_min: NonNegFloat = 0.0
-    milestones: list[PosInt] = []
-    step_size: PosInt = 10
-    gamma: PosFloat = 0.1
-    factor: Annotated[float, Field(gt=0, lt=1), NoBool] = 0.1
-    patience: NonNegInt = 10
-    mode: Literal["min", "max"] | None = None  # plateau; default: the monitor's direction
-    max_lr: PosFloat | None = None  # onecycle; default: optim.lr
-    pct_start: Annotated[float, Field(gt=0, lt=1), NoBool] = 0.3
-    warmup_epochs: NonNegInt = 0
-
-
-class LossConfig(Section):
-    name: Literal["auto", "cross_entropy", "bce", "focal", "mse", "smooth_l1"] = "auto"
-    label_smoothing: Annotated[float, Field(ge=0, lt=1), NoBool] = 0.0
-    class_weights: Literal["none", "inverse", "sqrt_inverse"] | list[PosFloat] = "none"
-    pos_weight: PosFloat | Literal["auto"] | None = None
-    alpha: Probability | None = 0.25
-    gamma: NonNegFloat = 2.0
-    beta: PosFloat = 1.0
 
 
 class EmaConfig(Section):
@@ -245,15 +204,18 @@ class Recipe(Section):
     augment: list[TransformSpec] = []
     augment_batch: list[BatchMixSpec] = []  # MixUp / CutMix on whole training batches
     model: ModelConfig = ModelConfig()
-    optim: OptimConfig = OptimConfig()
+    optim: OptimConfig = SgdConfig()
     phases: list[Phase] = []
-    schedule: ScheduleConfig = ScheduleConfig()
-    loss: LossConfig = LossConfig()
+    schedule: ScheduleConfig = NoSchedule()
+    loss: LossConfig = AutoLossConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
     tta: TTAConfig = TTAConfig()
     sweep: dict[str, list[Any]] | None = None
     search: SearchConfig | None = None
+    # a sweep's or search's recipe.yaml as cvtool stored it (recipe.load.keep_written): its points
+    # and trials are built from that mapping, each read as a stored recipe
+    _written: dict[str, Any] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -262,15 +224,24 @@ class Recipe(Section):
             raise ValueError(f"loss.name {self.loss.name} does not fit task {self.task} (use {', '.join(allowed)})")
         if self.data.val is None and self.data.val_fraction is None:
             raise ValueError("data.val is null: set data.val_fraction to split off a validation set")
-        if self.schedule.name == "onecycle" and self.schedule.warmup_epochs:
-            raise ValueError("schedule.warmup_epochs: onecycle warms up by itself (schedule.pct_start)")
         if self.sweep and self.search:
             raise ValueError("sweep and search: use one of them (a grid, or sampler: grid)")
+        check_auto_loss(self.loss, self.task)
         epochs = [phase.epoch for phase in self.phases]
         if epochs != sorted(set(epochs)):
             raise ValueError("phases must have increasing, distinct epochs")
+        check_phases(self.optim, self.phases)
         self._check_batch_features()
         return self
+
+    @field_serializer("loss", mode="wrap")
+    def _loss_of_task(self, loss: LossConfig, handler: SerializerFunctionWrapHandler) -> Any:
+        """`loss.name: auto` is written with the keys of its task's loss only (the others are not read)."""
+        written = handler(loss)
+        if loss.name != "auto" or not isinstance(written, dict):
+            return written
+        keys = auto_loss_keys(self.task)
+        return {key: value for key, value in written.items() if key in keys}
 
     def _check_batch_features(self) -> None:
         from cvtool.tasks import get_task

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cvtool.errors import CvtoolError
-from cvtool.recipe.load import set_dotted, validate
+from cvtool.recipe.load import expansion_base, set_dotted, validate
 from cvtool.recipe.messages import _one_line
 from cvtool.recipe.schema import Recipe
 
@@ -18,9 +18,12 @@ MAX_SWEEP_POINTS = 1000  # a bigger grid is a typo, not a plan: each point is a 
 
 
 def sweep_point_name(point: dict[str, Any]) -> str:
-    """A folder name for one grid point: 'dropout=0.4_lr=0.01'."""
+    """A folder name for one grid point: 'dropout=0.4_lr=0.01'; a whole section with a name
+    (`schedule: [{name: cosine, T_max: 100}, ...]`) is named by it: 'schedule=cosine'."""
     parts = []
     for key, value in point.items():
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            value = value["name"]
         text = str(value).replace("/", "-").replace("\\", "-")
         text = re.sub(r"[\s:*?\"'<>|]+", "", text)
         parts.append(f"{key.split('.')[-1]}={text}")
@@ -42,7 +45,7 @@ def expand_sweep(recipe: Recipe, source: str = "<recipe>",
     count = math.prod(len(values) for values in recipe.sweep.values())
     if count > MAX_SWEEP_POINTS:
         raise CvtoolError(f"{source}: sweep: {count} grid points (more than {MAX_SWEEP_POINTS} runs)")
-    base = recipe.model_dump(mode="json", exclude={"sweep"})
+    base, stored = expansion_base(recipe, "sweep", recipe.sweep, f"{source}: sweep")
     keys = list(recipe.sweep)
     points: list[tuple[str, Recipe]] = []
     seen: set[str] = set()
@@ -56,8 +59,8 @@ def expand_sweep(recipe: Recipe, source: str = "<recipe>",
             raise CvtoolError(_one_line(f"{source}: sweep: two grid points are both named {name}"
                                         " (a value is repeated)"))
         seen.add(name)
-        point_recipe = validate(data, f"{source}: sweep")
+        point_recipe = validate(data, f"{source}: sweep point {name}", stored=stored)
         if check is not None:
-            check(point_recipe, f"{source}: sweep")
+            check(point_recipe, f"{source}: sweep point {name}")
         points.append((name, point_recipe))
     return points

@@ -10,17 +10,21 @@ from pathlib import Path
 from cvtool.data.transforms import build_transform, point_blind
 from cvtool.errors import CvtoolError
 from cvtool.models.registry import check_arch
-from cvtool.recipe.load import load_raw, validate
+from cvtool.recipe.load import keep_written, load_raw, validate
 from cvtool.recipe.messages import _from_set, _one_line
 from cvtool.recipe.schema import Recipe
 from cvtool.recipe.sweep import expand_sweep as _expand_grid
 from cvtool.tasks import get_task
 
 
-def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
-    """Load, merge and validate one recipe (its sweep, if any, is validated point by point)."""
+def load_recipe(path: str | Path, overrides: Iterable[str] = (), stored: bool = False) -> Recipe:
+    """Load, merge and validate one recipe (its sweep, if any, is validated point by point).
+    `stored`: a recipe.yaml that cvtool wrote into a run dir, perhaps an earlier version (keys its
+    optimizer / schedule / loss names do not read are dropped; --set values stay strict)."""
     data, set_keys = load_raw(path, overrides)
-    recipe = validate(data, str(path), set_keys)
+    recipe = validate(data, str(path), set_keys, stored=stored)
+    if stored:
+        recipe = keep_written(recipe, data)
     check_names(recipe, str(path), set_keys)
     if recipe.sweep:
         expand_sweep(recipe, str(path))

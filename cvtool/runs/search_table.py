@@ -100,7 +100,7 @@ def load_search(search_dir: Path) -> tuple[Recipe, Any]:
     from cvtool.runs.recipes import load_recipe
     from cvtool.runs.search_space import need_optuna
 
-    recipe = load_recipe(RunDir(search_dir).recipe)
+    recipe = load_recipe(RunDir(search_dir).recipe, stored=True)
     optuna = need_optuna()
     study = optuna.load_study(study_name=recipe.search.study or recipe.name,
                               storage=storage_of(recipe, search_dir))

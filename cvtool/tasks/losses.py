@@ -32,8 +32,9 @@ def sigmoid_loss(cfg: Any, class_weights: Any, pos_weight: float | None) -> Any:
     from torchvision.ops import sigmoid_focal_loss
 
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
-    if pos_weight is None and cfg.pos_weight not in (None, "auto"):
-        pos_weight = float(cfg.pos_weight)
+    given = getattr(cfg, "pos_weight", None)  # bce (and auto) only: focal has no pos_weight
+    if pos_weight is None and given not in (None, "auto"):
+        pos_weight = float(given)
     pos_weight_t = None if pos_weight is None else torch.tensor([float(pos_weight)])
 
     class SigmoidLoss(torch.nn.Module):
