@@ -219,7 +219,7 @@ def test_a_run_stored_by_an_older_version_evaluates_and_resumes_exactly(syntheti
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from cvtool.engine.checkpoint import load_checkpoint, save_checkpoint
     from cvtool.engine.loop import StopRequested
-    from cvtool.runs.sweep import run_recipe
+    from cvtool.runs.launch import run_recipe
 
     monkeypatch.setattr("cvtool.runs.artifacts.write_plots", lambda *args, **kwargs: None)  # the same for any run
     data = synthetic("multiclass", n=80, size=16)

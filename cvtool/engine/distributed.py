@@ -16,6 +16,7 @@ failing after it (on the broken collective) exit quietly, so the user reads one 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 from collections.abc import Iterator
@@ -62,9 +63,12 @@ class Dist:
                                   f"{self.device.type}; set it to false for this run")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # GPU only
         device_ids = [self.device.index] if self.device.type == "cuda" else None
+        # torch 2.14 renamed broadcast_buffers (False also skipped the sync at init) to
+        # forward_sync_buffers (the init sync stays, which is what cvtool wants either way)
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+            nn.parallel.DistributedDataParallel).parameters else "broadcast_buffers"
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused,
-                                                   broadcast_buffers=broadcast_buffers,
-                                                   gradient_as_bucket_view=bucket_view)
+                                                   gradient_as_bucket_view=bucket_view, **{sync: broadcast_buffers})
 
     def average_buffers(self, model: nn.Module) -> None:
         """Every floating-point buffer (BatchNorm's running statistics) averaged over the ranks, in
