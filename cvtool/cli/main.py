@@ -8,6 +8,7 @@ from cvtool import __version__
 from cvtool.cli import (
     bench,
     data,
+    doctor,
     evaluate,
     export,
     lr_find,
@@ -44,6 +45,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.add_typer(recipe.app, name="recipe", help="Inspect recipes.")
 app.add_typer(data.app, name="data", help="Write example datasets: real digits, synthetic sets per task.")
 app.add_typer(stats.app)
+app.add_typer(doctor.app)
 app.add_typer(train.app)
 app.add_typer(lr_find.app)
 app.add_typer(evaluate.app)

@@ -20,6 +20,19 @@ def metrics_table(title: str, columns: dict[str, dict[str, float] | None]) -> Ta
     return table
 
 
+def calibration_table(calibration: Any) -> Table:
+    """ECE and NLL before and after temperature scaling, per scored split."""
+    temperature = ", ".join(f"{t:.3f}" for t in calibration.temperature[:8])
+    more = f" (+{len(calibration.temperature) - 8} more)" if len(calibration.temperature) > 8 else ""
+    columns = {f"{split} {when}": values for split, pair in calibration.scores.items() for when, values in pair.items()}
+    table = metrics_table(f"calibration: temperature {temperature}{more} fitted on {calibration.fitted_on} "
+                          f"({calibration.images} images)", columns)
+    table.caption = f"stored in {', '.join(str(p) for p in calibration.stored_in[:3])}" + (
+        f" and {len(calibration.stored_in) - 3} more" if len(calibration.stored_in) > 3 else "") + \
+        f"; reliability diagram: {calibration.diagram}"
+    return table
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
     if summary.get("search"):
         return search_table(summary)
