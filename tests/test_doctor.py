@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error, snapshot, write_recipe
 from PIL import Image, ImageDraw, ImageFilter
 from typer.testing import CliRunner
 
@@ -19,8 +20,6 @@ from cvtool.data.formats import read_dataset
 from cvtool.errors import CvtoolError
 from cvtool.recipe.schema import DataConfig
 from cvtool.tasks import get_task
-
-from conftest import one_line_error, snapshot, write_recipe
 
 runner = CliRunner()
 CLASSES = ("a", "b", "c")

@@ -10,6 +10,7 @@ from cvtool.cli import (
     data,
     doctor,
     evaluate,
+    explain,
     export,
     lr_find,
     predict,
@@ -50,6 +51,7 @@ app.add_typer(train.app)
 app.add_typer(lr_find.app)
 app.add_typer(evaluate.app)
 app.add_typer(tta.app)
+app.add_typer(explain.app)
 app.add_typer(export.app)
 app.add_typer(predict.app)
 app.add_typer(report.app)
