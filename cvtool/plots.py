@@ -163,3 +163,17 @@ def reliability(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], ax
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     return save(fig, path)
+
+
+def image_grid(panels: Sequence[tuple[np.ndarray, str]], title: str, path: Path, columns: int = 4) -> Path:
+    """RGB images with a caption each (e.g. Grad-CAM overlays of a run's most confident errors)."""
+    plt = _plt()
+    rows = max(1, -(-len(panels) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (image, caption) in zip(axes.ravel(), panels, strict=False):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path)

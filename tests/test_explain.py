@@ -116,3 +116,14 @@ def test_explain_mistakes_are_one_line(tmp_path: Path, tmp_path_factory, synthet
     assert "no class to explain" in one_line_error(runner.invoke(app, ["explain", str(keypoints), images]))
     monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)
     assert 'pip install "cvtool[explain]"' in one_line_error(runner.invoke(app, ["explain", str(run), images]))
+
+
+def test_report_shows_the_most_confident_errors(tmp_path: Path, tmp_path_factory, synthetic, monkeypatch) -> None:
+    run = trained_run(tmp_path_factory, synthetic, "multiclass")
+    result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "report.md")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report_files" / "01_onnx-multiclass_errors.png").is_file()
+    assert "Grad-CAM of the most confident errors" in (tmp_path / "report.md").read_text()
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)
+    result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "plain.md")])
+    assert result.exit_code == 0 and "Grad-CAM" not in (tmp_path / "plain.md").read_text()

@@ -183,3 +183,35 @@ def explain_images(target: str | Path, images: Sequence[Path], out: Path, class_
               [[str(e.path), e.class_name, f"{e.probability:.6f}", f"{e.centroid[0]:.4f}", f"{e.centroid[1]:.4f}",
                 e.overlay.name if e.overlay else ""] for e in found])
     return found
+
+
+def explain_errors(run_dir: Path, target: Path, count: int = 8) -> Path | None:
+    """A grid of Grad-CAM overlays of the run's most confident errors on its test split (else its val
+    split), from the best checkpoint's stored predictions; None when there is nothing to show."""
+    from cvtool import plots
+    from cvtool.data.folds import fold_view
+    from cvtool.data.formats import read_dataset
+    from cvtool.runs.artifacts import load_predictions
+    from cvtool.runs.layout import RunDir
+
+    run = RunDir(Path(run_dir))
+    split = next((s for s in ("test", "val") if run.prediction(f"{s}_best").is_file()), None)
+    if split is None or not run.checkpoint("best").is_file():
+        return None
+    loaded = load_model(run.path, "best", "cpu")
+    if not loaded.task.has_classes:
+        return None
+    stored = load_predictions(run.prediction(f"{split}_best"))
+    threshold = loaded.meta.labels(loaded.recipe.evaluate.threshold).thresholds
+    wrong = loaded.task.confident_errors(stored["targets"], stored["outputs"], threshold)[:count]
+    if len(wrong) == 0:
+        return None
+    cfg = loaded.recipe.data
+    paths = fold_view(read_dataset(cfg, loaded.recipe.task, loaded.recipe.seed), cfg, loaded.recipe.task,
+                      loaded.recipe.seed).splits[split].paths
+    chosen = [paths[int(stored["indices"][i])] for i in wrong]
+    truth = loaded.task.target_labels(stored["targets"][wrong], list(loaded.meta.class_names)) or []
+    panels = [(overlay(item, loaded.meta.channels, loaded.meta.resize),
+               f"{item.path.name}: true {true}\nheat of {item.class_name} ({item.probability:.2f})")
+              for item, true in zip(grad_cam(loaded, chosen), truth, strict=True)]
+    return plots.image_grid(panels, f"Grad-CAM of the {len(panels)} most confident errors ({split})", target)

@@ -173,6 +173,10 @@ class Task(ABC):
         """(confidence, correct) pairs a reliability diagram bins."""
         raise CvtoolError(f"task {self.name}: its outputs are not probabilities, there is nothing to calibrate")
 
+    def confident_errors(self, targets: np.ndarray, outputs: np.ndarray, threshold: Any = 0.5) -> np.ndarray:
+        """Indices of the wrong predictions, the most confident first."""
+        raise CvtoolError(f"task {self.name}: its outputs are not class probabilities, no prediction is 'wrong'")
+
     def label_issues(self, targets: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(label-quality score, lower is worse; flagged by confident learning) per sample."""
         raise CvtoolError(f"task {self.name}: targets are not class labels, there are no label errors to rank")

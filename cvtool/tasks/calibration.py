@@ -76,6 +76,12 @@ class SoftmaxCalibration:
         """(confidence, correct) per sample: the top probability and whether its class is right."""
         return outputs.max(axis=1).astype(np.float64), outputs.argmax(axis=1) == np.asarray(targets).reshape(-1)
 
+    def confident_errors(self, targets: np.ndarray, outputs: np.ndarray, threshold: object = 0.5) -> np.ndarray:
+        """Wrongly predicted samples, the highest probability of the predicted class first."""
+        confidence, correct = self.confidence(targets, outputs)
+        wrong = np.flatnonzero(~correct)
+        return wrong[np.argsort(-confidence[wrong], kind="stable")]
+
     def calibration_scores(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
         """ECE (top label, 15 bins) and the mean negative log-likelihood of the true class."""
         labels = np.asarray(targets, np.int64).reshape(-1)
@@ -110,6 +116,15 @@ class SigmoidCalibration:
     def confidence(self, targets: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(predicted probability, is positive) for every (image, column)."""
         return np.asarray(outputs, np.float64).ravel(), np.asarray(targets, np.float64).reshape(-1) > 0.5
+
+    def confident_errors(self, targets: np.ndarray, outputs: np.ndarray, threshold: object = 0.5) -> np.ndarray:
+        """Samples with a wrong decision, the one farthest on the wrong side of its threshold first."""
+        scores = np.asarray(outputs, np.float64).reshape(len(outputs), -1)
+        cut = np.asarray(threshold, np.float64).reshape(1, -1)
+        wrong = (scores > cut) != (np.asarray(targets).reshape(scores.shape) > 0.5)
+        strength = np.where(wrong, np.abs(scores - cut), -1.0).max(axis=1)
+        rows = np.flatnonzero(strength >= 0)
+        return rows[np.argsort(-strength[rows], kind="stable")]
 
     def calibration_scores(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
         """ECE over every probability (15 bins) and the mean binary cross-entropy."""
