@@ -35,6 +35,7 @@ RAW = "NHWC uint8, any H x W; resized (bilinear, antialiased) to image_size and 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 OUTPUT_DOC = "raw model outputs; apply the task's activation (multiclass softmax, binary/multilabel sigmoid, keypoints none: x/y in [-1, 1] of the image extent)"
+CALIBRATED_DOC = "; calibrated: the graph already divides them by `temperature` (cvtool evaluate --calibrate)"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class ModelMeta:
     class_ids: list[str] | None = None  # Tiny ImageNet's wnids beside the readable class names
     resize: str = "squash"  # data.resize: squash | crop | pad (cvtool.tasks.frame)
     decode_size: int | None = None  # images are decoded at this size, then resized to image_size
+    # `cvtool evaluate --calibrate`: logits are divided by it (one value, or one per output)
+    temperature: list[float] | None = None
 
     @property
     def input_size(self) -> int:
@@ -132,4 +135,5 @@ def card_from_checkpoint(meta: Any, recipe: Any, source: str = "") -> ModelCard:
         default_threshold=float(recipe.evaluate.threshold),
         recipe_name=recipe.name, image_column=recipe.data.image_column,
         image_extension=recipe.data.image_extension, images_dir=recipe.data.images_dir, source=source,
+        output_doc=OUTPUT_DOC + (CALIBRATED_DOC if meta.temperature else ""),
     )

@@ -143,3 +143,37 @@ def keypoint_grid(panels: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str
         ax.set_title(caption, fontsize=7)
     fig.suptitle(title, fontsize=9)
     return save(fig, path)
+
+
+def reliability(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], axes: Sequence[str], title: str,
+                path: Path) -> Path:
+    """Reliability diagram: per curve label, (mean confidence, observed frequency, count) per
+    bin; points of empty bins are left out, the diagonal is perfect calibration."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "k--", alpha=0.4, label="perfectly calibrated")
+    for label, (mean, observed, counts) in curves.items():
+        kept = counts > 0
+        ax.plot(mean[kept], observed[kept], marker="o", markersize=3, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return save(fig, path)
+
+
+def image_grid(panels: Sequence[tuple[np.ndarray, str]], title: str, path: Path, columns: int = 4) -> Path:
+    """RGB images with a caption each (e.g. Grad-CAM overlays of a run's most confident errors)."""
+    plt = _plt()
+    rows = max(1, -(-len(panels) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (image, caption) in zip(axes.ravel(), panels, strict=False):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path)

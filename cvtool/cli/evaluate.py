@@ -16,6 +16,7 @@ from cvtool.cli.common import (
     QuietOpt,
     SplitOpt,
     console,
+    fail,
     handle_errors,
     is_tty,
 )
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 app = typer.Typer()
-
 
 
 @app.command("evaluate")
@@ -44,22 +44,28 @@ def evaluate(
     oof: Annotated[bool, typer.Option(
         "--oof", help="Score a fold set's out-of-fold predictions (with --tune-thresholds: tune on them).")] = False,
     weights: Annotated[str | None, typer.Option("--weights", help="Ensemble: one weight per model, e.g. 2,1,1.")] = None,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="Fit temperature scaling on val (--oof: on the OOF predictions); store it.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a checkpoint: metric table, per-class report, metrics.json, per_class.csv, plots."""
-    from cvtool.cli.render import metrics_table
+    from cvtool.cli.render import calibration_table, metrics_table
     from cvtool.evaluation.evaluate import run_evaluation
     from cvtool.runs.layout import RunDir
 
     if checkpoint == "all":
+        if calibrate:
+            fail("--checkpoint all: --calibrate needs one checkpoint")
         return _all_checkpoints(model[0], split, data, out, save_predictions, tune_thresholds, quiet)
     if oof or len(model) > 1 or RunDir(model[0]).is_fold_set():  # an ensemble, or a fold set's OOF
         from cvtool.cli.fold_tables import evaluate_folds
 
-        return evaluate_folds(model, split, checkpoint, data, weights, oof, tune_thresholds, quiet)
+        return evaluate_folds(model, split, checkpoint, data, weights, oof, tune_thresholds, quiet, calibrate)
     report = run_evaluation(model[0], split, checkpoint, data, out, save_predictions, tune_thresholds,
-                            progress=not quiet and is_tty())
+                            progress=not quiet and is_tty(), calibrate=calibrate)
     result = report.result
+    if report.calibration is not None:
+        console.print(calibration_table(report.calibration))
     if report.tuning is not None:
         console.print(tuning_table(report.tuning))
     console.print(f"checkpoint: {report.checkpoint} (epoch {report.epoch})")

@@ -49,7 +49,8 @@ def export(
     console.print(table)
     for line in (f"parity images: {report.images_from}",
                  f"input '{card.input_name}': {card.input_layout}",
-                 f"output '{card.output_name}': {card.num_outputs} raw values per image (no activation)",
+                 f"output '{card.output_name}': {card.num_outputs} raw values per image (no activation)"
+                 + (f", calibrated: divided by temperature {card.temperature}" if card.temperature else ""),
                  f"wrote {report.path} ({report.size_bytes / 1e6:.2f} MB, opset {report.opset}, {card.task}, "
                  f"{report.seconds:.1f}s)"):
         console.print(line, soft_wrap=True)

@@ -48,7 +48,7 @@ def ensemble_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
 
 
 def evaluate_folds(models: list[Path], split: str, which: str, data: Path | None, weights: str | None, oof: bool,
-                   tune: bool, quiet: bool) -> None:
+                   tune: bool, quiet: bool, calibrate: bool = False) -> None:
     """`cvtool evaluate` of an ensemble (each member and the mean) or of a fold set's oof.csv."""
     from cvtool.evaluation.ensemble import evaluate_ensemble, evaluate_oof
     from cvtool.runs.members import parse_weights
@@ -56,7 +56,11 @@ def evaluate_folds(models: list[Path], split: str, which: str, data: Path | None
     if oof:
         if len(models) != 1:
             fail("--oof: give one fold set")
-        result = evaluate_oof(models[0], tune)
+        result = evaluate_oof(models[0], tune, calibrate)
+        if result.calibration is not None:
+            from cvtool.cli.render import calibration_table
+
+            console.print(calibration_table(result.calibration))
         if result.tuned is not None:
             tuned = result.tuned
             console.print(ensemble_table(f"{tuned.metric} on the out-of-fold predictions (stored in folds.json)",
@@ -66,8 +70,9 @@ def evaluate_folds(models: list[Path], split: str, which: str, data: Path | None
         console.print(ensemble_table(f"out-of-fold: {result.images} images of {result.fold_set}",
                                      {**result.per_fold, "all folds": result.metrics}))
         return
-    if tune:
-        fail("--tune-thresholds: tune an ensemble on a fold set's out-of-fold predictions (--oof)")
+    if tune or calibrate:
+        fail("--tune-thresholds, --calibrate: tune or calibrate an ensemble on a fold set's out-of-fold "
+             "predictions (--oof)")
     result = evaluate_ensemble(models, split, which, data, parse_weights(weights), progress=not quiet and is_tty())
     console.print(ensemble_table(f"{result.split}: {result.images} images, members and their ensemble",
                                  result.columns))

@@ -8,7 +8,9 @@ from cvtool import __version__
 from cvtool.cli import (
     bench,
     data,
+    doctor,
     evaluate,
+    explain,
     export,
     lr_find,
     predict,
@@ -44,10 +46,12 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.add_typer(recipe.app, name="recipe", help="Inspect recipes.")
 app.add_typer(data.app, name="data", help="Write example datasets: real digits, synthetic sets per task.")
 app.add_typer(stats.app)
+app.add_typer(doctor.app)
 app.add_typer(train.app)
 app.add_typer(lr_find.app)
 app.add_typer(evaluate.app)
 app.add_typer(tta.app)
+app.add_typer(explain.app)
 app.add_typer(export.app)
 app.add_typer(predict.app)
 app.add_typer(report.app)

@@ -20,6 +20,22 @@ def metrics_table(title: str, columns: dict[str, dict[str, float] | None]) -> Ta
     return table
 
 
+def calibration_table(calibration: Any) -> Table:
+    """ECE and NLL before and after temperature scaling, per scored split; the caption says where
+    the temperature is stored and where the reliability diagram is."""
+    temperature = ", ".join(f"{t:.3f}" for t in calibration.temperature[:8])
+    more = f" (+{len(calibration.temperature) - 8} more)" if len(calibration.temperature) > 8 else ""
+    columns = {f"{split} {when}": values for split, pair in calibration.scores.items() for when, values in pair.items()}
+    table = metrics_table(f"calibration: temperature {temperature}{more} fitted on {calibration.fitted_on} "
+                          f"({calibration.images} images)", columns)
+    stored = calibration.stored_in
+    where = ", ".join(str(p) for p in stored[:2]) + (f" and {len(stored) - 2} more" if len(stored) > 2 else "")
+    table.caption = Text(f"stored in {where}\nreliability diagram: {calibration.diagram}", no_wrap=True,
+                         overflow="ignore")
+    table.caption_justify = "left"
+    return table
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
     if summary.get("search"):
         return search_table(summary)

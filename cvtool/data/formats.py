@@ -60,9 +60,10 @@ def read_dataset(cfg: DataConfig, task: str, seed: int) -> DatasetInfo:
     reader = READERS[cfg.format]
     names = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
     raw: dict[str, tuple] = {}
+    excluded = excluded_paths(cfg)
     for split, folder in names.items():
         if folder is not None and not (split == "val" and cfg.val_fraction is not None):
-            raw[split] = reader(cfg, folder, task)
+            raw[split] = _without(reader(cfg, folder, task), excluded)
     info = _encode(cfg, task, raw)
     if cfg.format == "tinyimagenet":
         info = replace(info, class_ids=_wnids(root))
@@ -73,6 +74,27 @@ def read_dataset(cfg: DataConfig, task: str, seed: int) -> DatasetInfo:
         if len(split) == 0:
             raise CvtoolError(f"data: split '{split.name}' has no images under {root}")
     return info
+
+
+def excluded_paths(cfg: DataConfig) -> set[Path]:
+    """The resolved paths `data.exclude` lists (empty without one)."""
+    if cfg.exclude is None:
+        return set()
+    if not cfg.exclude.is_file():
+        raise CvtoolError(f"data.exclude: file not found: {cfg.exclude}")
+    lines = [line.strip() for line in cfg.exclude.read_text(encoding="utf-8").splitlines()]
+    return {safe_join(cfg.root, line, cfg.exclude) for line in lines if line and not line.startswith("#")}
+
+
+def _without(raw: tuple, excluded: set[Path]) -> tuple:
+    """A reader's (paths, labels, names) without the excluded images."""
+    paths, labels, names = raw
+    if not excluded:
+        return raw
+    keep = [i for i, path in enumerate(paths) if Path(path).resolve() not in excluded]
+    if labels is not None:
+        labels = labels[keep] if isinstance(labels, np.ndarray) else [labels[i] for i in keep]
+    return [paths[i] for i in keep], labels, names
 
 
 def _encode(cfg: DataConfig, task: str, raw: dict[str, tuple]) -> DatasetInfo:

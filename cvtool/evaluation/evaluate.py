@@ -19,6 +19,7 @@ from cvtool.engine.accel import select_device
 from cvtool.engine.checkpoint import update_meta
 from cvtool.engine.inference import predict_split
 from cvtool.errors import CvtoolError
+from cvtool.evaluation.calibration import calibrate_run, check_calibratable
 from cvtool.evaluation.reports import per_class_table, write_predictions_csv, write_reports
 from cvtool.evaluation.results import EvalReport, EvalResult, Tuning
 from cvtool.evaluation.thresholds import check_tunable, score, tune_thresholds
@@ -142,16 +143,24 @@ def default_out_dir(checkpoint: Path, split: str) -> Path:
 def run_evaluation(target: str | Path, split: str = "test", which: str = "best",
                    data_root: str | Path | None = None, out_dir: str | Path | None = None,
                    predictions_csv: str | Path | None = None, tune: bool = False,
-                   progress: bool = False) -> EvalReport:
-    """Everything `cvtool evaluate` does: (tune), evaluate, write metrics, tables and plots."""
+                   progress: bool = False, calibrate: bool = False) -> EvalReport:
+    """Everything `cvtool evaluate` does: (calibrate), (tune), evaluate, write metrics, tables and plots."""
 
     check_split(split)
-    loaded = load_model(target, which, select_device("auto"))
+    loaded = load_model(target, which, select_device("auto"), calibrated=not calibrate)
     if tune:
         check_tunable(loaded.task, loaded.recipe.evaluate.tune_metric)
-    wanted = tuple(dict.fromkeys((split, "val", "test") if tune else (split,)))
+    if calibrate:
+        check_calibratable(loaded.task)
+    wanted = tuple(dict.fromkeys((split, "val", "test") if tune else (split, "val") if calibrate else (split,)))
     bundle = load_splits(loaded, wanted, data_root, progress)
     require_split(bundle, split)
+    folder = Path(out_dir) if out_dir is not None else default_out_dir(loaded.path, split)
+    calibration = None
+    if calibrate:  # fitted on the raw model's val outputs; `loaded` is calibrated from here on
+        require_split(bundle, "val")
+        raw = {name: evaluate_split(loaded, name, bundle=bundle) for name in dict.fromkeys(("val", split))}
+        calibration = calibrate_run(loaded, raw, folder)
     tuning, result = None, None
     if tune:
         require_split(bundle, "val")
@@ -162,9 +171,8 @@ def run_evaluation(target: str | Path, split: str = "test", which: str = "best",
         result = rescore(loaded, cached, default_threshold(loaded)) if cached is not None else None
     if result is None:
         result = evaluate_split(loaded, split, bundle=bundle)
-    folder = Path(out_dir) if out_dir is not None else default_out_dir(loaded.path, split)
     table = per_class_table(loaded.task, loaded.meta, result)
-    files = write_reports(loaded, result, table, folder, tuning)
+    files = write_reports(loaded, result, table, folder, tuning, calibration.record() if calibration else None)
     if predictions_csv is not None:
         files.append(write_predictions_csv(Path(predictions_csv), loaded.task, loaded.meta, result))
-    return EvalReport(result, table, folder, files, loaded.path, loaded.epoch, tuning)
+    return EvalReport(result, table, folder, files, loaded.path, loaded.epoch, tuning, calibration)

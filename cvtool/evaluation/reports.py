@@ -84,16 +84,18 @@ def tuning_record(tuning: Tuning) -> dict[str, Any]:
 
 
 def write_reports(loaded: LoadedModel, result: EvalResult, table: ClassTable, folder: Path,
-                  tuning: Tuning | None = None) -> list[Path]:
+                  tuning: Tuning | None = None, calibration: dict[str, Any] | None = None) -> list[Path]:
     """metrics.json, per_class.csv and the plots into `folder`; returns the files written."""
     record = {"checkpoint": str(loaded.path), "epoch": loaded.epoch, "task": loaded.task.name,
               "split": result.split, "images": len(result.outputs), "loss": result.loss,
               "thresholds": np.asarray(result.threshold).tolist(), "metrics": result.metrics,
-              "per_class": table.records(), "tuning": tuning_record(tuning) if tuning else None}
+              "per_class": table.records(), "tuning": tuning_record(tuning) if tuning else None,
+              "calibration": calibration}
     write_json(folder / "metrics.json", record)
     write_csv(folder / "per_class.csv", table.header, table.rows)
     plots = write_plots(loaded.task, loaded.meta, result, folder)
-    return [folder / "metrics.json", folder / "per_class.csv", *plots]
+    extra = [Path(calibration["diagram"])] if calibration else []
+    return [folder / "metrics.json", folder / "per_class.csv", *plots, *extra]
 
 
 def prediction_table(task: Task, meta: ModelMeta, result: EvalResult) -> tuple[list[str], list[list[Any]]]:

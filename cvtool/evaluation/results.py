@@ -45,3 +45,4 @@ class EvalReport:
     checkpoint: Path
     epoch: int
     tuning: Tuning | None = None
+    calibration: Any = None  # cvtool.evaluation.calibration.Calibration (--calibrate)

@@ -100,6 +100,9 @@ class DataConfig(Section):
     # training order: uniform (a permutation per epoch) or class-balanced draws with replacement
     sampler: Literal["uniform", "balanced", "sqrt_balanced"] = "uniform"
     duplicates: Literal["refuse", "keep"] = "refuse"  # the same image twice in one CSV
+    # a text file of images to leave out of every split: one path per line, relative to root
+    # (`cvtool doctor --fix` writes one); '#' starts a comment line
+    exclude: Path | None = None
     folds: FoldsConfig | None = None
     fold: NonNegInt | None = None  # the held-out fold of a fold run (set by --fold; it is that run's val)
 

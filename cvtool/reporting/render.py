@@ -24,6 +24,9 @@ figcaption { font-size: 0.85em; color: #555; }
 """
 
 
+PER_RUN = "Confusion matrices and ROC (best epoch), Grad-CAM of the most confident errors"
+
+
 def table_header(report: Report) -> list[str]:
     short = report.metric.split("/", 1)[1]
     return ["rank", "run", "differs from the first run", "best epoch", f"best {report.metric}",
@@ -74,7 +77,7 @@ def render_markdown(report: Report) -> str:
         lines += ["", "## Curves across runs", ""]
         lines += [f"![{f.title}]({_relative(f.path, report.markdown)})" for f in shared]
     if per_run:
-        lines += ["", "## Confusion matrices and ROC (best epoch)", ""]
+        lines += ["", f"## {PER_RUN}", ""]
         for figure in per_run:
             lines += [f"**{figure.title}**", "", f"![{figure.title}]({_relative(figure.path, report.markdown)})", ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -115,7 +118,7 @@ def render_html(report: Report) -> str:
         parts += [section_html(section) for section in report.searches]
     shared = [f for f in report.figures if f.run is None]
     per_run = [f for f in report.figures if f.run is not None]
-    for title, figures in (("Curves across runs", shared), ("Confusion matrices and ROC (best epoch)", per_run)):
+    for title, figures in (("Curves across runs", shared), (PER_RUN, per_run)):
         if figures:
             parts.append(f"<h2>{esc(title)}</h2>")
             parts += [f'<figure><img alt="{esc(f.title)}" src="{data_uri(f.path)}">'

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,23 @@ def draw_figures(runs: list[Run], metric: str, files_dir: Path) -> list[Figure]:
                     handle.write(source.read_bytes())
                 kind = "confusion matrix" if name.startswith("confusion") else "ROC"
                 figures.append(Figure(f"{run.label}: {kind}, best epoch", target, run.label))
+    return figures + error_overlays(runs, files_dir)
+
+
+def error_overlays(runs: list[Run], files_dir: Path) -> list[Figure]:
+    """Grad-CAM overlays of each run's most confident errors (with the `explain` extra)."""
+    from cvtool.evaluation.explain import INSTALL, explain_errors, require_grad_cam
+
+    try:
+        require_grad_cam()
+    except CvtoolError:
+        print(f"cvtool: report without Grad-CAM overlays of the errors: {INSTALL}", file=sys.stderr)
+        return []
+    figures = []
+    for index, run in enumerate(runs, start=1):
+        path = explain_errors(run.path, files_dir / f"{index:02d}_{_slug(run.label)}_errors.png")
+        if path is not None:
+            figures.append(Figure(f"{run.label}: Grad-CAM of the most confident errors", path, run.label))
     return figures
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.errors import CvtoolError
 from cvtool.model_card import ModelMeta
 from cvtool.models import build_model
+from cvtool.models.calibration import TemperatureScaled, unwrap_temperature
 from cvtool.recipe.load import recipe_from_dict
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.layout import resolve_checkpoint
@@ -39,8 +41,10 @@ class LoadedModel:
             return self.model(x).float()
 
 
-def load_model(target: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
-    """The model of a run dir or checkpoint, in eval mode, with its recipe and metadata."""
+def load_model(target: str | Path, which: str = "best", device: str | torch.device = "cpu",
+               calibrated: bool = True) -> LoadedModel:
+    """The model of a run dir or checkpoint, in eval mode, with its recipe and metadata; a stored
+    calibration temperature divides its logits unless `calibrated` is False."""
 
     path = resolve_checkpoint(target, which)
     payload = load_checkpoint(path)
@@ -52,8 +56,20 @@ def load_model(target: str | Path, which: str = "best", device: str | torch.devi
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
         raise CvtoolError(f"{path}: weights do not fit {recipe.model.arch}: {str(exc).splitlines()[0]}") from None
+    if calibrated and meta.temperature:
+        model = TemperatureScaled(model, meta.temperature)
+    elif meta.temperature:
+        meta = replace(meta, temperature=None)
     device = torch.device(device)
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
     return LoadedModel(model, recipe, get_task(meta.task), meta, path, int(payload.get("epoch", 0)),
                        amp_dtype(device, recipe.train.amp), channels_last)
+
+
+def set_temperature(loaded: LoadedModel, temperature: Sequence[float]) -> None:
+    """Calibrate a loaded model in place (the network itself is kept, any old temperature dropped)."""
+    network = unwrap_temperature(loaded.model)
+    device = next(network.parameters()).device
+    loaded.model = TemperatureScaled(network, temperature).to(device).eval()
+    loaded.meta = replace(loaded.meta, temperature=[float(t) for t in temperature])

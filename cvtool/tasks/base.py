@@ -158,3 +158,37 @@ class Task(ABC):
     def sampling_groups(self, targets: np.ndarray, num_outputs: int) -> np.ndarray:
         """The class each training sample counts for in class-balanced sampling (0..groups-1)."""
         raise CvtoolError(f"task {self.name}: targets have no classes to balance")
+
+    # Trust: calibration (tasks/calibration.py), label errors (tasks/label_issues.py), Grad-CAM targets.
+    calibrates: bool = False  # outputs are probabilities that temperature scaling can calibrate
+    reliability_axes: tuple[str, str] = ("", "")  # what a reliability diagram bins, what it counts
+
+    def fit_temperature(self, targets: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+        """The temperatures (one, or one per output) minimizing the NLL of `outputs`."""
+        raise CvtoolError(f"task {self.name}: its outputs are not probabilities, there is nothing to calibrate")
+
+    def calibrate(self, outputs: np.ndarray, temperature: np.ndarray) -> np.ndarray:
+        """Activated outputs -> the activation of logits / temperature."""
+        raise CvtoolError(f"task {self.name}: its outputs are not probabilities, there is nothing to calibrate")
+
+    def calibration_scores(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+        """{"ece": expected calibration error, "nll": mean negative log-likelihood}."""
+        raise CvtoolError(f"task {self.name}: its outputs are not probabilities, there is nothing to calibrate")
+
+    def confidence(self, targets: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(confidence, correct) pairs a reliability diagram bins."""
+        raise CvtoolError(f"task {self.name}: its outputs are not probabilities, there is nothing to calibrate")
+
+    def confident_errors(self, targets: np.ndarray, outputs: np.ndarray, threshold: Any = 0.5) -> np.ndarray:
+        """Indices of the wrong predictions, the most confident first."""
+        raise CvtoolError(f"task {self.name}: its outputs are not class probabilities, no prediction is 'wrong'")
+
+    def label_issues(self, targets: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(label-quality score, lower is worse; flagged by confident learning) per sample."""
+        raise CvtoolError(f"task {self.name}: targets are not class labels, there are no label errors to rank")
+
+    def explain_target(self, outputs: np.ndarray, class_index: int | None,
+                       threshold: float = 0.5) -> tuple[int, float, int]:
+        """Grad-CAM of one sample: (output column, sign, class explained); the top class when
+        `class_index` is None. CAM follows sign x output[column]."""
+        raise CvtoolError(f"task {self.name}: outputs are not class scores, there is no class to explain")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from cvtool.tasks.base import Task, sigmoid, softmax
+from cvtool.tasks.calibration import SigmoidCalibration, SoftmaxCalibration
+from cvtool.tasks.label_issues import multi_label_issues, single_label_issues
 from cvtool.tasks.losses import cross_entropy, sigmoid_loss
 from cvtool.tasks.meters import ConfusionMeter, LabelMeter
 from cvtool.tasks.reports import label_table, multiclass_table, positive_table
@@ -43,9 +45,13 @@ class _Classes(Task):
     has_classes = True
     mixable = True
 
+    def explain_target(self, outputs, class_index, threshold=0.5):
+        chosen = int(np.argmax(outputs)) if class_index is None else class_index
+        return chosen, 1.0, chosen
 
-class _Sigmoid:
-    """One independent probability per output (binary, multi-label)."""
+
+class _Sigmoid(SigmoidCalibration):
+    """One independent probability per output (binary, multi-label), a temperature for each."""
 
     activation = "sigmoid"
     one_label_per_image: bool
@@ -75,8 +81,15 @@ class _OneClassPerImage(_Classes):
     def sampling_groups(self, targets, num_outputs):
         return np.asarray(targets, np.int64)
 
+    def class_probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """N x classes probabilities (binary: its one output is the positive class)."""
+        return outputs
 
-class Multiclass(_OneClassPerImage):
+    def label_issues(self, targets, outputs):
+        return single_label_issues(targets, self.class_probabilities(outputs))
+
+
+class Multiclass(SoftmaxCalibration, _OneClassPerImage):
     name = "multiclass"
     activation = "softmax"
     default_monitor = "val/accuracy"
@@ -185,6 +198,15 @@ class Binary(_Sigmoid, _OneClassPerImage):
         cut = float(np.asarray(threshold, np.float64).reshape(-1)[0])
         return [class_names[int(p > cut)] for p in outputs.reshape(-1)]
 
+    def class_probabilities(self, outputs):
+        positive = np.asarray(outputs, np.float64).reshape(-1, 1)
+        return np.hstack([1.0 - positive, positive])
+
+    def explain_target(self, outputs, class_index, threshold=0.5):
+        """One logit: the positive class follows it, the negative class its negation."""
+        chosen = int(float(np.reshape(outputs, -1)[0]) > threshold) if class_index is None else class_index
+        return 0, 1.0 if chosen == 1 else -1.0, chosen
+
 
 class Multilabel(_Sigmoid, _Classes):
     name = "multilabel"
@@ -263,6 +285,9 @@ class Multilabel(_Sigmoid, _Classes):
 
     def target_labels(self, targets, class_names):
         return _tags(targets > 0.5, class_names)
+
+    def label_issues(self, targets, outputs):
+        return multi_label_issues(targets, outputs)
 
 
 def _tags(flags: np.ndarray, class_names: list[str]) -> list[str]:
