@@ -49,9 +49,10 @@ bench: install
 	$(CVTOOL) bench predict $(BENCH_DIR)/resnet18.onnx --images data/bench-64/test
 	$(CVTOOL) bench predict $(BENCH_DIR)/efficientnet_b0.onnx --images data/bench-64/test
 
-# Issue 17: the CUDA paths on one GPU in at most 8 minutes (tests/test_gpu.py, `cvtool bench train`
-# for resnet18 64 px and efficientnet_b0 224 px, one summary table); without CUDA the tests skip and
-# it says so. It runs under GPU_PYTHON (the GPU machine's python3, not .venv); packages that machine
+# The CUDA paths on one GPU in at most 8 minutes (tests/test_gpu.py, `cvtool bench train` for
+# resnet18 64 px and efficientnet_b0 224 px through the loader and on_device, the side-by-side run
+# with timm's train.py when .bench/timm holds it, one summary table); without CUDA the tests skip
+# and it says so. It runs under GPU_PYTHON (the GPU machine's python3, not .venv); packages that machine
 # lacks come from the wheels `make gpu-wheels` saves into GPU_WHEELS.
 GPU_PYTHON ?= python3
 GPU_WHEELS ?= .whl
@@ -59,8 +60,10 @@ GPU_WHEELS ?= .whl
 GPU_WHEEL_PINS ?= pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
   typing-extensions==4.16.0
 
+GPU_CHECK_ARGS ?= --side-by-side
+
 gpu-check:
-	GPU_PYTHON=$(GPU_PYTHON) GPU_WHEELS=$(GPU_WHEELS) scripts/gpu_check.sh
+	GPU_PYTHON=$(GPU_PYTHON) GPU_WHEELS=$(GPU_WHEELS) scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 gpu-wheels:
 	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -342,6 +342,8 @@ def main() -> int:
     verdict = judge(timm, cvtool, args.top1_slack)
     if args.json:
         settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+        timm_version = re.search(r"__version__ = '(.*?)'", (TIMM_SOURCE / "timm" / "version.py").read_text())
+        settings["timm_source_version"] = timm_version[1] if timm_version else "?"
         report = {"settings": settings, "data_seconds": data_s, "timm": timm, "cvtool": cvtool, "verdict": verdict,
                   "runs": records, "total_seconds": time.perf_counter() - started}
         args.json.write_text(json.dumps(report, indent=2))

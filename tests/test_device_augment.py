@@ -202,3 +202,39 @@ def test_a_non_finite_loss_found_after_the_epoch_names_its_batch() -> None:
     _check_finite([torch.tensor(1.0), torch.tensor(2.0)], epoch=3)
     with pytest.raises(NonFiniteLoss, match="loss is nan at epoch 3, batch 2"):
         _check_finite([torch.tensor(1.0), torch.tensor(float("nan")), torch.tensor(float("inf"))], epoch=3)
+
+
+def test_a_compiled_model_trains(synthetic, make_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile's real wrapper (dynamo's eager backend: no C++ build on a test machine). Its
+    truth value asks the wrapped model's len(), which models do not have: caught on an H200."""
+    import functools
+
+    from cvtool.runs.launch import run_recipe
+    from cvtool.runs.recipes import load_recipe
+    from cvtool.runs.step import build_session, build_step
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=60, size=16), train={"compile": True}))
+    step = build_step(build_session(recipe, quiet=True), steps=4, batch=8)
+    assert isinstance(step.forward, torch._dynamo.eval_frame.OptimizedModule) and step.forward is not step.model
+    summary = run_recipe(recipe, tmp_path / "run", quiet=True)
+    assert summary["epochs_run"] == 1 and np.isfinite(summary["val"]["loss"])
+
+
+@pytest.mark.parametrize("name", ["bilinear", "NEAREST"])
+def test_interpolation_names_become_torchvisions_enum(name: str) -> None:
+    """torchvision up to 0.26 keeps a string as given and its affine kernel refuses it."""
+    from torchvision.transforms import InterpolationMode
+
+    from cvtool.data.transforms import build_transform
+
+    built = build_transform({"RandomAffine": {"degrees": 10, "interpolation": name}}, "augment[0]")
+    assert built.interpolation == InterpolationMode(name.lower())
+
+
+def test_an_unknown_interpolation_is_one_line() -> None:
+    from cvtool.data.transforms import build_transform
+    from cvtool.errors import CvtoolError
+
+    with pytest.raises(CvtoolError, match=r"augment\[0\]\.RandomAffine\.interpolation: expected one of .*bilinear"):
+        build_transform({"RandomAffine": {"degrees": 10, "interpolation": "bilnear"}}, "augment[0]")

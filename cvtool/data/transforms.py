@@ -59,10 +59,24 @@ def build_transform(spec: Any, where: str) -> Any:
             raise CvtoolError(f"{where}.{name}.transforms: must be a list of transforms")
         kwargs["transforms"] = [build_transform(t, f"{where}.{name}.transforms[{i}]") for i, t in enumerate(inner)]
     kwargs = {k: tuple(v) if isinstance(v, list) and k != "transforms" else v for k, v in kwargs.items()}
+    if isinstance(kwargs.get("interpolation"), str):
+        kwargs["interpolation"] = _interpolation(kwargs["interpolation"], f"{where}.{name}.interpolation")
     try:
         return getattr(_v2(), name)(**kwargs)
     except (TypeError, ValueError) as exc:
         raise CvtoolError(f"{where}.{name}: {str(exc).splitlines()[0]}") from None
+
+
+def _interpolation(value: str, where: str) -> Any:
+    """A recipe's `interpolation: bilinear` as torchvision's enum: torchvision up to 0.26 stores
+    the string as given and its kernels then refuse it."""
+    from torchvision.transforms import InterpolationMode
+
+    try:
+        return InterpolationMode(value.lower())
+    except ValueError:
+        choices = ", ".join(mode.value for mode in InterpolationMode)
+        raise CvtoolError(f"{where}: expected one of {choices}; got {value!r}") from None
 
 
 def _check_args(name: str, kwargs: dict[str, Any], where: str) -> None:

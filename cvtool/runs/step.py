@@ -113,7 +113,8 @@ def build_step(session: Session, *, steps: int, batch: int, augment: BatchAugmen
     shape = (batch, data.channels, data.image_size, data.image_size)
     forward = compiled_forward(model, shape, device, dtype, channels_last) if wants_compile(device, train.compile) \
         else None
-    return Step(model, module, forward or model, Normalize(meta.mean, meta.std, data.image_size).to(device),
+    # `is None`, not `or`: a compiled module's truth value asks its model's len()
+    return Step(model, module, model if forward is None else forward, Normalize(meta.mean, meta.std, data.image_size).to(device),
                 loss_fn, optimizer, schedule, device, dtype, scaler, channels_last, ema, augment,
                 build_mixer(recipe.augment_batch, recipe.seed, session.task, meta.num_outputs, dist.rank if dist else 0),
                 train.accumulate, train.grad_clip, train.max_batches, _train_mode, stop or _never)
