@@ -24,6 +24,7 @@ from cvtool.engine.checkpoint import (
     training_payload,
 )
 from cvtool.engine.cpu import cpu_runtime
+from cvtool.engine.inference import split_loader
 from cvtool.engine.loop import Step, batch_sizes, train_one_epoch, updates_per_epoch
 from cvtool.engine.runlog import RunLog
 from cvtool.engine.schedule import current_lr
@@ -77,6 +78,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
         trackers = open_loggers(recipe, run.path, resume, state.history) if session.lead and run else None
         log = RunLog(quiet or not session.lead, loggers=trackers)
         val_set = eval_dataset(session.bundle, "val", session.task, recipe.seed)
+        # once per run: rebuilt every epoch, its persistent workers would be forked anew each time
+        val_loader = split_loader(val_set, recipe.data, session.device, session.dist)
         meter = session.task.train_meter(session.meta.num_outputs, recipe.evaluate.threshold,
                                          session.bundle.splits["train"].frames)
         try:
@@ -88,11 +91,11 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
                 lr, start = current_lr(step.optimizer), time.perf_counter()
                 result = train_one_epoch(step, loader, epoch, meter, log.progress(epoch, recipe.train.epochs, len(sizes)))
                 val = split_metrics(session, step, val_set, "val", model=_evaluated(step), keep_outputs=session.lead,
-                                    epoch=epoch)
+                                    epoch=epoch, loader=val_loader)
                 row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - start, 3),
                        "train/loss": result.loss, "val/loss": val["loss"],
                        **{f"train/{k}": v for k, v in result.metrics.items()},
-                       **{f"val/{k}": v for k, v in val["metrics"].items()}, **_raw_val_metrics(session, step, val_set)}
+                       **{f"val/{k}": v for k, v in val["metrics"].items()}, **_raw_val_metrics(session, step, val_set, val_loader)}
                 is_best = _end_epoch(session, step, state, row)
                 log.add(row, session.monitor, is_best, state.history)
                 _save(session, step, state, run, "best" if is_best else None, val)
@@ -141,11 +144,11 @@ def _evaluated(step: Step) -> torch.nn.Module:
     return step.model if step.ema is None else step.ema.module
 
 
-def _raw_val_metrics(session: Session, step: Step, val_set: Any) -> dict[str, float]:
+def _raw_val_metrics(session: Session, step: Step, val_set: Any, val_loader: Any) -> dict[str, float]:
     """With EMA, the raw weights' validation loss and metrics beside the EMA's (val_raw/...)."""
     if step.ema is None:
         return {}
-    raw = split_metrics(session, step, val_set, "val", keep_outputs=False)
+    raw = split_metrics(session, step, val_set, "val", keep_outputs=False, loader=val_loader)
     return {"val_raw/loss": raw["loss"], **{f"val_raw/{k}": v for k, v in raw["metrics"].items()}}
 
 
