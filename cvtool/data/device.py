@@ -17,11 +17,12 @@ import torch
 from cvtool.data.loaders import Batch
 
 
-def augment_on_device(device: torch.device, workers: int) -> bool:
+def augment_on_device(device: torch.device, workers: int, on_device: str | bool = False) -> bool:
     """Whether flips/affines run on the training device rather than in the loader: on CUDA always;
     on the CPU when the main process would run them anyway (no workers; with workers they
-    augment in parallel, the same images either way)."""
-    return device.type == "cuda" or (device.type == "cpu" and workers == 0)
+    augment in parallel, the same images either way); and with `data.on_device: true`, whose
+    batches are gathered on the device (`data.resident`) and carry their drawn plans."""
+    return device.type == "cuda" or (device.type == "cpu" and workers == 0) or on_device is True
 
 
 class DeviceFeeder:

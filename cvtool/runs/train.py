@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from rich.console import Console
 
-from cvtool.data.device import DeviceFeeder, augment_on_device
-from cvtool.data.loaders import make_loader
+from cvtool.data.device import augment_on_device
 from cvtool.data.pipeline import eval_dataset, train_dataset
+from cvtool.data.resident import training_loader
 from cvtool.data.sampling import train_sampler
 from cvtool.engine.checkpoint import (
     load_checkpoint,
@@ -119,10 +119,11 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
     return summary
 
 
-def _training_data(session: Session) -> tuple[Any, Any, DeviceFeeder]:
-    """The training set, its sampler (this rank's shard) and the loader feeding the device."""
+def _training_data(session: Session) -> tuple[Any, Any, Any]:
+    """The training set, its sampler (this rank's shard) and the batches feeding the device: from
+    the split kept on the device (`data.on_device`), else the DataLoader through DeviceFeeder."""
     recipe, dist = session.recipe, session.dist
-    defer = augment_on_device(session.device, recipe.data.num_workers)
+    defer = augment_on_device(session.device, recipe.data.num_workers, recipe.data.on_device)
     train_set = train_dataset(session.bundle, session.task, recipe.augment, recipe.seed, recipe.data.flip_pairs,
                               defer_augment=defer)
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
@@ -134,9 +135,9 @@ def _training_data(session: Session) -> tuple[Any, Any, DeviceFeeder]:
         Console(stderr=True, highlight=False).print(
             f"[yellow]cvtool: data.batch_size {batch} is larger than {where} ({len(sampler)} images): "
             f"each epoch is one batch of {len(sampler)}[/]", soft_wrap=True)
-    loader = make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
-                         drop_last=len(sampler) % batch == 1)
-    return train_set, sampler, DeviceFeeder(loader, session.device)
+    loader = training_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
+                             recipe.data.on_device, drop_last=len(sampler) % batch == 1)
+    return train_set, sampler, loader
 
 
 def _evaluated(step: Step) -> torch.nn.Module:
