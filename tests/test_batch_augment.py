@@ -85,3 +85,41 @@ def test_the_installed_torchvision_is_in_the_tested_range() -> None:
     version = tuple(int(v) for v in torchvision.__version__.split("+")[0].split(".")[:2])
     low, high = batch_augment.TESTED_TORCHVISION
     assert low <= version <= high
+
+
+def _device_constructions(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Records every `torch.tensor(data, device=...)`: on CUDA each one waits for the device."""
+    made: list[object] = []
+    plain = torch.tensor
+
+    def recorded(*args, **kwargs):
+        if kwargs.get("device") is not None:
+            made.append(kwargs["device"])
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", recorded)
+    return made
+
+
+def test_applying_a_plan_builds_no_tensor_on_the_device_from_host_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = [FLIP_AFFINE[0], {"RandomAffine": {**FLIP_AFFINE[1]["RandomAffine"], "interpolation": "nearest"}}]
+    augment = BatchAugment(build_pipeline(spec))
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (16, 3, 12, 12), np.uint8))
+    plan = augment.draw([sample_seed(1, 2, i) for i in range(16)], 12, 12)
+    assert 0 < sum(params[0] is not None for params in plan.drawn) < 16  # some rows flipped, not all
+    expected = augment.apply(images, plan)
+    made = _device_constructions(monkeypatch)
+    assert torch.equal(augment.apply(images, plan), expected)
+    assert made == []  # row indices and affine matrices: built on the host, copied with non_blocking
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("fill", [None, 0, [9.0, 0.0, 3.0]])
+def test_the_device_grid_transform_equals_torchvisions(mode: str, fill, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, apply_grid_transform, _, _ = batch_augment._private_kernels()
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (5, 3, 10, 10), np.uint8))
+    grid = torch.rand(5, 10, 10, 2, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2  # partly outside
+    expected = apply_grid_transform(images, grid, mode, fill)
+    made = _device_constructions(monkeypatch)
+    assert torch.equal(batch_augment.grid_transform(images, grid, mode, fill), expected)
+    assert made == []

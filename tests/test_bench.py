@@ -25,15 +25,20 @@ def rows(output: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines() if line.startswith("│")]
 
 
-def test_bench_train_prints_loader_ceiling_and_ratio(synthetic, make_recipe, tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_device", ["false", "true"])
+def test_bench_train_prints_loader_ceiling_and_ratio(on_device: str, synthetic, make_recipe, tmp_path: Path) -> None:
     recipe = make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), data={"batch_size": 8},
                          augment=FLIP_AFFINE)
     result = runner.invoke(app, ["bench", "train", str(recipe), "--steps", "2", "--warmup", "1", "--rounds", "1",
-                                 "--target", "0.9", "--set", "seed=3", "--json", str(tmp_path / "bench.json")])
+                                 "--target", "0.9", "--set", "seed=3", "--set", f"data.on_device={on_device}",
+                                 "--json", str(tmp_path / "bench.json")])
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert [f["name"] for f in saved["figures"]] == ["real loader", "compute ceiling (one fixed batch)",
-                                                     "real loader / ceiling"]
+                                                     "real loader / ceiling", "device-resident training split"]
+    assert saved["figures"][3]["measured"] is (on_device == "true")  # which path was measured
+    assert saved["notes"][0].startswith("data path: " + ("the training split kept on the device" if on_device == "true"
+                                                         else "DataLoader (0 workers)"))
     assert saved["figures"][2]["target"] == 0.9 and saved["figures"][0]["unit"] == "images/s"
     table = {row[0]: row[1:] for row in rows(result.output)}
     assert table["real loader"][0].endswith("images/s")

@@ -70,6 +70,30 @@ def test_a_deferred_plan_travels_with_its_batch_to_a_worker_and_back(synthetic, 
     assert torch.equal(applied, torch.stack([deferred[key][0] for key in [(1, 4), (1, 9), (2, 4)]]))
 
 
+def test_the_loaders_pin_thread_pins_a_batch_and_keeps_its_plan(synthetic, make_recipe, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA the DataLoader pins deferred batches in its pin thread (torch's `pin_memory` function
+    calls `Batch.pin_memory`), not DeviceFeeder on the training thread. Pinning needs CUDA: here
+    `Tensor.pin_memory` is a stand-in that marks what it returns."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    _, _, deferred = _train_set(synthetic, make_recipe, tmp_path, defer=True)
+    loader = make_loader(deferred, 8, EpochSampler(len(deferred), 0, True), 2, torch.device("cuda"))
+    assert loader.pin_memory
+    pinned: list[torch.Tensor] = []
+
+    def fake_pin(tensor: torch.Tensor, *_, **__) -> torch.Tensor:
+        pinned.append(tensor.clone())
+        return pinned[-1]
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    batch = deferred.__getitems__([(1, 4), (1, 9), (2, 4)])
+    result = pin_memory(batch, "cuda")  # what the pin thread runs on each batch
+    assert isinstance(result, Batch) and result.augment is batch.augment
+    assert result[0] is pinned[0] and result[1] is pinned[1] and len(pinned) == 2  # images and targets
+    assert all(torch.equal(a, b) for a, b in zip(result, batch, strict=True))
+
+
 def test_pipelines_that_cannot_be_batched_still_augment_in_the_loader(synthetic, make_recipe, tmp_path: Path) -> None:
     _, _, deferred = _train_set(synthetic, make_recipe, tmp_path, defer=True,
                                 augment=[{"ColorJitter": {"brightness": 0.3}}])

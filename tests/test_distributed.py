@@ -227,3 +227,37 @@ def test_failure_guard_reraises_the_first_failure_only() -> None:
     assert stopped.value.code == 1
     with failure_guard(None), pytest.raises(ValueError):
         raise ValueError("no dist: untouched")
+
+
+@pytest.mark.parametrize("mine", [3, 0])  # rank 0 holds 3 samples, or none (more ranks than samples)
+def test_gather_sends_outputs_as_padded_tensors_not_pickles(mine: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0's side of a two-rank gather, rank 1 (one sample) played by stand-ins for the collectives:
+    the outputs go through all_gather as tensors padded to the largest shard; only counts, losses and
+    layouts are pickled."""
+    from cvtool.engine.distributed import Dist
+
+    ours = (np.arange(mine * 2, dtype=np.float32).reshape(mine, 2) if mine else np.zeros((0, 0), np.float32),
+            np.arange(mine, dtype=np.int64) if mine else np.zeros((0,), np.float32), np.arange(mine, dtype=np.int64))
+    theirs = (np.array([[5.0, 6.0]], np.float32), np.array([2], np.int64), np.array([7], np.int64))
+    pickled, sent = [], []
+
+    def all_gather_object(parts: list, value: object) -> None:
+        pickled.append(value)
+        parts[:] = [value, (1, 0.5, [(a.shape[1:], a.dtype.str) for a in theirs])]
+
+    def all_gather(parts: list[torch.Tensor], tensor: torch.Tensor) -> None:
+        sent.append(tensor.shape)
+        padded = np.zeros(tuple(tensor.shape), tensor.numpy().dtype)
+        padded[:1] = theirs[len(sent) - 1]
+        parts[0].copy_(tensor)
+        parts[1].copy_(torch.from_numpy(padded))
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(torch.distributed, "all_gather", all_gather)
+    logits, targets, indices, loss = Dist(0, 0, 2, torch.device("cpu")).gather(*ours, loss=1.5)
+    assert not any(isinstance(item, np.ndarray) for value in pickled for item in value)  # no outputs pickled
+    assert sent == [(max(mine, 1), 2), (max(mine, 1),), (max(mine, 1),)]
+    np.testing.assert_array_equal(logits, np.concatenate([ours[0].reshape(mine, 2), theirs[0]]))
+    np.testing.assert_array_equal(targets, np.concatenate([ours[1].astype(np.int64), theirs[1]]))
+    np.testing.assert_array_equal(indices, np.concatenate([ours[2], theirs[2]]))
+    assert targets.dtype == np.int64 and loss == pytest.approx((1.5 * mine + 0.5) / (mine + 1))

@@ -1,7 +1,9 @@
 """CUDA-only paths, skipped on machines without CUDA (`make gpu-check` runs them on a GPU):
 bf16 and fp16 (with loss scaling) training, channels_last, torch.compile, DDP over nccl with one
 process, resume on the GPU, export of a CUDA-trained checkpoint, onnxruntime's CUDA provider,
-device-side augmentation and the side-stream feeder, `bench train` on CUDA."""
+device-side augmentation and the side-stream feeder, `bench train` on CUDA; steps that never wait for the
+device (sync debug mode "error") on the loader and on the device-resident split (`data.on_device`),
+which trains like the loader; the loader's pin thread keeps each batch's drawn plan."""
 
 from __future__ import annotations
 
@@ -221,3 +223,129 @@ def test_bench_train_on_cuda_reports_the_ceiling_and_peak_memory(synthetic, make
     figures = {figure.name: figure.measured for figure in report.figures}
     assert figures["compute ceiling (device-resident random batch)"] > 0
     assert figures["real loader"] > 0 and 0 < figures["peak GPU memory"] < 100
+
+
+# ---- the data path never waits for the device ----------------------------------------------------
+
+SYNC_STEPS = 20  # guarded training steps per path
+
+
+class SyncChecked:
+    """`source`'s batches with CUDA's sync debug mode at "error" while they are fetched and trained
+    on: anything that makes the host wait for the device (`.item()`, a blocking copy,
+    `torch.tensor(..., device=cuda)`) raises. The mode goes back off after `steps` batches, before
+    train_one_epoch's one read at the epoch's end (the loss sum and its finite check).
+
+    The fetch is inside the guard on purpose: DeviceFeeder's copies and the resident split's gather are
+    part of the promise. The DataLoader runs with num_workers=0, so it pins in this thread (through
+    `Batch.pin_memory`) and no pin thread of torch's own runs beside the steps while the process-wide
+    mode is on: only what the epoch itself runs can trigger it."""
+
+    def __init__(self, source, steps: int) -> None:
+        self.source, self.steps = source, steps
+        self.loader = getattr(source, "loader", source)  # the DataLoader, whose length batch_sizes reads
+
+    def __iter__(self):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for i, batch in enumerate(self.source):
+                yield batch
+                if i + 1 == self.steps:
+                    return
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_training_steps_never_wait_for_the_device(on_device: bool, synthetic, make_recipe, tmp_path: Path) -> None:
+    import itertools
+
+    from cvtool.data.loaders import EpochSampler
+    from cvtool.data.pipeline import train_dataset
+    from cvtool.data.resident import is_resident, training_loader
+    from cvtool.engine.loop import train_one_epoch
+    from cvtool.runs.recipes import load_recipe
+    from cvtool.runs.step import build_session, build_step
+
+    recipe = load_recipe(make_recipe(
+        tmp_path, synthetic("multiclass", n=960, size=32), augment=FLIP_AFFINE, augment_batch=[{"MixUp": {"alpha": 0.2}}],
+        model={"arch": "resnet18"}, data={"image_size": 32, "batch_size": 32, "num_workers": 0, "on_device": on_device},
+        train={**CUDA_TRAIN, "epochs": 1, "max_batches": SYNC_STEPS, "ema": {"decay": 0.99}}))
+    session = build_session(recipe, quiet=True)
+    train_set = train_dataset(session.bundle, session.task, recipe.augment, recipe.seed, defer_augment=True)
+    sampler = EpochSampler(len(train_set), recipe.seed, True)
+    sampler.set_epoch(1)
+    loader = training_loader(train_set, 32, sampler, 0, session.device, on_device, drop_last=True)
+    assert is_resident(loader) is on_device and len(loader) >= SYNC_STEPS
+    step = build_step(session, steps=len(loader), batch=32, augment=train_set.batched)
+    assert step.augment is not None and step.mix is not None and step.ema is not None and step.forward is step.model
+    # two steps first, unguarded: one-time set-up (cuDNN autotuning, cuBLAS handles, pinned-memory pool)
+    train_one_epoch(step, list(itertools.islice(loader, 2)), 1)
+    result = train_one_epoch(step, SyncChecked(loader, SYNC_STEPS), 1)
+    assert result.images == SYNC_STEPS * 32 and np.isfinite(result.loss)
+
+
+def test_on_device_gives_the_loaders_metrics_on_cuda(synthetic, make_recipe, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    data = synthetic("multiclass", n=80, size=16)
+    runs = []
+    for on_device in ("false", "true"):
+        recipe = make_recipe(tmp_path, data, name=f"on-{on_device}", augment=FLIP_AFFINE,
+                             augment_batch=[{"MixUp": {"alpha": 0.4, "p": 0.7}}], model={"dropout": 0.3, "blocks": [8, 16]},
+                             optim={"name": "adam", "lr": 0.01},
+                             train={**CUDA_TRAIN, "epochs": 3, "amp": "none", "cudnn_benchmark": False})
+        runs.append(_history(_train(tmp_path, recipe, f"run-{on_device}", "--set", f"data.on_device={on_device}")))
+    loader, resident = runs
+    assert [list(row) for row in loader] == [list(row) for row in resident] and len(loader) == 3
+    np.testing.assert_allclose([[float(v) for v in row.values()] for row in resident],
+                               [[float(v) for v in row.values()] for row in loader], rtol=1e-5, atol=1e-7)
+
+
+def test_resident_batches_on_cuda_equal_the_loaders(synthetic, make_recipe, tmp_path: Path) -> None:
+    from cvtool.data.loaders import EpochSampler
+    from cvtool.data.pipeline import prepare_data, train_dataset
+    from cvtool.data.resident import is_resident, training_loader
+    from cvtool.runs.recipes import load_recipe
+    from cvtool.tasks import get_task
+
+    recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), augment=FLIP_AFFINE))
+    dataset = train_dataset(prepare_data(recipe.data, get_task("multiclass"), recipe.seed, ("train",), progress=False),
+                            get_task("multiclass"), recipe.augment, recipe.seed, defer_augment=True)
+    sampler = EpochSampler(len(dataset), 3, True)
+    sampler.set_epoch(2)
+    device = torch.device("cuda")
+    loader, resident = (training_loader(dataset, 8, sampler, 0, device, on) for on in (False, True))
+    assert is_resident(resident) and not is_resident(loader)
+    pairs = list(zip(loader, resident, strict=True))
+    assert len(pairs) > 1
+    for want, got in pairs:
+        assert got[0].device.type == "cuda" and got[1].device.type == "cuda" and got[2].device.type == "cpu"
+        assert torch.equal(got[0].cpu(), want[0].cpu()) and torch.equal(got[1].cpu(), want[1].cpu())
+        assert torch.equal(got[2], want[2]) and got.augment.drawn == want.augment.drawn
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_pins_deferred_batches_and_keeps_their_plans(workers: int, synthetic, make_recipe,
+                                                                tmp_path: Path) -> None:
+    from cvtool.data.loaders import Batch, EpochSampler, make_loader
+    from cvtool.data.pipeline import prepare_data, train_dataset
+    from cvtool.runs.recipes import load_recipe
+    from cvtool.tasks import get_task
+
+    recipe = load_recipe(make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), augment=FLIP_AFFINE))
+    dataset = train_dataset(prepare_data(recipe.data, get_task("multiclass"), recipe.seed, ("train",), progress=False),
+                            get_task("multiclass"), recipe.augment, recipe.seed, defer_augment=True)
+    sampler = EpochSampler(len(dataset), 0, True)
+    sampler.set_epoch(1)
+    loader = make_loader(dataset, 8, sampler, workers, torch.device("cuda"))
+    assert loader.pin_memory
+    keys = list(sampler)
+    seen = 0
+    for batch in loader:  # workers > 0: pinned by torch's pin thread; 0: by the loader in this thread
+        assert isinstance(batch, Batch) and batch[0].is_pinned() and batch[1].is_pinned()
+        expected = dataset.__getitems__(keys[seen:seen + len(batch[2])])
+        assert batch.augment is not None and batch.augment.drawn == expected.augment.drawn
+        assert torch.equal(batch[0], expected[0]) and torch.equal(batch[2], expected[2])
+        seen += len(batch[2])
+    assert seen == len(dataset)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,28 @@ def test_same_seed_twice_and_resume_give_identical_metrics(synthetic, make_recip
     assert len(history(tmp_path / "c")) == 2
     train("--resume", str(tmp_path / "c"))
     assert history(tmp_path / "a") == history(tmp_path / "c")
+
+
+def test_fit_builds_the_val_loader_once_per_run(synthetic, make_recipe, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rebuilt every epoch, the val loader's persistent workers were forked anew each time (from a
+    CUDA parent on a GPU). With EMA the raw weights are validated on the same loader too."""
+    from cvtool.data import loaders
+
+    built: list[str] = []
+    plain = loaders.make_loader
+
+    def counted(dataset, *args, **kwargs):
+        built.append(dataset.split.name)
+        return plain(dataset, *args, **kwargs)
+
+    for module in [m for name, m in sys.modules.items() if name.startswith("cvtool.")]:
+        if getattr(module, "make_loader", None) is plain:  # every module that imported it
+            monkeypatch.setattr(module, "make_loader", counted)
+    recipe = make_recipe(tmp_path, synthetic("multiclass", n=80, size=16), train={"epochs": 3, "ema": {"decay": 0.9}})
+    summary = run_recipe(load_recipe(recipe), tmp_path / "run", quiet=True)
+    assert summary["epochs_run"] == 3 and len(history(tmp_path / "run")) == 3
+    assert built.count("val") == 1 and built.count("train") == 1
 
 
 def test_schedules_warmup_and_phases_drive_the_lr(synthetic, make_recipe, tmp_path: Path) -> None:

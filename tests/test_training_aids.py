@@ -115,6 +115,29 @@ def test_mixed_multiclass_targets_sum_to_one_and_match_torchvision() -> None:
     assert names == {"MixUp", "CutMix"}
 
 
+def test_mixing_seeds_the_cpu_generator_alone_and_mixes_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.manual_seed would also reseed every CUDA (and MPS, XPU) generator once per batch, which
+    fork_rng(devices=[]) does not restore; v2's MixUp/CutMix draw from the CPU generator only."""
+    seeded = []
+    for module, name in ((torch.cuda, "manual_seed_all"), (torch.mps, "manual_seed"), (torch.xpu, "manual_seed_all")):
+        monkeypatch.setattr(module, name, lambda seed, name=name: seeded.append(name))
+    task = get_task("multiclass")
+    mixer = BatchMixer([{"MixUp": MixArgs(alpha=0.4)}, {"CutMix": MixArgs(alpha=1.0)}], 3, task.dense_targets, 3)
+    images = torch.arange(4 * 1 * 4 * 4, dtype=torch.float32).view(4, 1, 4, 4) / 10
+    labels = torch.tensor([0, 1, 2, 1])
+    # computed with the implementation that seeded through torch.manual_seed: the same draws
+    expected = {0: ("MixUp", [86.77892, 12.67369, 38.27369, 63.87369], [0.02632, 0.97368, 0.0, 0.0]),
+                1: ("CutMix", [16.8, 36.0, 61.6, 87.2], [0.9375, 0.0625, 0.0, 0.0]),
+                2: ("MixUp", [63.75422, 20.34859, 45.94859, 71.5486], [0.32612, 0.67388, 0.0, 0.0]),
+                3: ("CutMix", [31.2, 31.2, 56.8, 82.4], [0.75, 0.25, 0.0, 0.0])}
+    for batch, (name, sums, first_class) in expected.items():
+        mixed, targets, used = mixer(images, labels, epoch=2, batch=batch)
+        assert used == name
+        np.testing.assert_allclose(mixed.sum(dim=(1, 2, 3)).numpy(), sums, rtol=1e-5)
+        np.testing.assert_allclose(targets[:, 0].numpy(), first_class, atol=1e-5)
+    assert seeded == []
+
+
 def test_mixed_multilabel_targets_are_convex_combinations_of_the_pair() -> None:
     task = get_task("multilabel")
     mixer = BatchMixer([{"MixUp": MixArgs(alpha=1.0, p=1.0)}], 0, task.dense_targets, 3)

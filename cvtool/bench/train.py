@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from cvtool.bench.steps import StepClock, ceiling_batch, on_cpu
-from cvtool.data.device import DeviceFeeder, augment_on_device
-from cvtool.data.loaders import EpochSampler, make_loader
+from cvtool.data.device import augment_on_device
+from cvtool.data.loaders import EpochSampler
 from cvtool.data.pipeline import train_dataset
+from cvtool.data.resident import is_resident, training_loader
 from cvtool.engine.cpu import with_cpu_runtime
 from cvtool.engine.loop import train_one_epoch
 from cvtool.errors import CvtoolError
@@ -119,13 +120,14 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
     if steps < 1 or warmup < 1 or rounds < 1:
         raise CvtoolError("--steps, --warmup and --rounds need at least 1")
     session = build_session(recipe, quiet=True)
-    defer = augment_on_device(session.device, recipe.data.num_workers)
+    defer = augment_on_device(session.device, recipe.data.num_workers, recipe.data.on_device)
     train_set = train_dataset(session.bundle, session.task, recipe.augment, recipe.seed, recipe.data.flip_pairs,
                               defer_augment=defer)
     batch = recipe.data.batch_size
     sampler = EpochSampler(len(train_set), recipe.seed, True)
-    loader = DeviceFeeder(make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
-                                      drop_last=True), session.device)
+    loader = training_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
+                             recipe.data.on_device, drop_last=True)
+    resident = is_resident(loader)  # data.on_device (`--set data.on_device=true|false` picks the path)
     if len(loader) <= warmup:
         raise CvtoolError(f"bench train: {len(loader)} full batches of {batch} per epoch; "
                           f"--warmup {warmup} leaves none to time")
@@ -149,6 +151,8 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
                  f"compiled {'yes' if step.forward is not step.model else 'no'}, "
                  f"{len(recipe.augment)} augmentations, {len(train_set)} train images, device {session.device}, "
                  f"torch threads {torch.get_num_threads()}, data.num_workers {recipe.data.num_workers}")
+    notes.insert(0, "data path: " + ("the training split kept on the device (data.on_device), batches gathered there"
+                                     if resident else f"DataLoader ({recipe.data.num_workers} workers) + DeviceFeeder"))
     notes.append(f"{rounds} rounds of {steps} timed steps (after {warmup}) per source; best block kept; "
                  f"median of the per-round ratios {paired:.3f}")
     notes.append(f"per round, loader: {', '.join(f'{v:.0f}' for v in real)} images/s; "
@@ -158,6 +162,7 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
         Figure(f"compute ceiling ({'device-resident random batch' if cuda else 'one fixed batch'})", max(ceiling),
                unit="images/s"),
         Figure("real loader / ceiling", max(real) / max(ceiling), target, unit="x"),
+        Figure("device-resident training split", resident),
     ]
     if cuda:  # GPU only
         figures.append(Figure("peak GPU memory", torch.cuda.max_memory_allocated(session.device) / 2**30,

@@ -67,7 +67,7 @@ class BatchAugment:
             if not chosen:
                 continue
             everyone = len(chosen) == len(drawn)
-            rows = None if everyone else torch.tensor(chosen, device=images.device)
+            rows = None if everyone else to_device(torch.tensor(chosen), images.device)
             picked = out if everyone else out[rows]
             name = type(leaf).__name__
             if name in FLIPS:
@@ -80,6 +80,18 @@ class BatchAugment:
                 out = out.clone() if out is images else out
                 out[rows] = moved
         return out
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small tensor built on the host, on `device` without waiting for it. `torch.tensor(data,
+    device=cuda)` and a copy from pageable memory both block the host until every queued kernel has
+    run; a copy from pinned memory with non_blocking is queued like a kernel (the caching host
+    allocator keeps the pinned block until the copy is done)."""
+    if device.type == "cpu":
+        return tensor
+    if device.type == "cuda":  # GPU only
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 class Plan:
@@ -202,7 +214,7 @@ def _affine(images: torch.Tensor, transform: Any, params: Sequence[dict[str, Any
     # _affine_grid's theta.transpose(1, 2).div_(halves) for every image at once (elementwise, so the
     # same values), then its bmm one image at a time, as there
     thetas = torch.tensor(matrices, dtype=torch.float32).view(-1, 1, 2, 3).transpose(2, 3)
-    thetas = thetas.div_(torch.tensor([0.5 * width, 0.5 * height])).to(device, non_blocking=True)
+    thetas = to_device(thetas.div_(torch.tensor([0.5 * width, 0.5 * height])), device)
     if device.type == "cpu":
         grid = torch.empty(len(params), height * width, 2)
         for i, theta in enumerate(thetas):
@@ -218,4 +230,31 @@ def _affine(images: torch.Tensor, transform: Any, params: Sequence[dict[str, Any
         sampled = torch.nn.functional.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros",
                                                   align_corners=False)
         return sampled.to(images.dtype)
-    return _apply_grid_transform(images, grid, interpolation.value, fill)
+    if device.type == "cpu":
+        return _apply_grid_transform(images, grid, interpolation.value, fill)
+    return grid_transform(images, grid, interpolation.value, fill)
+
+
+def grid_transform(images: torch.Tensor, grid: torch.Tensor, mode: str, fill: Any) -> torch.Tensor:
+    """torchvision's `_apply_grid_transform` for an N x C x H x W batch with one grid per image, the
+    same operations in the same order, except that the fill colour is built on the host and copied
+    without waiting (`to_device`): torchvision builds it with `torch.tensor(..., device=...)`, which
+    would wait for the device once per augmented batch. The CPU keeps torchvision's own."""
+    count, channels, height, width = images.shape
+    exact = images.dtype == grid.dtype
+    float_images = images if exact else images.to(grid.dtype)
+    if fill is not None:  # a channel of ones marks where the grid sampled inside the image
+        ones = torch.ones((count, 1, height, width), dtype=float_images.dtype, device=float_images.device)
+        float_images = torch.cat((float_images, ones), dim=1)
+    float_images = torch.nn.functional.grid_sample(float_images, grid, mode=mode, padding_mode="zeros",
+                                                   align_corners=False)
+    if fill is not None:
+        float_images, mask = torch.tensor_split(float_images, indices=(-1,), dim=-3)
+        mask = mask.expand_as(float_images)
+        values = fill if isinstance(fill, (tuple, list)) else [float(fill)]
+        colour = to_device(torch.tensor(values, dtype=float_images.dtype).view(1, -1, 1, 1), float_images.device)
+        if mode == "nearest":
+            float_images = torch.where(mask < 0.5, colour.expand_as(float_images), float_images)
+        else:  # mask * (image - fill) + fill: the image inside, blended into the fill at the border
+            float_images = float_images.sub_(colour).mul_(mask).add_(colour)
+    return float_images if exact else float_images.round_().to(images.dtype)

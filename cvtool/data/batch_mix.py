@@ -64,8 +64,11 @@ class BatchMixer:
         if mixer is None:
             mixer = self._built[(picked, count)] = self.classes[self.names[picked]](
                 alpha=self.alphas[picked], num_classes=count)
-        with torch.random.fork_rng(devices=[]):  # v2 draws lambda and the box from the global CPU generator
-            torch.manual_seed(self.batch_seed(epoch, batch))
+        # v2 draws lambda and the box from the global CPU generator: seed that one alone and restore it
+        # after. torch.manual_seed would also reseed every CUDA generator (fork_rng(devices=[]) does not
+        # restore those), changing dropout's draws on the device and queueing a seeding call per batch.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(self.batch_seed(epoch, batch))
             mixed, matrix = mixer(images, torch.arange(count, device=images.device))
         return mixed, matrix.to(dense.dtype) @ dense, self.names[picked]
 

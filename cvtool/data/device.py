@@ -1,8 +1,8 @@
 """Batches onto the training device ahead of the step that needs them.
 
-On CUDA the uint8 batch is pinned and copied with `non_blocking` on a side stream while the
-current step's kernels run; the step's stream waits on an event for that copy only. A uint8
-batch is a quarter of its float32 size, and augmentation and normalization then run on the
+On CUDA the uint8 batch, pinned by the DataLoader's pin thread (`Batch.pin_memory`), is copied
+with `non_blocking` on a side stream while the current step's kernels run; the step's stream
+waits on an event for that copy only. A uint8 batch is a quarter of its float32 size, and augmentation and normalization then run on the
 device (`engine.loop.Stepper.inputs`), so the CPU only gathers pixels and draws parameters.
 Elsewhere batches pass through unchanged (`.to(device)` in the step is then a no-op).
 """
@@ -17,11 +17,12 @@ import torch
 from cvtool.data.loaders import Batch
 
 
-def augment_on_device(device: torch.device, workers: int) -> bool:
+def augment_on_device(device: torch.device, workers: int, on_device: str | bool = False) -> bool:
     """Whether flips/affines run on the training device rather than in the loader: on CUDA always;
     on the CPU when the main process would run them anyway (no workers; with workers they
-    augment in parallel, the same images either way)."""
-    return device.type == "cuda" or (device.type == "cpu" and workers == 0)
+    augment in parallel, the same images either way); and with `data.on_device: true`, whose
+    batches are gathered on the device (`data.resident`) and carry their drawn plans."""
+    return device.type == "cuda" or (device.type == "cpu" and workers == 0) or on_device is True
 
 
 class DeviceFeeder:
@@ -54,6 +55,7 @@ class DeviceFeeder:
     def _copy(self, batch: Batch, stream: Any) -> tuple[Batch, Any]:  # GPU only
         images, targets, indices = batch
         with torch.cuda.stream(stream):
+            # the loader's pin thread pinned them (Batch.pin_memory); pinning here is only for other sources
             images = (images if images.is_pinned() else images.pin_memory()).to(self.device, non_blocking=True)
             targets = (targets if targets.is_pinned() else targets.pin_memory()).to(self.device, non_blocking=True)
             done = torch.cuda.Event()

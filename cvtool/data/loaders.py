@@ -147,17 +147,34 @@ class SampleDataset(torch.utils.data.Dataset):
         return image, (moved / self.size * 2.0 - 1.0).reshape(-1).astype(np.float32)
 
 
-class Batch(tuple):
-    """(uint8 images N x C x H x W, targets, indices), collated by `SampleDataset.__getitems__`;
-    `augment` is the drawn augmentation still to apply (a `batch_augment.Plan`), or None."""
+class Batch:
+    """(uint8 images N x C x H x W, targets, indices), collated by `SampleDataset.__getitems__`; it
+    unpacks and indexes like that 3-tuple. `augment` is the drawn augmentation still to apply (a
+    `batch_augment.Plan`), or None.
 
-    def __new__(cls, items: Sequence[Any], augment: Any = None) -> Batch:
-        batch = super().__new__(cls, items)
-        batch.augment = augment
-        return batch
+    Not a tuple subclass on purpose: torch's `pin_memory` rebuilds a tuple item by item (losing
+    `augment`) in the torch versions that test for tuples before they look for a `pin_memory`
+    method; any other type reaches `Batch.pin_memory` in all of them."""
 
-    def __getnewargs__(self) -> tuple[Any, ...]:
-        return (tuple(self), self.augment)
+    def __init__(self, items: Sequence[Any], augment: Any = None) -> None:
+        self.items = tuple(items)
+        self.augment = augment
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return self.items[index]
+
+    def pin_memory(self) -> Batch:
+        """The batch with its images and targets in pinned host memory and its plan kept. The
+        DataLoader's pin thread calls this (`pin_memory=True`), so the training thread only queues
+        the non_blocking copy (`data.device.DeviceFeeder`); the indices never leave the host."""
+        images, targets, indices = self.items
+        return Batch((images.pin_memory(), targets.pin_memory(), indices), self.augment)
 
 
 def _collated(batch: Batch) -> Batch:
@@ -174,8 +191,8 @@ def make_loader(dataset: SampleDataset, batch_size: int, sampler: EpochSampler, 
         sampler=sampler,
         collate_fn=_collated,
         num_workers=workers,
-        # a deferred plan would not survive the pin thread's rebuild of the tuple: DeviceFeeder pins those
-        pin_memory=device.type == "cuda" and not getattr(dataset, "defer_augment", False),
+        # pinned by the pin thread (Batch.pin_memory keeps a deferred plan), off the training thread
+        pin_memory=device.type == "cuda",
         drop_last=drop_last,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,

@@ -90,13 +90,30 @@ class Dist:
                loss: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """Every rank's outputs concatenated in rank order (on every rank), and the
         sample-weighted mean of the ranks' mean losses. Shards must not overlap (eval
-        samplers do not pad), or samples would count twice."""
-        parts: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(parts, (logits, targets, indices, float(loss)))
-        counts = [len(part[2]) for part in parts]
-        mean = sum(part[3] * count for part, count in zip(parts, counts, strict=True)) / max(sum(counts), 1)
-        return (np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts]),
-                np.concatenate([part[2] for part in parts]), float(mean))
+        samplers do not pad), or samples would count twice. The arrays travel as tensors (one
+        all_gather each, padded to the largest shard, then trimmed), not pickled; only each
+        rank's count, loss and array layout go as a small object (an empty shard has no layout)."""
+        layouts = self.gather_objects((len(indices), float(loss), [(a.shape[1:], a.dtype.str)
+                                                                   for a in (logits, targets, indices)]))
+        counts = [count for count, _, _ in layouts]
+        mean = sum(count * part_loss for count, part_loss, _ in layouts) / max(sum(counts), 1)
+        filled = next((layout for count, _, layout in layouts if count), layouts[0][2])
+        arrays = [self._gather_rows(array, counts, trailing, np.dtype(dtype))
+                  for array, (trailing, dtype) in zip((logits, targets, indices), filled, strict=True)]
+        return arrays[0], arrays[1], arrays[2], float(mean)
+
+    def _gather_rows(self, array: np.ndarray, counts: list[int], trailing: tuple[int, ...],
+                     dtype: np.dtype) -> np.ndarray:
+        """All ranks' rows of one array (`counts[r]` rows from rank r), in rank order."""
+        padded = np.zeros((max(counts), *trailing), dtype)
+        if len(array):
+            padded[:len(array)] = array
+        if not padded.size:  # nothing to send (every shard empty, or rows of width 0)
+            return np.zeros((sum(counts), *trailing), dtype)
+        mine = torch.from_numpy(padded).to(self.device)  # nccl gathers device tensors, gloo host ones
+        parts = [torch.empty_like(mine) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, mine)
+        return np.concatenate([part[:count].cpu().numpy() for part, count in zip(parts, counts, strict=True)])
 
     def gather_objects(self, value: Any) -> list[Any]:
         """Every rank's `value`, in rank order, on every rank (small objects: RNG states)."""

@@ -32,14 +32,23 @@ class SplitPrediction:
     metrics: dict[str, float]
 
 
+def split_loader(dataset: SampleDataset, data: DataConfig, device: torch.device,
+                 dist: Any = None) -> torch.utils.data.DataLoader:
+    """The loader of one split for inference: this rank's shard (no padding), in sample order.
+    Training builds its validation loader once, so its persistent workers serve every epoch."""
+    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
+    sampler = EpochSampler(len(dataset), 0, False, rank, world, pad=False)
+    return make_loader(dataset, eval_batch_size(data), sampler, data.num_workers, device)
+
+
 def predict_split(model: torch.nn.Module, normalize: torch.nn.Module, dataset: SampleDataset, task: Task,
                   data: DataConfig, device: torch.device, *, threshold: Any = 0.5, loss_fn: Any = None,
                   dtype: torch.dtype | None = None, channels_last: bool = False,
-                  dist: Any = None) -> SplitPrediction:
-    """The model on every sample of `dataset` (each rank its shard, gathered), scored when labelled."""
-    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
-    sampler = EpochSampler(len(dataset), 0, False, rank, world, pad=False)
-    loader = make_loader(dataset, eval_batch_size(data), sampler, data.num_workers, device)
+                  dist: Any = None, loader: Any = None) -> SplitPrediction:
+    """The model on every sample of `dataset` (each rank its shard, gathered), scored when labelled.
+    `loader`: `split_loader(dataset, ...)` built earlier (training validates every epoch), else built here."""
+    if loader is None:
+        loader = split_loader(dataset, data, device, dist)
     labelled = dataset.split.targets is not None
     logits, targets, indices, loss = run_inference(model, normalize, loader, device, dtype,
                                                    loss_fn if labelled else None, channels_last)

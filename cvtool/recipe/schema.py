@@ -97,6 +97,9 @@ class DataConfig(Section):
     cache: Literal["auto", "memory", "disk"] = "auto"
     cache_max_gb: PosFloat = 4.0
     on_bad_image: Literal["fail", "skip"] = "fail"
+    # the decoded training split kept on the training device, batches gathered there (data/resident.py);
+    # auto: on CUDA when it fits in a quarter of the free device memory
+    on_device: Literal["auto"] | bool = "auto"
     # training order: uniform (a permutation per epoch) or class-balanced draws with replacement
     sampler: Literal["uniform", "balanced", "sqrt_balanced"] = "uniform"
     duplicates: Literal["refuse", "keep"] = "refuse"  # the same image twice in one CSV

@@ -26,15 +26,17 @@ if TYPE_CHECKING:
 
 
 def split_metrics(session: Session, step: Step, dataset: Any, split: str, *, model: torch.nn.Module | None = None,
-                  keep_outputs: bool = True, epoch: int | None = None) -> dict[str, Any]:
-    """Loss and task metrics of `model` (default: the step's) on one split, gathered over ranks."""
+                  keep_outputs: bool = True, epoch: int | None = None, loader: Any = None) -> dict[str, Any]:
+    """Loss and task metrics of `model` (default: the step's) on one split, gathered over ranks
+    (`loader`: the split's `engine.inference.split_loader`, when the caller keeps one)."""
     from cvtool.engine.loop import NonFiniteOutputs
 
     recipe = session.recipe
     try:
         found = predict_split(step.model if model is None else model, step.normalize, dataset, session.task,
                               recipe.data, session.device, threshold=recipe.evaluate.threshold, loss_fn=step.loss_fn,
-                              dtype=step.dtype, channels_last=step.channels_last, dist=session.dist)
+                              dtype=step.dtype, channels_last=step.channels_last, dist=session.dist,
+                              loader=loader)
     except NonFiniteOutputs:
         raise NonFiniteOutputs(split, epoch) from None  # name the epoch training stopped at
     result = {"split": split, "loss": found.loss, "metrics": found.metrics}

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from rich.console import Console
 
-from cvtool.data.device import DeviceFeeder, augment_on_device
-from cvtool.data.loaders import make_loader
+from cvtool.data.device import augment_on_device
 from cvtool.data.pipeline import eval_dataset, train_dataset
+from cvtool.data.resident import training_loader
 from cvtool.data.sampling import train_sampler
 from cvtool.engine.checkpoint import (
     load_checkpoint,
@@ -24,6 +24,7 @@ from cvtool.engine.checkpoint import (
     training_payload,
 )
 from cvtool.engine.cpu import cpu_runtime
+from cvtool.engine.inference import split_loader
 from cvtool.engine.loop import Step, batch_sizes, train_one_epoch, updates_per_epoch
 from cvtool.engine.runlog import RunLog
 from cvtool.engine.schedule import current_lr
@@ -77,6 +78,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
         trackers = open_loggers(recipe, run.path, resume, state.history) if session.lead and run else None
         log = RunLog(quiet or not session.lead, loggers=trackers)
         val_set = eval_dataset(session.bundle, "val", session.task, recipe.seed)
+        # once per run: rebuilt every epoch, its persistent workers would be forked anew each time
+        val_loader = split_loader(val_set, recipe.data, session.device, session.dist)
         meter = session.task.train_meter(session.meta.num_outputs, recipe.evaluate.threshold,
                                          session.bundle.splits["train"].frames)
         try:
@@ -88,11 +91,11 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
                 lr, start = current_lr(step.optimizer), time.perf_counter()
                 result = train_one_epoch(step, loader, epoch, meter, log.progress(epoch, recipe.train.epochs, len(sizes)))
                 val = split_metrics(session, step, val_set, "val", model=_evaluated(step, session),
-                                    keep_outputs=session.lead, epoch=epoch)
+                                    keep_outputs=session.lead, epoch=epoch, loader=val_loader)
                 row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - start, 3),
                        "train/loss": result.loss, "val/loss": val["loss"],
                        **{f"train/{k}": v for k, v in result.metrics.items()},
-                       **{f"val/{k}": v for k, v in val["metrics"].items()}, **_raw_val_metrics(session, step, val_set)}
+                       **{f"val/{k}": v for k, v in val["metrics"].items()}, **_raw_val_metrics(session, step, val_set, val_loader)}
                 is_best = _end_epoch(session, step, state, row)
                 log.add(row, session.monitor, is_best, state.history)
                 _save(session, step, state, run, "best" if is_best else None, val)
@@ -116,10 +119,11 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
     return summary
 
 
-def _training_data(session: Session) -> tuple[Any, Any, DeviceFeeder]:
-    """The training set, its sampler (this rank's shard) and the loader feeding the device."""
+def _training_data(session: Session) -> tuple[Any, Any, Any]:
+    """The training set, its sampler (this rank's shard) and the batches feeding the device: from
+    the split kept on the device (`data.on_device`), else the DataLoader through DeviceFeeder."""
     recipe, dist = session.recipe, session.dist
-    defer = augment_on_device(session.device, recipe.data.num_workers)
+    defer = augment_on_device(session.device, recipe.data.num_workers, recipe.data.on_device)
     train_set = train_dataset(session.bundle, session.task, recipe.augment, recipe.seed, recipe.data.flip_pairs,
                               defer_augment=defer)
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
@@ -131,9 +135,9 @@ def _training_data(session: Session) -> tuple[Any, Any, DeviceFeeder]:
         Console(stderr=True, highlight=False).print(
             f"[yellow]cvtool: data.batch_size {batch} is larger than {where} ({len(sampler)} images): "
             f"each epoch is one batch of {len(sampler)}[/]", soft_wrap=True)
-    loader = make_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
-                         drop_last=len(sampler) % batch == 1)
-    return train_set, sampler, DeviceFeeder(loader, session.device)
+    loader = training_loader(train_set, batch, sampler, recipe.data.num_workers, session.device,
+                             recipe.data.on_device, drop_last=len(sampler) % batch == 1)
+    return train_set, sampler, loader
 
 
 def _evaluated(step: Step, session: Session) -> torch.nn.Module:
@@ -147,11 +151,11 @@ def _evaluated(step: Step, session: Session) -> torch.nn.Module:
     return step.module if step.ema is None else step.ema.module
 
 
-def _raw_val_metrics(session: Session, step: Step, val_set: Any) -> dict[str, float]:
+def _raw_val_metrics(session: Session, step: Step, val_set: Any, val_loader: Any) -> dict[str, float]:
     """With EMA, the raw weights' validation loss and metrics beside the EMA's (val_raw/...)."""
     if step.ema is None:
         return {}
-    raw = split_metrics(session, step, val_set, "val", model=step.module, keep_outputs=False)
+    raw = split_metrics(session, step, val_set, "val", model=step.module, keep_outputs=False, loader=val_loader)
     return {"val_raw/loss": raw["loss"], **{f"val_raw/{k}": v for k, v in raw["metrics"].items()}}
 
 
