@@ -256,8 +256,10 @@ class SyncChecked:
             torch.cuda.set_sync_debug_mode(0)
 
 
-@pytest.mark.parametrize("on_device", [False, True])
-def test_training_steps_never_wait_for_the_device(on_device: bool, synthetic, make_recipe, tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_device, mix", [(False, True), (True, True), (True, False)])
+def test_training_steps_never_wait_for_the_device(on_device: bool, mix: bool, synthetic, make_recipe,
+                                                  tmp_path: Path) -> None:
+    """Without MixUp the train metrics' running sums are added every step too (with MixUp none are kept)."""
     import itertools
 
     from cvtool.data.loaders import EpochSampler
@@ -268,7 +270,8 @@ def test_training_steps_never_wait_for_the_device(on_device: bool, synthetic, ma
     from cvtool.runs.step import build_session, build_step
 
     recipe = load_recipe(make_recipe(
-        tmp_path, synthetic("multiclass", n=960, size=32), augment=FLIP_AFFINE, augment_batch=[{"MixUp": {"alpha": 0.2}}],
+        tmp_path, synthetic("multiclass", n=960, size=32), augment=FLIP_AFFINE,
+        augment_batch=[{"MixUp": {"alpha": 0.2}}] if mix else [],
         model={"arch": "resnet18"}, data={"image_size": 32, "batch_size": 32, "num_workers": 0, "on_device": on_device},
         train={**CUDA_TRAIN, "epochs": 1, "max_batches": SYNC_STEPS, "ema": {"decay": 0.99}}))
     session = build_session(recipe, quiet=True)
@@ -278,11 +281,14 @@ def test_training_steps_never_wait_for_the_device(on_device: bool, synthetic, ma
     loader = training_loader(train_set, 32, sampler, 0, session.device, on_device, drop_last=True)
     assert is_resident(loader) is on_device and len(loader) >= SYNC_STEPS
     step = build_step(session, steps=len(loader), batch=32, augment=train_set.batched)
-    assert step.augment is not None and step.mix is not None and step.ema is not None and step.forward is step.model
+    assert step.augment is not None and (step.mix is not None) is mix and step.ema is not None
+    assert step.forward is step.model
+    meter = session.task.train_meter(session.meta.num_outputs, 0.5, session.bundle.splits["train"].frames)
     # two steps first, unguarded: one-time set-up (cuDNN autotuning, cuBLAS handles, pinned-memory pool)
-    train_one_epoch(step, list(itertools.islice(loader, 2)), 1)
-    result = train_one_epoch(step, SyncChecked(loader, SYNC_STEPS), 1)
+    train_one_epoch(step, list(itertools.islice(loader, 2)), 1, meter)
+    result = train_one_epoch(step, SyncChecked(loader, SYNC_STEPS), 1, meter)
     assert result.images == SYNC_STEPS * 32 and np.isfinite(result.loss)
+    assert (result.metrics == {}) is mix and (mix or 0 <= result.metrics["accuracy"] <= 1)
 
 
 def test_on_device_gives_the_loaders_metrics_on_cuda(synthetic, make_recipe, tmp_path: Path,

@@ -85,7 +85,9 @@ def compiled_forward(model: torch.nn.Module, shape: tuple[int, ...], device: tor
     model.train()
     try:
         compiled = torch.compile(model)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" \
+            else []
+        with torch.random.fork_rng(devices=cuda):
             sample = torch.randn(shape, device=device)
             if channels_last:
                 sample = sample.contiguous(memory_format=torch.channels_last)

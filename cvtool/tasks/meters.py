@@ -49,7 +49,9 @@ class ConfusionMeter(_Sums):
 
         truth = targets.reshape(-1).long()
         pairs = truth * self.classes + logits.argmax(dim=1)
-        self.add_sum("confusion", torch.bincount(pairs, minlength=self.classes * self.classes))
+        # index_add_ into a fixed size: bincount on CUDA reads the largest index back to size its output
+        counts = torch.zeros(self.classes * self.classes, dtype=torch.int64, device=logits.device)
+        self.add_sum("confusion", counts.index_add_(0, pairs, torch.ones_like(pairs)))
         if self.classes > 5:
             self.add_sum("top5", (logits.topk(5, dim=1).indices == truth[:, None]).any(dim=1).sum())
 
@@ -84,7 +86,7 @@ class LabelMeter(_Sums):
         self.add_sum("tp", tp.sum(dim=0))
         self.add_sum("fp", fp.sum(dim=0))
         self.add_sum("fn", fn.sum(dim=0))
-        self.add_sum("images", torch.tensor(float(len(truth)), device=logits.device))
+        self.add_sum("images", logits.new_full((), float(len(truth)), dtype=torch.float32))  # no host copy
         if self.tags:
             # counts are exact in float32; the ratio in float64 (MPS has none) matches scikit-learn's
             wide = torch.float32 if logits.device.type == "mps" else torch.float64
