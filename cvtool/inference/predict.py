@@ -82,9 +82,9 @@ class CheckpointPredictor:
 def open_predictor(model: str | Path | Sequence[str | Path], which: str = "best",
                    weights: Sequence[float] | None = None) -> Predictor:
     """An .onnx file -> onnxruntime (torch is not imported); anything else -> a checkpoint;
-    several models or a fold set -> their ensemble (cvtool.inference.ensemble)."""
-    from cvtool.inference.ensemble import EnsemblePredictor
-    from cvtool.runs.members import fold_set_thresholds, member_paths
+    several models or a fold set -> their ensemble (cvtool.ensembles.predictor)."""
+    from cvtool.ensembles.members import fold_set_thresholds, member_paths
+    from cvtool.ensembles.predictor import EnsemblePredictor
 
     paths = member_paths(model)
     if len(paths) > 1 or weights:

@@ -68,7 +68,7 @@ class Report:
     html: Path
     files_dir: Path
     figures: list[Figure] = field(default_factory=list)
-    searches: list[Any] = field(default_factory=list)  # reporting.search.SearchSection per search dir
+    searches: list[Any] = field(default_factory=list)  # search.report.SearchSection per search dir
 
 
 def collect_runs(run_dirs: Sequence[Path]) -> list[Run]:
@@ -89,7 +89,7 @@ def collect_runs(run_dirs: Sequence[Path]) -> list[Run]:
         if RunDir(folder).is_sweep():
             points = [(f"{_sweep_name(folder)}/{p.name}", p) for p in sweep_points(folder)]
         elif RunDir(folder).is_search():
-            from cvtool.reporting.search import search_points
+            from cvtool.search.report import search_points
 
             points = [(f"{name}/{p.name}", p) for name, p in search_points(folder)]
         elif RunDir(folder).summary.is_file():

@@ -59,8 +59,8 @@ def _check_one_task(runs: list[Run]) -> None:
 
 def add_searches(report: Report, run_dirs: Sequence[Path], files_dir: Path) -> None:
     """Each search directory's trial table and Optuna plots."""
-    from cvtool.reporting.search import search_section
     from cvtool.runs.layout import RunDir
+    from cvtool.search.report import search_section
 
     for folder in run_dirs:
         if RunDir(Path(folder)).is_search():

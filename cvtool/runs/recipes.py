@@ -25,7 +25,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     if recipe.sweep:
         expand_sweep(recipe, str(path))
     if recipe.search:
-        from cvtool.runs.search_space import corner_points, trial_recipe
+        from cvtool.recipe.search_space import corner_points, trial_recipe
 
         for point in corner_points(recipe.search):
             check_names(trial_recipe(recipe, point, str(path)), f"{path}: search.space")

@@ -1,37 +1,30 @@
-"""`cvtool evaluate` of several models (or a fold set), and of a fold set's out-of-fold predictions.
+"""`cvtool evaluate` of several models (or a fold set): each member and their ensemble side by side.
 
 Every member is evaluated on the same split of the recipe's data (a fold run's own held-out fold
 is not used here: members are scored on the recipe's val / test split), then the ensemble is the
-weighted mean of their activated outputs, as `cvtool predict` computes it. `--oof` scores
-DIR/oof.csv; with `--tune-thresholds` the thresholds are tuned on it and stored in folds.json,
-where the fold set's ensemble (predict, export) picks them up.
+weighted mean of their activated outputs, as `cvtool predict` computes it. A fold set's
+out-of-fold predictions (`--oof`) are scored by `folds/evaluate.py`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from cvtool.errors import CvtoolError
-from cvtool.evaluation.evaluate import check_split, evaluate_split, load_splits
-from cvtool.evaluation.thresholds import TunedThresholds, check_tunable, tune_thresholds
-from cvtool.fileio import write_json
-from cvtool.model_card import card_from_checkpoint
-from cvtool.runs.layout import RunDir
-from cvtool.runs.members import (
+from cvtool.ensembles.members import (
     check_agreement,
     ensemble_card,
     fold_set_thresholds,
     member_paths,
     normalized_weights,
 )
-from cvtool.runs.oof import read_oof
-from cvtool.runs.recipes import load_recipe
+from cvtool.errors import CvtoolError
+from cvtool.evaluation.evaluate import check_split, evaluate_split, load_splits
+from cvtool.model_card import card_from_checkpoint
+from cvtool.runs.layout import RunDir
 from cvtool.tasks import get_task
 
 
@@ -41,15 +34,6 @@ class EnsembleEval:
     images: int
     columns: dict[str, dict[str, float]]  # member name (and "ensemble") -> metrics
     outputs: np.ndarray  # the ensemble's activated outputs, in split order
-
-
-@dataclass
-class OofEval:
-    fold_set: Path
-    images: int
-    metrics: dict[str, float]
-    per_fold: dict[str, dict[str, float]]
-    tuned: TunedThresholds | None = None
 
 
 def evaluate_ensemble(models: Sequence[str | Path], split: str = "test", which: str = "best",
@@ -88,34 +72,3 @@ def member_name(path: Path) -> str:
     """fold_0, or the run dir's name, for a column header."""
     run = RunDir.from_checkpoint(path)
     return run.path.name if run is not None else path.name
-
-
-def evaluate_oof(fold_set: str | Path, tune: bool = False) -> OofEval:
-    """Metrics of oof.csv (overall and per fold); with `tune`, thresholds tuned on it and stored."""
-    run = RunDir(Path(fold_set))
-    if not run.is_fold_set():
-        raise CvtoolError(f"--oof: {fold_set} is not a fold set (train one with cvtool train --fold all)")
-    recipe = load_recipe(run.recipe)
-    task = get_task(recipe.task)
-    oof = read_oof(run.oof)
-    threshold: Any = np.asarray(fold_set_thresholds(fold_set) or recipe.evaluate.threshold, np.float32)
-    tuned = None
-    if tune:
-        check_tunable(task, recipe.evaluate.tune_metric)
-        tuned = tune_thresholds(oof.targets, oof.outputs, recipe.evaluate.tune_metric, recipe.evaluate.threshold)
-        threshold = tuned.per_class
-        store_thresholds(run, [float(t) for t in tuned.per_class])
-    metrics = task.metrics(oof.targets, oof.outputs, threshold, oof.sizes)
-    per_fold = {}
-    for fold in np.unique(oof.folds):
-        rows = oof.folds == fold
-        per_fold[f"fold_{fold}"] = task.metrics(oof.targets[rows], oof.outputs[rows], threshold, oof.sizes[rows])
-    return OofEval(run.path, len(oof.images), metrics, per_fold, tuned)
-
-
-def store_thresholds(run: RunDir, thresholds: list[float]) -> None:
-    if not run.folds.is_file():
-        raise CvtoolError(f"{run.path}: no {run.folds.name} (not every fold has finished)")
-    summary = json.loads(run.folds.read_text(encoding="utf-8"))
-    summary["thresholds"] = thresholds
-    write_json(run.folds, summary)
