@@ -16,7 +16,7 @@ from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.engine.inference import predict_split
 from cvtool.engine.state import TrainState
 from cvtool.fileio import atomic_open, write_csv, write_json
-from cvtool.plots import ema
+from cvtool.plots import smooth_curve
 from cvtool.runs.layout import RunDir
 from cvtool.runs.session import Session
 from cvtool.tasks import Task, higher_is_better
@@ -76,7 +76,7 @@ def finish_run(session: Session, step: Step, state: TrainState, run_dir: Path | 
 def build_summary(session: Session, state: TrainState, test: dict[str, float] | None) -> dict[str, Any]:
     monitor = session.monitor
     values = [row[monitor] for row in state.history]
-    smoothed = ema(values, session.recipe.train.smoothing)
+    smoothed = smooth_curve(values, session.recipe.train.smoothing)
     pick = np.nanargmax if higher_is_better(monitor) else np.nanargmin
     best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
     s_index = int(pick(smoothed)) if smoothed else 0
