@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typing
 
-from cvtool.data.class_stats import WEIGHT_MODES
 from cvtool.data.formats import READERS
 from cvtool.engine.optim import OPTIMIZERS
 from cvtool.engine.schedule import SCHEDULES
@@ -12,6 +11,7 @@ from cvtool.evaluation.thresholds import OBJECTIVES
 from cvtool.models.registry import OWN_ARCHS
 from cvtool.recipe import schema
 from cvtool.tasks import TASKS
+from cvtool.tasks.label_stats import WEIGHT_MODES
 
 
 def literal_names(model: type, field: str) -> set:

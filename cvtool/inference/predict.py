@@ -118,8 +118,8 @@ def predict(model: str | Path | Sequence[str | Path], images: str | Path, out: s
     check_out(out)
     predictor = open_predictor(model, which, weights)
     card, task = predictor.card, get_task(predictor.card.task)
-    if probs and not task.probabilities:
-        raise CvtoolError(f"--probs: a {task.name} model has no class probabilities (its columns are the outputs)")
+    if probs and (problem := task.check_probabilities()):
+        raise CvtoolError(f"--probs: {problem}")
     if tta and not hasattr(predictor, "tta"):
         raise CvtoolError("--tta needs the PyTorch model (run dir or .pt): TTA applies the recipe's torch "
                           "transforms; an .onnx file predicts without TTA")

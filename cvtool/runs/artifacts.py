@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,15 +122,29 @@ def write_plots(run_dir: Path, history: list[dict[str, float]], task: Task, clas
         if not run.prediction(name).is_file():
             continue
         data = load_predictions(run.prediction(name))
-        if task.confusion:
-            classes = len(class_names)
-            matrix = plots.confusion_matrix(data["targets"], data["outputs"], classes, threshold)
-            plots.confusion(matrix, class_names, f"confusion matrix, {label}", folder / f"confusion_{name[4:]}.png")
-        if task.roc and name == "val_best":
-            names = class_names if data["outputs"].shape[1] > 1 else [class_names[-1] if class_names else "positive"]
-            curves = plots.roc_curves(data["targets"], data["outputs"], names)
-            if curves:
-                plots.roc(curves, "ROC, best epoch", folder / "roc_best.png")
+        for figure in task.figures:
+            if figure in EPOCH_FIGURES:
+                EPOCH_FIGURES[figure](data, class_names, threshold, label, name, folder)
+
+
+def _epoch_confusion(data: Any, class_names: list[str], threshold: float, label: str, name: str,
+                     folder: Path) -> None:
+    matrix = plots.confusion_matrix(data["targets"], data["outputs"], len(class_names), threshold)
+    plots.confusion(matrix, class_names, f"confusion matrix, {label}", folder / f"confusion_{name[4:]}.png")
+
+
+def _epoch_roc(data: Any, class_names: list[str], threshold: float, label: str, name: str, folder: Path) -> None:
+    if name != "val_best":
+        return
+    names = class_names if data["outputs"].shape[1] > 1 else [class_names[-1] if class_names else "positive"]
+    curves = plots.roc_curves(data["targets"], data["outputs"], names)
+    if curves:
+        plots.roc(curves, "ROC, best epoch", folder / "roc_best.png")
+
+
+# the task's figures (Task.figures) a run draws from its first and best epochs' val predictions
+EPOCH_FIGURES: dict[str, Callable[[Any, list[str], float, str, str, Path], None]] = {
+    "confusion": _epoch_confusion, "roc": _epoch_roc}
 
 
 def record_sampling(sampler: Any, session: Session, run_dir: Path, epoch: int) -> None:

@@ -81,7 +81,7 @@ class Multiclass(_OneClassPerImage):
     activation = "softmax"
     default_monitor = "val/accuracy"
     default_loss = "cross_entropy"
-    confusion = True
+    figures = ("confusion",)
     losses = ("cross_entropy",)
     formats = ("folder", "csv", "tinyimagenet")
     class_weighted = True
@@ -136,8 +136,7 @@ class Binary(_Sigmoid, _OneClassPerImage):
     name = "binary"
     default_monitor = "val/auc"
     default_loss = "bce"
-    confusion = True
-    roc = True
+    figures = ("confusion", "roc")
     losses = ("bce", "focal")
     formats = ("folder",)
     thresholds = True
@@ -191,7 +190,7 @@ class Multilabel(_Sigmoid, _Classes):
     fold_stratify = "tags"
     default_monitor = "val/f1_macro"
     default_loss = "bce"
-    roc = True
+    figures = ("roc",)
     losses = ("bce", "focal")
     formats = ("csv",)
     one_label_per_image = False
