@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cvtool.evaluation.thresholds import TunedThresholds
+
+if TYPE_CHECKING:
+    from cvtool.tasks.reports import ClassTable
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Tuning:
 @dataclass
 class EvalReport:
     result: EvalResult
-    per_class: Any  # cvtool.evaluation.reports.ClassTable
+    per_class: ClassTable
     out_dir: Path
     files: list[Path]
     checkpoint: Path

@@ -8,13 +8,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from cvtool.errors import CvtoolError
 from cvtool.recipe.sweep import sweep_point_name
 from cvtool.runs.layout import RunDir
+
+if TYPE_CHECKING:
+    from cvtool.search.report import SearchSection
 
 DEFAULT_SMOOTHING = 0.6  # TensorBoard's weight the seeds read their smoothed values with
 
@@ -68,7 +71,7 @@ class Report:
     html: Path
     files_dir: Path
     figures: list[Figure] = field(default_factory=list)
-    searches: list[Any] = field(default_factory=list)  # search.report.SearchSection per search dir
+    searches: list[SearchSection] = field(default_factory=list)  # one per search dir
 
 
 def collect_runs(run_dirs: Sequence[Path]) -> list[Run]:

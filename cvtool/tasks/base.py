@@ -18,7 +18,7 @@ import numpy as np
 from cvtool.errors import CvtoolError
 from cvtool.model_card import Labels, ModelMeta
 from cvtool.tasks.label_stats import class_stats, class_weights, pos_weight
-from cvtool.tasks.reports import label_predictions, output_names
+from cvtool.tasks.reports import ClassTable, label_predictions, output_names
 
 Augment = TypeVar("Augment")
 
@@ -98,8 +98,8 @@ class Task(ABC):
         return targets
 
     @abstractmethod
-    def class_table(self, result: Any, meta: Any) -> Any:
-        """The per-class (or per-point) table of an evaluation (a tasks.reports.ClassTable)."""
+    def class_table(self, result: Any, meta: ModelMeta) -> ClassTable:
+        """The per-class (or per-point) table of an evaluation."""
 
     fold_stratify: str = "none"  # k-fold: "classes" (StratifiedKFold), "tags" (iterative) or "none" (KFold)
     activation: str = "identity"  # what `activate` applies: softmax, sigmoid or identity (ensembles invert it)
