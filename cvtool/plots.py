@@ -11,8 +11,9 @@ import numpy as np
 from cvtool.fileio import atomic_open
 
 
-def ema(values: list[float], weight: float) -> list[float]:
-    """TensorBoard's smoothing: a debiased exponential moving average (0.6 is its default weight)."""
+def smooth_curve(values: list[float], weight: float) -> list[float]:
+    """A curve smoothed as TensorBoard does: a debiased exponential moving average of the values
+    (0.6 is its default weight). Not engine/ema.py, which averages model weights."""
     smoothed, last, count = [], 0.0, 0
     for value in values:
         if not math.isfinite(value):
@@ -48,7 +49,7 @@ def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: st
     for label, (x, y) in series.items():
         if smoothing:
             line, = ax.plot(x, y, alpha=0.3)
-            ax.plot(x, ema(list(y), smoothing), color=line.get_color(), label=f"{label} (smoothed {smoothing})")
+            ax.plot(x, smooth_curve(list(y), smoothing), color=line.get_color(), label=f"{label} (smoothed {smoothing})")
         else:
             ax.plot(x, y, label=label)
     ax.set_xlabel("epoch")

@@ -105,7 +105,7 @@ def dataset(synthetic: Callable[..., dict], task: str) -> dict[str, Any]:
 
 def trained_run(factory: pytest.TempPathFactory, synthetic: Callable[..., dict], task: str) -> Path:
     """A run of the task's setup (trained once per session)."""
-    from cvtool.runs.launch import run_recipe
+    from cvtool.cli.launch import run_recipe
     from cvtool.runs.recipes import load_recipe
 
     run = shared_dir(factory) / f"run-{task}"

@@ -1,5 +1,5 @@
 """The shape of the package, kept from decaying: imports run one way with no cycles, modules stay
-small, and only cvtool/tasks/ knows the task names (README, "Architecture")."""
+small, and only cvtool/tasks/ knows the task names, classes and flags (README, "Architecture")."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cvtool.tasks import base as task_base
+
 ROOT = Path(__file__).resolve().parents[1] / "cvtool"
 
 # A package may import from packages of a lower layer, and from others of its own layer as long as
@@ -17,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1] / "cvtool"
 LAYERS = {
     "__main__": 6,
     "cli": 5,
-    "runs": 4, "evaluation": 4, "inference": 4, "reporting": 4, "bench": 4, "doctor": 4,
+    "runs": 4, "evaluation": 4, "inference": 4, "reporting": 4, "bench": 4, "search": 4, "folds": 4, "ensembles": 4,
+    "doctor": 4,
     "engine": 3, "data": 3, "models": 3,
     "recipe": 2, "tasks": 2,
     "errors": 1, "registry": 1, "fileio": 1, "plots": 1, "model_card": 1, "": 0,
@@ -138,3 +141,82 @@ def test_only_the_tasks_know_task_names() -> None:
     offenders = [f"{p.relative_to(ROOT)}:{i}" for p in ROOT.rglob("*.py") if "tasks" not in p.relative_to(ROOT).parts
                  for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
     assert offenders == []
+
+
+# A Task's bool class attributes (point_targets, thresholds, ...) describe it to cvtool/tasks/ only;
+# other packages call the Task's methods (augment_with, check_thresholds, loss_class_weights, ...).
+TASK_FLAGS = frozenset(name for name, value in vars(task_base.Task).items() if isinstance(value, bool))
+# (module, expression) branches another branch is replacing: each entry must still occur here
+PENDING: set[tuple[str, str]] = set()  # (module, branch) waiting for a Task method
+
+
+def task_classes() -> frozenset[str]:
+    found, todo = set(), [task_base.Task]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return frozenset(found)
+
+
+def names_a_task(node: ast.expr) -> bool:
+    """`task`, `self.task`, `loaded.task`, `get_task(...)`, `TASKS.get(...)`: named like a Task."""
+    if isinstance(node, ast.Name):
+        return "task" in node.id.lower()
+    if isinstance(node, ast.Attribute):
+        return "task" in node.attr.lower()
+    if isinstance(node, ast.Call):
+        func = node.func
+        return names_a_task(func) if isinstance(func, ast.Name) else (
+            isinstance(func, ast.Attribute) and names_a_task(func.value))
+    return False
+
+
+def task_branches(source: str, flags: frozenset[str], classes: frozenset[str]) -> list[tuple[int, str]]:
+    """(line, expression) of every branch on a Task: a test (if / elif / while / ternary /
+    comprehension `if` / and / or) that reads a flag of something named like a task, and every
+    `isinstance(x, <a Task class>)`."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        tests: list[ast.expr] = []
+        if isinstance(node, ast.If | ast.IfExp | ast.While):
+            tests.append(node.test)
+        elif isinstance(node, ast.BoolOp):
+            tests.append(node)
+        elif isinstance(node, ast.comprehension):
+            tests += node.ifs
+        for test in tests:
+            for sub in ast.walk(test):
+                if isinstance(sub, ast.Attribute) and sub.attr in flags and names_a_task(sub.value):
+                    found.add((sub.lineno, ast.unparse(sub)))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "isinstance" and len(node.args) == 2:
+            for sub in ast.walk(node.args[1]):
+                if getattr(sub, "id", getattr(sub, "attr", None)) in classes:
+                    found.add((node.lineno, ast.unparse(node)))
+    return sorted(found)
+
+
+def test_only_the_tasks_branch_on_a_task() -> None:
+    seen = {(str(p.relative_to(ROOT)), line, text) for p in ROOT.rglob("*.py") if "tasks" not in p.relative_to(ROOT).parts
+            for line, text in task_branches(p.read_text(encoding="utf-8"), TASK_FLAGS, task_classes())}
+    assert sorted(hit for hit in seen if (hit[0], hit[2]) not in PENDING) == []
+    assert {(path, text) for path, _, text in seen} >= PENDING, "a pending branch is gone: drop it from PENDING"
+
+
+def test_the_task_branch_checker_sees_flags_and_task_classes() -> None:
+    source = ("def f(task, loaded, name, x):\n"
+              "    if task.point_targets:\n"
+              "        pass\n"
+              "    elif loaded.task.thresholds and x:\n"
+              "        pass\n"
+              "    y = 1 if get_task(name).stratify else 0\n"
+              "    z = [n for n in TASKS.names() if TASKS.get(n).mixable]\n"
+              "    w = x or isinstance(task, Keypoints)\n"
+              "    ok = task.check_thresholds() is None and task.figures and x.point_targets\n"
+              "    keep = task.point_targets\n")
+    assert task_branches(source, frozenset({"point_targets", "thresholds", "stratify", "mixable"}),
+                         frozenset({"Keypoints"})) == [
+        (2, "task.point_targets"), (4, "loaded.task.thresholds"), (6, "get_task(name).stratify"),
+        (7, "TASKS.get(n).mixable"), (8, "isinstance(task, Keypoints)")]
+    assert {"point_targets", "thresholds", "mixable"} <= TASK_FLAGS and "name" not in TASK_FLAGS
+    assert {"Task", "Keypoints", "Multiclass", "Binary", "Multilabel"} <= task_classes()

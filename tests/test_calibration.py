@@ -152,8 +152,8 @@ def test_calibrate_refuses_keypoints_and_checkpoint_all(tmp_path_factory, synthe
 def test_oof_calibration_is_stored_in_every_fold_and_used_by_oof_scores(tmp_path_factory) -> None:
     from conftest import flipped_fold_set
 
-    from cvtool.evaluation.ensemble import evaluate_oof
-    from cvtool.runs.oof import read_oof
+    from cvtool.folds.evaluate import evaluate_oof
+    from cvtool.folds.oof import read_oof
 
     run = flipped_fold_set(tmp_path_factory)["run"]
     copy = tmp_path_factory.mktemp("oof-calibration") / "run"

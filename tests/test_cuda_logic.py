@@ -16,11 +16,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cvtool.cli.launch import run_recipe
 from cvtool.cli.main import app
 from cvtool.engine.accel import amp_dtype, grad_scaler
 from cvtool.engine.checkpoint import load_checkpoint, restore_rng, rng_state, set_rng_state
 from cvtool.engine.loop import StopRequested
-from cvtool.runs.launch import run_recipe
 from cvtool.runs.recipes import load_recipe
 
 runner = CliRunner()

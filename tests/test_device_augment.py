@@ -118,12 +118,12 @@ def test_normalize_resizes_with_antialiased_bilinear_only_when_sizes_differ() ->
 
 @pytest.mark.slow  # two exports with their parity checks
 def test_decode_size_caches_small_trains_and_exports_with_parity(synthetic, make_recipe, tmp_path: Path) -> None:
+    from cvtool.cli.launch import run_recipe
     from cvtool.data.images import decode
     from cvtool.evaluation.evaluate import evaluate_split
     from cvtool.evaluation.tta import tta_outputs
     from cvtool.inference.export import export_onnx
     from cvtool.inference.onnx_runtime import create_session
-    from cvtool.runs.launch import run_recipe
     from cvtool.runs.model import load_model
 
     recipe, bundle, _ = _train_set(synthetic, make_recipe, tmp_path, defer=True, image_size=20, decode_size=12)
@@ -149,7 +149,7 @@ def test_decode_size_caches_small_trains_and_exports_with_parity(synthetic, make
 
 def test_compile_failure_falls_back_to_eager_with_one_line(synthetic, make_recipe, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from cvtool.runs.launch import run_recipe
+    from cvtool.cli.launch import run_recipe
     from cvtool.runs.recipes import load_recipe
 
     assert not wants_compile(torch.device("cpu"), "auto") and wants_compile(torch.device("cuda"), "auto")
@@ -203,7 +203,7 @@ def test_out_of_memory_while_compiling_is_raised_not_swallowed(monkeypatch: pyte
 def test_a_failure_after_compiling_stops_the_run(synthetic, make_recipe, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the build-time trial may fall back: a later step's error is the run's error."""
-    from cvtool.runs.launch import run_recipe
+    from cvtool.cli.launch import run_recipe
     from cvtool.runs.recipes import load_recipe
 
     def compile_then_fail(model):
@@ -233,7 +233,7 @@ def test_a_compiled_model_trains(synthetic, make_recipe, tmp_path: Path, monkeyp
     truth value asks the wrapped model's len(), which models do not have: caught on an H200."""
     import functools
 
-    from cvtool.runs.launch import run_recipe
+    from cvtool.cli.launch import run_recipe
     from cvtool.runs.recipes import load_recipe
     from cvtool.runs.step import build_session, build_step
 

@@ -18,9 +18,9 @@ from cvtool.cli.main import app
 from cvtool.data.folds import assign_folds
 from cvtool.data.formats import read_dataset
 from cvtool.engine.loop import StopRequested
+from cvtool.folds.run import relative_name, run_folds
 from cvtool.inference.predict import open_predictor
 from cvtool.recipe.schema import DataConfig
-from cvtool.runs.folds import relative_name, run_folds
 from cvtool.runs.recipes import load_recipe
 from cvtool.tasks import get_task
 
@@ -206,7 +206,7 @@ def test_multilabel_fold_set_export_and_oof_thresholds(tmp_path: Path, tmp_path_
 @pytest.mark.slow
 def test_members_must_agree_and_evaluate_shows_members_beside_the_ensemble(
         tmp_path: Path, tmp_path_factory, synthetic, make_recipe) -> None:
-    from cvtool.evaluation.ensemble import evaluate_ensemble
+    from cvtool.ensembles.evaluate import evaluate_ensemble
     from cvtool.evaluation.evaluate import evaluate_split
     from cvtool.runs.model import load_model
 

@@ -95,8 +95,8 @@ def test_compile_auto_compiles_on_cuda_without_falling_back(synthetic, make_reci
 
 
 def test_ddp_over_nccl_with_one_process(synthetic, make_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvtool.cli.launch import run_recipe
     from cvtool.engine.distributed import Dist
-    from cvtool.runs.launch import run_recipe
     from cvtool.runs.recipes import load_recipe
 
     with socket.socket() as probe:
@@ -121,8 +121,8 @@ def test_ddp_over_nccl_with_one_process(synthetic, make_recipe, tmp_path: Path, 
 
 def test_resume_on_gpu_equals_an_uninterrupted_gpu_run(synthetic, make_recipe, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvtool.cli.launch import run_recipe
     from cvtool.engine.loop import StopRequested
-    from cvtool.runs.launch import run_recipe
     from cvtool.runs.recipes import load_recipe
 
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)

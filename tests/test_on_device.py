@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cvtool.cli.launch import run_recipe
 from cvtool.cli.main import app
 from cvtool.data.device import DeviceFeeder
 from cvtool.data.resident import RESIDENT_SHARE, is_resident, keep_on_device, resident_bytes, training_loader
 from cvtool.engine.loop import StopRequested, batch_sizes
 from cvtool.errors import CvtoolError
-from cvtool.runs.launch import run_recipe
 from cvtool.runs.recipes import load_recipe
 
 runner = CliRunner()

@@ -217,9 +217,9 @@ def history(run: Path) -> list[dict[str, str]]:
 
 def test_a_run_stored_by_an_older_version_evaluates_and_resumes_exactly(synthetic, make_recipe, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvtool.cli.launch import run_recipe
     from cvtool.engine.checkpoint import load_checkpoint, save_checkpoint
     from cvtool.engine.loop import StopRequested
-    from cvtool.runs.launch import run_recipe
 
     monkeypatch.setattr("cvtool.runs.artifacts.write_plots", lambda *args, **kwargs: None)  # the same for any run
     data = synthetic("multiclass", n=80, size=16)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import typing
 
-from cvtool.data.class_stats import WEIGHT_MODES
 from cvtool.data.formats import READERS
 from cvtool.engine.optim import OPTIMIZERS
 from cvtool.engine.schedule import SCHEDULES
@@ -14,6 +13,7 @@ from cvtool.models.registry import OWN_ARCHS
 from cvtool.recipe import schema, training_config
 from cvtool.recipe.training_config import variants
 from cvtool.tasks import TASKS
+from cvtool.tasks.label_stats import WEIGHT_MODES
 
 
 def literal_names(model: type, field: str) -> set:

@@ -15,10 +15,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cvtool.cli.launch import run_recipe
 from cvtool.cli.main import app
 from cvtool.engine.checkpoint import load_checkpoint, save_checkpoint
 from cvtool.errors import CvtoolError
-from cvtool.runs.launch import run_recipe
 from cvtool.runs.recipes import load_recipe
 
 runner = CliRunner()

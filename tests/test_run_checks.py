@@ -13,11 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cvtool.cli.launch import run_recipe
 from cvtool.cli.main import app
 from cvtool.engine.checkpoint import update_meta
 from cvtool.errors import CvtoolError
 from cvtool.evaluation.thresholds import tune_thresholds
-from cvtool.runs.launch import run_recipe
 from cvtool.runs.recipes import load_recipe
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cvtool.cli.launch import run_recipe
 from cvtool.cli.main import app
 from cvtool.engine.loop import StopRequested
 from cvtool.errors import CvtoolError
-from cvtool.runs.launch import run_recipe
 from cvtool.runs.recipes import load_recipe
-from cvtool.runs.search import claim_trial, counted
-from cvtool.runs.search_table import load_search
+from cvtool.search.run import claim_trial, counted
+from cvtool.search.table import load_search
 
 optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed")
 runner = CliRunner()

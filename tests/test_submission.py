@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from cvtool.cli.launch import run_recipe
 from cvtool.cli.main import app
-from cvtool.runs.launch import run_recipe
 from cvtool.runs.recipes import load_recipe
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -19,9 +19,9 @@ from sklearn.metrics import (
 )
 from typer.testing import CliRunner
 
+from cvtool.cli.launch import run_recipe
 from cvtool.cli.main import app
 from cvtool.engine.loop import StopRequested
-from cvtool.runs.launch import run_recipe
 from cvtool.runs.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

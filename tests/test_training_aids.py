@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from cvtool.cli.launch import run_recipe
 from cvtool.cli.main import app
 from cvtool.data.batch_mix import BatchMixer
 from cvtool.data.sampling import BalancedSampler
 from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.engine.loop import StopRequested
 from cvtool.recipe.schema import MixArgs
-from cvtool.runs.launch import run_recipe
 from cvtool.runs.model import load_model
 from cvtool.runs.recipes import load_recipe
 from cvtool.tasks import get_task

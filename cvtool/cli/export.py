@@ -35,7 +35,7 @@ def export(
     from cvtool.runs.layout import RunDir
 
     if model.is_dir() and RunDir(model).is_fold_set():  # one graph averaging every fold
-        from cvtool.inference.ensemble_export import export_ensemble as export_onnx  # noqa: F811
+        from cvtool.inference.export import export_ensemble as export_onnx  # noqa: F811
 
     report = export_onnx(model, onnx, which=checkpoint, opset=opset, image_size=image_size,
                          raw_input=raw_input, tolerance=tolerance)

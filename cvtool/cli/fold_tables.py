@@ -50,8 +50,9 @@ def ensemble_table(title: str, columns: dict[str, dict[str, float]]) -> Table:
 def evaluate_folds(models: list[Path], split: str, which: str, data: Path | None, weights: str | None, oof: bool,
                    tune: bool, quiet: bool, calibrate: bool = False) -> None:
     """`cvtool evaluate` of an ensemble (each member and the mean) or of a fold set's oof.csv."""
-    from cvtool.evaluation.ensemble import evaluate_ensemble, evaluate_oof
-    from cvtool.runs.members import parse_weights
+    from cvtool.ensembles.evaluate import evaluate_ensemble
+    from cvtool.ensembles.members import parse_weights
+    from cvtool.folds.evaluate import evaluate_oof
 
     if oof:
         if len(models) != 1:

@@ -46,9 +46,9 @@ def predict(
     """Predict every image and write the task's submission CSV, rows in input order."""
     from rich.markup import escape
 
+    from cvtool.ensembles.members import parse_weights
     from cvtool.inference.predict import describe_skipped
     from cvtool.inference.predict import predict as run_predict
-    from cvtool.runs.members import parse_weights
 
     with _progress(not quiet and is_tty()) as progress:
         result = run_predict(model if len(model) > 1 else model[0], images, out, which=checkpoint, batch_size=batch_size, tta=tta, columns=columns,

@@ -33,7 +33,7 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
-    from cvtool.runs.launch import RunStopped, launched, run_recipe
+    from cvtool.cli.launch import RunStopped, launched, run_recipe
     from cvtool.runs.layout import RunDir
     from cvtool.runs.recipes import load_recipe
     from cvtool.runs.sweep import default_run_dir

@@ -1,71 +1,17 @@
-"""Label statistics of a dataset (class counts, imbalance, target ranges) and the class
-weights and pos_weight the losses derive from the training counts."""
+"""The label section of `cvtool stats`, asked of the dataset's Task (`Task.label_stats`: class
+counts, imbalance and class weights, or target ranges; the numbers in tasks/label_stats.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from cvtool.data.formats import DatasetInfo
-from cvtool.errors import CvtoolError
 from cvtool.tasks import get_task
-
-WEIGHT_MODES = ("none", "inverse", "sqrt_inverse")
-
-
-def class_weights(counts: np.ndarray, total: int, mode: str) -> np.ndarray | None:
-    """Per-class loss weights from training counts (multiclass: images per class; multilabel:
-    positives per tag), or None for mode 'none'.
-
-    inverse: w_c = total / (K * n_c), scikit-learn's "balanced" (for multiclass counts the mean
-    weight per training image is 1). sqrt_inverse: sqrt(w_c), rescaled so the mean over the K
-    classes is 1. A class without samples is counted as one sample so its weight stays finite.
-    """
-    if mode not in WEIGHT_MODES:
-        raise CvtoolError(f"class weights: unknown mode '{mode}' (use {', '.join(WEIGHT_MODES)})")
-    if mode == "none":
-        return None
-    if total <= 0 or len(counts) == 0:
-        raise CvtoolError("class weights need at least one training image and one class")
-    n = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
-    inverse = total / (len(n) * n)
-    if mode == "inverse":
-        return inverse
-    root = np.sqrt(inverse)
-    return root / root.mean()
-
-
-def pos_weight(targets: np.ndarray) -> float:
-    """n_negative / n_positive of binary 0/1 targets (BCE's pos_weight)."""
-    flat = np.asarray(targets).reshape(-1)
-    positives = int((flat > 0.5).sum())
-    negatives = flat.size - positives
-    if positives == 0 or negatives == 0:
-        raise CvtoolError(f"pos_weight: the training split has {positives} positive and {negatives} negative images")
-    return negatives / positives
 
 
 def label_stats(info: DatasetInfo, chosen: list[str]) -> dict[str, Any]:
     train = info.splits["train"]
     if train.targets is None:  # e.g. a CSV without the label column: nothing to count
         return {}
-    task = get_task(info.task)
-    if task.point_targets:
-        values = np.asarray(train.targets, dtype=np.float64)
-        return {"targets": [{"name": name, "min": float(col.min()), "mean": float(col.mean()),
-                             "max": float(col.max())} for name, col in zip(info.target_names, values.T, strict=True)]}
-    counts = {name: [int(v) for v in task.class_counts(info.splits[name].targets, len(info.class_names))]
-              for name in chosen if info.splits[name].targets is not None}
-    train_counts = np.asarray(counts["train"])
-    classes: dict[str, Any] = {
-        "names": info.class_names,
-        "count_of": task.count_of,
-        "counts": counts,
-        "imbalance_ratio": float(train_counts.max() / train_counts.min()) if train_counts.min() > 0 else None,
-        "weights": {mode: class_weights(train_counts, len(train), mode).tolist()
-                    for mode in ("inverse", "sqrt_inverse")},
-    }
-    if task.positive_class:
-        classes["pos_weight"] = pos_weight(train.targets) if train_counts.min() > 0 else None
-    return {"classes": classes}
+    splits = {name: info.splits[name].targets for name in chosen if info.splits[name].targets is not None}
+    return get_task(info.task).label_stats(train.targets, splits, info.class_names, info.target_names)

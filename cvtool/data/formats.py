@@ -130,7 +130,7 @@ def split_off(split: Split, fraction: float, seed: int, task: str) -> tuple[Spli
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(split))
-    stratify = split.targets if get_task(task).stratify and split.targets is not None else None
+    stratify = get_task(task).stratify_labels(split.targets)
     try:
         train_idx, val_idx = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError:
@@ -139,8 +139,8 @@ def split_off(split: Split, fraction: float, seed: int, task: str) -> tuple[Spli
 
 
 def read_folder(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], list[str], list[str]]:
-    if not get_task(task).one_label_per_image:
-        raise CvtoolError(f"data.format: folder holds one label per image; task {task} needs format csv")
+    if problem := get_task(task).check_folder_format():
+        raise CvtoolError(f"data.format: {problem}")
     base = cfg.root / split
     if not base.is_dir():
         raise CvtoolError(f"data.{_key(cfg, split)}: folder not found: {base}")

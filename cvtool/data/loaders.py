@@ -97,8 +97,8 @@ class SampleDataset(torch.utils.data.Dataset):
         self.split, self.task, self.pipeline, self.seed = split, task, pipeline, seed
         self.flip_pairs = list(flip_pairs)
         self.size = split.images.shape[1]
-        batchable = pipeline is not None and not task.point_targets and BatchAugment.supports(pipeline)
-        self.batched = BatchAugment(pipeline) if batchable else None
+        batchable = pipeline is not None and BatchAugment.supports(pipeline)  # moves pixels only
+        self.batched = task.augment_with(image_only=BatchAugment(pipeline), with_points=None) if batchable else None
         self.defer_augment = defer_augment and self.batched is not None
         if split.targets is None:
             self.targets = np.zeros((len(split), 1), np.float32)
@@ -115,10 +115,8 @@ class SampleDataset(torch.utils.data.Dataset):
         if self.pipeline is not None:
             # the CPU generator only (torch.manual_seed would also queue CUDA/XPU seeding, ~0.1 ms)
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            if self.task.point_targets:
-                image, target = self._with_points(image, target)
-            else:
-                image = self.pipeline(image)
+            image, target = self.task.augment_with(image_only=self._image_only, with_points=self._with_points)(
+                image, target)
         return image.contiguous(), torch.as_tensor(target), index
 
     def __getitems__(self, keys: Sequence[tuple[int, int] | int]) -> Batch:
@@ -138,6 +136,9 @@ class SampleDataset(torch.utils.data.Dataset):
             else:
                 images = self.batched(images, seeds).contiguous()
         return Batch((images, torch.from_numpy(self.targets[indices]), torch.from_numpy(indices)), plan)
+
+    def _image_only(self, image: torch.Tensor, target: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        return self.pipeline(image), target
 
     def _with_points(self, image: torch.Tensor, target: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         points = (target.reshape(-1, 2) + 1.0) / 2.0 * self.size

@@ -1,5 +1,5 @@
 """Dataset statistics (`cvtool stats`, `normalize: auto`); label counts and class weights
-live in class_stats.py.
+live in class_stats.py and tasks/label_stats.py.
 
 Pixels are streamed: each worker decodes one chunk of files at a time and returns exact
 per-channel histograms of the 0..255 values (so exact sums of x, x^2 and pixel counts); memory
@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from cvtool.data.class_stats import WEIGHT_MODES, class_weights, label_stats, pos_weight
+from cvtool.data.class_stats import label_stats
 from cvtool.data.formats import read_dataset
 from cvtool.data.images import decode, open_image
 from cvtool.errors import BadImageError, CvtoolError
 from cvtool.fileio import write_json
 from cvtool.recipe.schema import DataConfig, NormStats
+from cvtool.tasks.label_stats import WEIGHT_MODES, class_weights, pos_weight
 
 STATS_FILE = "cvtool-stats.json"
 STATS_VERSION = 1

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cvtool.ensembles.members import fold_set_thresholds
 from cvtool.errors import CvtoolError
+from cvtool.folds.oof import read_oof
 from cvtool.runs.layout import RunDir
-from cvtool.runs.members import fold_set_thresholds
-from cvtool.runs.oof import read_oof
 from cvtool.runs.recipes import load_recipe
 from cvtool.tasks import get_task
 

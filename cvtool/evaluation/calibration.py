@@ -12,16 +12,14 @@ so later `--oof` scores and threshold tuning see calibrated probabilities too.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from cvtool import plots
 from cvtool.engine.checkpoint import update_meta
 from cvtool.errors import CvtoolError
-from cvtool.evaluation.results import EvalResult
+from cvtool.evaluation.results import Calibration, EvalResult
 from cvtool.fileio import write_json
 from cvtool.runs.layout import RunDir
 from cvtool.runs.model import LoadedModel, set_temperature
@@ -31,23 +29,10 @@ DIAGRAM = "reliability.png"
 RECORD = "calibration.json"
 
 
-@dataclass
-class Calibration:
-    temperature: list[float]
-    fitted_on: str  # "val" or "out-of-fold"
-    images: int  # how many images the temperature was fitted on
-    scores: dict[str, dict[str, dict[str, float]]]  # split -> before / after -> ece, nll
-    diagram: Path
-    stored_in: list[Path]
-
-    def record(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "fitted_on": self.fitted_on, "images": self.images,
-                "scores": self.scores, "diagram": str(self.diagram), "stored_in": [str(p) for p in self.stored_in]}
-
-
 def check_calibratable(task: Task) -> None:
-    if not task.calibrates:
-        raise CvtoolError(f"--calibrate: task {task.name} has no class probabilities to calibrate")
+    reason = task.check_calibration()
+    if reason is not None:
+        raise CvtoolError(f"--calibrate: {reason}")
 
 
 def fit(task: Task, fit_on: tuple[np.ndarray, np.ndarray], scored: dict[str, tuple[np.ndarray, np.ndarray]],

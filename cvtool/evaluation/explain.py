@@ -166,8 +166,9 @@ def explain_images(target: str | Path, images: Sequence[Path], out: Path, class_
     heat centroid as fractions of the frame)."""
     require_grad_cam()
     loaded = load_model(target, which, "cpu")
-    if not loaded.task.has_classes:
-        raise CvtoolError(f"explain: a {loaded.task.name} model has no class to explain")
+    reason = loaded.task.check_explainable()
+    if reason is not None:
+        raise CvtoolError(f"explain: {reason}")
     names = list(loaded.meta.class_names)
     if class_name is not None and class_name not in names:
         raise CvtoolError(f"--class {class_name}: not a class of this model ({', '.join(names[:10])})")

@@ -1,8 +1,7 @@
 """What `cvtool evaluate` writes: per-class tables, metrics.json, plots and a predictions CSV.
 
-What differs by task is asked of the Task: its per-class (or per-point) table, its extra
-figures (by name, from `FIGURES`), whether outputs are coordinates, and the `confusion` /
-`roc` flags. All numbers come from scikit-learn.
+What differs by task is asked of the Task: its per-class (or per-point) table, its figures (by
+name, from `FIGURES`) and its predictions table. All numbers come from scikit-learn.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from cvtool.data.images import open_image
 from cvtool.evaluation.results import EvalResult, Tuning
 from cvtool.fileio import write_csv, write_json
 from cvtool.tasks import Task
-from cvtool.tasks.reports import ClassTable, first_threshold, point_arrays, to_pixels
+from cvtool.tasks.reports import ClassTable, first_threshold, output_names, point_arrays
 
 if TYPE_CHECKING:
     from cvtool.model_card import ModelMeta
@@ -27,11 +26,19 @@ if TYPE_CHECKING:
 WORST_SHOWN = 12
 
 
-def output_names(meta: ModelMeta) -> list[str]:
-    """One name per output column (binary: the positive class)."""
-    if meta.target_names:
-        return list(meta.target_names)
-    return list(meta.class_names)[-meta.num_outputs:]
+def _confusion(result: EvalResult, meta: ModelMeta, folder: Path) -> list[Path]:
+    """The confusion matrix, in counts and row-normalized."""
+    matrix = plots.confusion_matrix(result.targets, result.outputs, len(meta.class_names),
+                                    first_threshold(result.threshold))
+    return [plots.confusion(matrix, meta.class_names, f"confusion matrix, {result.split}", folder / "confusion.png"),
+            plots.confusion(matrix, meta.class_names, f"confusion matrix (row-normalized), {result.split}",
+                            folder / "confusion_normalized.png", normalize=True)]
+
+
+def _roc(result: EvalResult, meta: ModelMeta, folder: Path) -> list[Path]:
+    """ROC curves, one per output column with both labels present."""
+    curves = plots.roc_curves(result.targets, result.outputs, output_names(meta))
+    return [plots.roc(curves, f"ROC, {result.split}", folder / "roc.png")] if curves else []
 
 
 def _worst_points(result: EvalResult, meta: ModelMeta, folder: Path) -> list[Path]:
@@ -47,7 +54,8 @@ def _worst_points(result: EvalResult, meta: ModelMeta, folder: Path) -> list[Pat
     return [plots.keypoint_grid(panels, title, folder / "worst_keypoints.png")]
 
 
-FIGURES: dict[str, Callable[[EvalResult, ModelMeta, Path], list[Path]]] = {"worst_keypoints": _worst_points}
+FIGURES: dict[str, Callable[[EvalResult, ModelMeta, Path], list[Path]]] = {
+    "confusion": _confusion, "roc": _roc, "worst_keypoints": _worst_points}
 
 
 def per_class_table(task: Task, meta: ModelMeta, result: EvalResult) -> ClassTable:
@@ -55,21 +63,8 @@ def per_class_table(task: Task, meta: ModelMeta, result: EvalResult) -> ClassTab
 
 
 def write_plots(task: Task, meta: ModelMeta, result: EvalResult, folder: Path) -> list[Path]:
-    """Confusion matrices (counts, normalized), ROC curves and the task's own figures."""
-
+    """The task's figures: confusion matrices (counts, normalized), ROC curves, worst keypoints."""
     files: list[Path] = []
-    split = result.split
-    if task.confusion:
-        matrix = plots.confusion_matrix(result.targets, result.outputs, len(meta.class_names),
-                                        first_threshold(result.threshold))
-        files.append(plots.confusion(matrix, meta.class_names, f"confusion matrix, {split}",
-                                     folder / "confusion.png"))
-        files.append(plots.confusion(matrix, meta.class_names, f"confusion matrix (row-normalized), {split}",
-                                     folder / "confusion_normalized.png", normalize=True))
-    if task.roc:
-        curves = plots.roc_curves(result.targets, result.outputs, output_names(meta))
-        if curves:
-            files.append(plots.roc(curves, f"ROC, {split}", folder / "roc.png"))
     for name in task.figures:
         files += FIGURES[name](result, meta, folder)
     return files
@@ -98,44 +93,8 @@ def write_reports(loaded: LoadedModel, result: EvalResult, table: ClassTable, fo
     return [folder / "metrics.json", folder / "per_class.csv", *plots, *extra]
 
 
-def prediction_table(task: Task, meta: ModelMeta, result: EvalResult) -> tuple[list[str], list[list[Any]]]:
-    """image, target and predicted label (class name, or tags), then the probabilities; for
-    keypoints the true and predicted coordinates in original pixels."""
-    if task.point_targets:
-        return _point_table(meta, result)
-    classes = list(meta.class_names)
-    header, columns = ["image"], []
-    if result.targets is not None:
-        header.append("target")
-        columns.append([[label] for label in task.target_labels(result.targets, classes)])
-    header.append("predicted")
-    columns.append([[label] for label in task.predicted_labels(result.outputs, classes, result.threshold)])
-    header += [f"prob_{n}" for n in output_names(meta)]
-    columns.append(_flat(result.outputs))
-    return header, _rows(result.paths, columns)
-
-
-def _point_table(meta: ModelMeta, result: EvalResult) -> tuple[list[str], list[list[Any]]]:
-    names = output_names(meta)
-    header, columns = ["image"], []
-    if result.targets is not None:
-        header += [f"true_{n}" for n in names]
-        columns.append(_flat(to_pixels(result.targets, result.sizes)))
-    header += [f"pred_{n}" for n in names]
-    columns.append(_flat(to_pixels(result.outputs, result.sizes)))
-    return header, _rows(result.paths, columns)
-
-
-def _flat(values: np.ndarray) -> list[list[float]]:
-    return values.reshape(len(values), -1).astype(np.float64).tolist()
-
-
-def _rows(paths: list[str], columns: list[list[list[Any]]]) -> list[list[Any]]:
-    return [[str(path), *(v for part in parts for v in part)] for path, *parts in zip(paths, *columns, strict=True)]
-
-
 def write_predictions_csv(path: Path, task: Task, meta: ModelMeta, result: EvalResult) -> Path:
     """The predictions as CSV, written atomically (floats at full precision)."""
-    header, rows = prediction_table(task, meta, result)
+    header, rows = task.prediction_table(result, meta)
     write_csv(path, header, rows)
     return path

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cvtool.evaluation.thresholds import TunedThresholds
+
+if TYPE_CHECKING:
+    from cvtool.tasks.reports import ClassTable
+
+
+@dataclass
+class Calibration:
+    temperature: list[float]
+    fitted_on: str  # "val" or "out-of-fold"
+    images: int  # how many images the temperature was fitted on
+    scores: dict[str, dict[str, dict[str, float]]]  # split -> before / after -> ece, nll
+    diagram: Path
+    stored_in: list[Path]
+
+    def record(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "fitted_on": self.fitted_on, "images": self.images,
+                "scores": self.scores, "diagram": str(self.diagram), "stored_in": [str(p) for p in self.stored_in]}
 
 
 @dataclass
@@ -39,10 +56,10 @@ class Tuning:
 @dataclass
 class EvalReport:
     result: EvalResult
-    per_class: Any  # cvtool.evaluation.reports.ClassTable
+    per_class: ClassTable
     out_dir: Path
     files: list[Path]
     checkpoint: Path
     epoch: int
     tuning: Tuning | None = None
-    calibration: Any = None  # cvtool.evaluation.calibration.Calibration (--calibrate)
+    calibration: Calibration | None = None  # --calibrate

@@ -61,10 +61,9 @@ def score(metric: str, targets: np.ndarray, outputs: np.ndarray, thresholds: np.
 
 def check_tunable(task: Task, metric: str) -> None:
     """CvtoolError unless thresholds can be tuned for this task and metric."""
-    if not task.thresholds:
-        tunable = [name for name in TASKS.names() if TASKS.get(name).thresholds]
-        raise CvtoolError(f"--tune-thresholds: task {task.name} has no decision thresholds "
-                          f"(only {' and '.join(tunable)})")
+    if problem := task.check_thresholds():
+        tunable = [name for name in TASKS.names() if TASKS.get(name).check_thresholds() is None]
+        raise CvtoolError(f"--tune-thresholds: {problem} (only {' and '.join(tunable)})")
     if metric not in OBJECTIVES:
         raise CvtoolError(f"evaluate.tune_metric: unknown metric {metric} (use {', '.join(OBJECTIVES)})")
 

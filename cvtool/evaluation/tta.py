@@ -40,7 +40,7 @@ from cvtool.evaluation.evaluate import (
 )
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.model import load_model
-from cvtool.tasks import Keypoints, higher_is_better
+from cvtool.tasks import higher_is_better
 
 if TYPE_CHECKING:
     import torch
@@ -76,27 +76,37 @@ def check_options(passes: int, aggregate: str) -> None:
         raise CvtoolError(f"--aggregate: unknown mode '{aggregate}' (use {', '.join(AGGREGATES)})")
 
 
-def _augment(pipeline: Any, batch: torch.Tensor, seeds: Sequence[int], points: bool,
-             device: Any = "cpu") -> tuple[torch.Tensor, list[np.ndarray] | None]:
-    """Each image through the pipeline under its own seed; with `points`, the affine maps too.
-    Flips and affines run batched on `device` (`BatchAugment`; on the CPU the same result per image
-    as the loop below), with the parameters drawn on the CPU."""
+def _augment_images(pipeline: Any, batch: torch.Tensor, seeds: Sequence[int],
+                    device: Any = "cpu") -> tuple[torch.Tensor, None]:
+    """Each image through the pipeline under its own seed. Flips and affines run batched on
+    `device` (`BatchAugment`; on the CPU the same result per image as the loop below), with the
+    parameters drawn on the CPU."""
     import torch
 
-    if not points and BatchAugment.supports(pipeline):
+    if BatchAugment.supports(pipeline):
         batched = BatchAugment(pipeline)
         return batched.apply(batch.to(device), batched.draw(seeds, *batch.shape[-2:])).contiguous(), None
+    images = []
+    for image, image_seed in zip(batch, seeds, strict=True):
+        torch.default_generator.manual_seed(image_seed)  # CPU stream only: transforms draw from it
+        images.append(pipeline(image).contiguous())
+    return torch.stack(images), None
+
+
+def _augment_points(pipeline: Any, batch: torch.Tensor, seeds: Sequence[int],
+                    device: Any = "cpu") -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Each image through the pipeline under its own seed, with the affine map that moved its
+    pixels (`restore_points` moves the predicted points back through it)."""
+    import torch
+
     size = batch.shape[-1]
     images, affines = [], []
     for image, image_seed in zip(batch, seeds, strict=True):
         torch.default_generator.manual_seed(image_seed)  # CPU stream only: transforms draw from it
-        if points:
-            image, _, affine = apply_with_points(pipeline, image, np.zeros((0, 2), np.float32), size)
-            affines.append(affine)
-        else:
-            image = pipeline(image)
+        image, _, affine = apply_with_points(pipeline, image, np.zeros((0, 2), np.float32), size)
         images.append(image.contiguous())
-    return torch.stack(images), affines if points else None
+        affines.append(affine)
+    return torch.stack(images), affines
 
 
 def restore_points(outputs: np.ndarray, affines: Sequence[np.ndarray], out_size: int, size: int,
@@ -129,7 +139,7 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
     device = model_device(loaded)
     normalize = Normalize(meta.mean, meta.std, meta.image_size).to(device)
     batch_size = batch_size or eval_batch_size(loaded.recipe.data)
-    points = isinstance(task, Keypoints) and pipeline is not None
+    augment = task.augment_with(image_only=_augment_images, with_points=_augment_points)
     threshold = default_threshold(loaded)
     loaded.model.eval()
     chunks = []
@@ -141,7 +151,7 @@ def tta_outputs(loaded: LoadedModel, images: np.ndarray | DecodedSplit, passes: 
                 x, affines = batch, None
                 if pipeline is not None:
                     seeds = [sample_seed(seed, p, start + i) for i in range(len(batch))]  # a pass seeds like an epoch
-                    x, affines = _augment(pipeline, batch, seeds, points, device)
+                    x, affines = augment(pipeline, batch, seeds, device)
                 logits = loaded(normalize(x.to(device))).cpu().numpy()
                 out = task.activate(logits)
                 if affines is not None:

@@ -13,6 +13,7 @@ atomically (temp file beside it, then a rename) only when the check passes.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch import nn
 
 from cvtool.data.formats import read_dataset
 from cvtool.data.images import decode, normalize_batch
+from cvtool.ensembles.module import ensemble_module
 from cvtool.errors import BadImageError, CvtoolError
 from cvtool.fileio import atomic_open
 from cvtool.inference.input_models import RawInputModel, ResizedInputModel
@@ -75,6 +77,21 @@ def export_onnx(target: str | Path, out: str | Path, *, which: str = "best", ops
     elif card.input_size != card.image_size:
         module = ResizedInputModel(loaded.model, card.image_size)
     return export_module(module, card, loaded.recipe, out, opset, raw_input, tolerance, start)
+
+
+def export_ensemble(models: str | Path | Sequence[str | Path], out: str | Path, *, which: str = "best",
+                    weights: Sequence[float] | None = None, opset: int | None = None, image_size: int | None = None,
+                    raw_input: bool = False, tolerance: float = 1e-4) -> ExportReport:
+    """A fold set (or several runs) -> one self-checked .onnx averaging the members in the graph
+    (`ensembles.module`); checked like a single model."""
+    start = time.perf_counter()
+    out = check_options(out, tolerance, image_size, opset)
+    module: nn.Module
+    module, card, recipe = ensemble_module(models, which, weights)
+    card = card.with_export(image_size, raw_input)
+    if raw_input:
+        module = RawInputModel(module, card.mean, card.std, card.image_size)
+    return export_module(module, card, recipe, out, opset, raw_input, tolerance, start)
 
 
 def export_module(module: nn.Module, card: ModelCard, recipe: Any, out: Path, opset: int | None, raw_input: bool,

@@ -82,9 +82,9 @@ class CheckpointPredictor:
 def open_predictor(model: str | Path | Sequence[str | Path], which: str = "best",
                    weights: Sequence[float] | None = None) -> Predictor:
     """An .onnx file -> onnxruntime (torch is not imported); anything else -> a checkpoint;
-    several models or a fold set -> their ensemble (cvtool.inference.ensemble)."""
-    from cvtool.inference.ensemble import EnsemblePredictor
-    from cvtool.runs.members import fold_set_thresholds, member_paths
+    several models or a fold set -> their ensemble (cvtool.ensembles.predictor)."""
+    from cvtool.ensembles.members import fold_set_thresholds, member_paths
+    from cvtool.ensembles.predictor import EnsemblePredictor
 
     paths = member_paths(model)
     if len(paths) > 1 or weights:
@@ -118,8 +118,8 @@ def predict(model: str | Path | Sequence[str | Path], images: str | Path, out: s
     check_out(out)
     predictor = open_predictor(model, which, weights)
     card, task = predictor.card, get_task(predictor.card.task)
-    if probs and not task.probabilities:
-        raise CvtoolError(f"--probs: a {task.name} model has no class probabilities (its columns are the outputs)")
+    if probs and (problem := task.check_probabilities()):
+        raise CvtoolError(f"--probs: {problem}")
     if tta and not hasattr(predictor, "tta"):
         raise CvtoolError("--tta needs the PyTorch model (run dir or .pt): TTA applies the recipe's torch "
                           "transforms; an .onnx file predicts without TTA")

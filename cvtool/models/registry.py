@@ -4,18 +4,23 @@ timm extra, every timm model as `timm/<name>`."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cvtool.errors import CvtoolError
 from cvtool.models.timm import check_timm_arch, is_timm
 from cvtool.registry import Registry, suggest
 
-OwnBuilder = Callable[[Any, int, int, int], Any]  # (ModelConfig, num_outputs, channels, image_size) -> nn.Module
+if TYPE_CHECKING:
+    from torch import nn
+
+    from cvtool.recipe.model_config import ModelConfig
+
+OwnBuilder = Callable[["ModelConfig", int, int, int], "nn.Module"]  # (cfg, num_outputs, channels, image_size)
 OWN_ARCHS: Registry[OwnBuilder] = Registry("architecture")
 
 
 @OWN_ARCHS.register("simplenet")
-def _simplenet(cfg: Any, num_outputs: int, channels: int, image_size: int) -> Any:
+def _simplenet(cfg: ModelConfig, num_outputs: int, channels: int, image_size: int) -> nn.Module:
     # imported on use: recipe checks import this module and must stay torch-free
     from cvtool.models.simplenet import build_simplenet
 

@@ -255,11 +255,11 @@ class Recipe(Section):
         task = get_task(self.task)
         if any(len(spec) != 1 for spec in self.augment_batch):
             raise ValueError("augment_batch: each entry is one of MixUp or CutMix, e.g. [{MixUp: {alpha: 0.2}}]")
-        if self.augment_batch and not task.mixable:
-            raise ValueError(f"augment_batch: MixUp/CutMix cannot mix {self.task} targets")
+        if self.augment_batch and (problem := task.check_mixing()):
+            raise ValueError(f"augment_batch: {problem}")
         given = sum(args.p for spec in self.augment_batch for args in spec.values() if args.p is not None)
         if given > 1 + 1e-9:
             raise ValueError(f"augment_batch: the p of the entries add up to {given:g}, more than 1")
-        if self.data.sampler != "uniform" and not task.has_classes:
-            raise ValueError(f"data.sampler {self.data.sampler} needs class labels (task {self.task} has none)")
+        if problem := task.check_sampler(self.data.sampler):
+            raise ValueError(problem)
 

@@ -8,13 +8,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from cvtool.errors import CvtoolError
 from cvtool.recipe.sweep import sweep_point_name
 from cvtool.runs.layout import RunDir
+
+if TYPE_CHECKING:
+    from cvtool.search.report import SearchSection
 
 DEFAULT_SMOOTHING = 0.6  # TensorBoard's weight the seeds read their smoothed values with
 
@@ -68,7 +71,7 @@ class Report:
     html: Path
     files_dir: Path
     figures: list[Figure] = field(default_factory=list)
-    searches: list[Any] = field(default_factory=list)  # reporting.search.SearchSection per search dir
+    searches: list[SearchSection] = field(default_factory=list)  # one per search dir
 
 
 def collect_runs(run_dirs: Sequence[Path]) -> list[Run]:
@@ -89,7 +92,7 @@ def collect_runs(run_dirs: Sequence[Path]) -> list[Run]:
         if RunDir(folder).is_sweep():
             points = [(f"{_sweep_name(folder)}/{p.name}", p) for p in sweep_points(folder)]
         elif RunDir(folder).is_search():
-            from cvtool.reporting.search import search_points
+            from cvtool.search.report import search_points
 
             points = [(f"{name}/{p.name}", p) for name, p in search_points(folder)]
         elif RunDir(folder).summary.is_file():

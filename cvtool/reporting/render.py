@@ -68,7 +68,7 @@ def render_markdown(report: Report) -> str:
         lines.append(f"- **{_md_cell(run.label)}** — `{run.path}`, {run.summary.get('epochs_run', '?')} epochs, "
                      f"{run.summary.get('seconds', '?')} s" + (f". {description}" if description else ""))
     for section in report.searches:
-        from cvtool.reporting.search import section_markdown
+        from cvtool.search.report import section_markdown
 
         lines += section_markdown(section)
     shared = [f for f in report.figures if f.run is None]
@@ -113,7 +113,7 @@ def render_html(report: Report) -> str:
                      + (f". {esc(str(description))}" if description else "") + "</li>")
     parts.append("</ul>")
     if report.searches:
-        from cvtool.reporting.search import section_html
+        from cvtool.search.report import section_html
 
         parts += [section_html(section) for section in report.searches]
     shared = [f for f in report.figures if f.run is None]

@@ -20,7 +20,7 @@ from typing import Any
 from cvtool import plots
 from cvtool.errors import CvtoolError
 from cvtool.fileio import atomic_open, write_text
-from cvtool.plots import ema
+from cvtool.plots import smooth_curve
 from cvtool.registry import suggest
 from cvtool.reporting.collect import Figure, Report, Row, Run, collect_runs
 from cvtool.reporting.render import render_html, render_markdown
@@ -60,8 +60,8 @@ def _check_one_task(runs: list[Run]) -> None:
 
 def add_searches(report: Report, run_dirs: Sequence[Path], files_dir: Path) -> None:
     """Each search directory's trial table and Optuna plots."""
-    from cvtool.reporting.search import search_section
     from cvtool.runs.layout import RunDir
+    from cvtool.search.report import search_section
 
     for folder in run_dirs:
         if RunDir(Path(folder)).is_search():
@@ -99,7 +99,7 @@ def best_of(run: Run, metric: str) -> tuple[int | None, float | None, int | None
     if not finite:
         return None, None, None, None
     best = pick(finite, key=lambda i: values[i])
-    smoothed = ema(values, run.smoothing)
+    smoothed = smooth_curve(values, run.smoothing)
     s_best = pick(finite, key=lambda i: smoothed[i])
     return int(rows[best]["epoch"]), values[best], int(rows[s_best]["epoch"]), smoothed[s_best]
 

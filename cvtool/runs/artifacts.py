@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.engine.inference import predict_split
 from cvtool.engine.state import TrainState
 from cvtool.fileio import atomic_open, write_csv, write_json
-from cvtool.plots import ema
+from cvtool.plots import smooth_curve
 from cvtool.runs.layout import RunDir
 from cvtool.runs.session import Session
 from cvtool.tasks import Task, higher_is_better
@@ -78,7 +79,7 @@ def finish_run(session: Session, step: Step, state: TrainState, run_dir: Path | 
 def build_summary(session: Session, state: TrainState, test: dict[str, float] | None) -> dict[str, Any]:
     monitor = session.monitor
     values = [row[monitor] for row in state.history]
-    smoothed = ema(values, session.recipe.train.smoothing)
+    smoothed = smooth_curve(values, session.recipe.train.smoothing)
     pick = np.nanargmax if higher_is_better(monitor) else np.nanargmin
     best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
     s_index = int(pick(smoothed)) if smoothed else 0
@@ -123,15 +124,29 @@ def write_plots(run_dir: Path, history: list[dict[str, float]], task: Task, clas
         if not run.prediction(name).is_file():
             continue
         data = load_predictions(run.prediction(name))
-        if task.confusion:
-            classes = len(class_names)
-            matrix = plots.confusion_matrix(data["targets"], data["outputs"], classes, threshold)
-            plots.confusion(matrix, class_names, f"confusion matrix, {label}", folder / f"confusion_{name[4:]}.png")
-        if task.roc and name == "val_best":
-            names = class_names if data["outputs"].shape[1] > 1 else [class_names[-1] if class_names else "positive"]
-            curves = plots.roc_curves(data["targets"], data["outputs"], names)
-            if curves:
-                plots.roc(curves, "ROC, best epoch", folder / "roc_best.png")
+        for figure in task.figures:
+            if figure in EPOCH_FIGURES:
+                EPOCH_FIGURES[figure](data, class_names, threshold, label, name, folder)
+
+
+def _epoch_confusion(data: Any, class_names: list[str], threshold: float, label: str, name: str,
+                     folder: Path) -> None:
+    matrix = plots.confusion_matrix(data["targets"], data["outputs"], len(class_names), threshold)
+    plots.confusion(matrix, class_names, f"confusion matrix, {label}", folder / f"confusion_{name[4:]}.png")
+
+
+def _epoch_roc(data: Any, class_names: list[str], threshold: float, label: str, name: str, folder: Path) -> None:
+    if name != "val_best":
+        return
+    names = class_names if data["outputs"].shape[1] > 1 else [class_names[-1] if class_names else "positive"]
+    curves = plots.roc_curves(data["targets"], data["outputs"], names)
+    if curves:
+        plots.roc(curves, "ROC, best epoch", folder / "roc_best.png")
+
+
+# the task's figures (Task.figures) a run draws from its first and best epochs' val predictions
+EPOCH_FIGURES: dict[str, Callable[[Any, list[str], float, str, str, Path], None]] = {
+    "confusion": _epoch_confusion, "roc": _epoch_roc}
 
 
 def record_sampling(sampler: Any, session: Session, run_dir: Path, epoch: int) -> None:

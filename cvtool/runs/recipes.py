@@ -29,7 +29,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), stored: bool = 
     if recipe.sweep:
         expand_sweep(recipe, str(path))
     if recipe.search:
-        from cvtool.runs.search_space import corner_points, trial_recipe
+        from cvtool.recipe.search_space import corner_points, trial_recipe
 
         for point in corner_points(recipe.search):
             check_names(trial_recipe(recipe, point, str(path)), f"{path}: search.space")
@@ -54,12 +54,10 @@ def check_names(recipe: Recipe, source: str, set_keys: Collection[str] = ()) -> 
             except Exception as exc:  # torchvision refusing user-given arguments
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise CvtoolError(_one_line(f"{origin}: {where}: cannot build this transform: {reason}")) from None
-    if get_task(recipe.task).point_targets:
-        for key, specs in (("augment", recipe.augment), ("tta.transforms", recipe.tta.transforms or [])):
-            if blind := point_blind(specs):
-                origin = f"{source}: --set" if _from_set(key, "", set_keys) else source
-                raise CvtoolError(f"{origin}: {key}: {', '.join(blind)} would move the image but not the "
-                                  f"keypoints (task {recipe.task}); use RandomAffine / flips / colour transforms")
+    for key, specs in (("augment", recipe.augment), ("tta.transforms", recipe.tta.transforms or [])):
+        if problem := get_task(recipe.task).check_point_blind(point_blind(specs)):
+            origin = f"{source}: --set" if _from_set(key, "", set_keys) else source
+            raise CvtoolError(f"{origin}: {key}: {problem}")
     try:
         check_arch(recipe.model.arch)
     except CvtoolError as exc:

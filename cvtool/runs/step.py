@@ -15,7 +15,7 @@ import torch
 from cvtool.data.batch_mix import build_mixer
 from cvtool.data.loaders import Normalize
 from cvtool.data.pipeline import DataBundle, prepare_data
-from cvtool.data.stats import class_weights, pos_weight
+from cvtool.data.stats import pos_weight
 from cvtool.engine.accel import (
     amp_dtype,
     compiled_forward,
@@ -161,8 +161,7 @@ def _loss_weights(cfg: LossConfig, task: Task, bundle: DataBundle) -> tuple[np.n
         if len(mode) != bundle.info.num_outputs:
             raise CvtoolError(f"loss.class_weights: {len(mode)} weights for {bundle.info.num_outputs} classes")
         weights = np.asarray(mode, np.float32)
-    elif mode != "none" and task.class_weighted:
-        counts = task.class_counts(targets, bundle.info.num_outputs)
-        weights = class_weights(counts, len(targets), mode)
+    elif mode != "none":
+        weights = task.loss_class_weights(targets, bundle.info.num_outputs, mode)
     positive = pos_weight(targets) if getattr(cfg, "pos_weight", None) == "auto" else None
     return weights, positive

@@ -1,7 +1,8 @@
 """The Task abstraction: one object per problem type owns every rule that differs between
 multiclass, binary, multilabel and keypoints (output size, label encoding, class counts,
 losses, activation, metrics, decoding, TTA aggregation, submission rows, per-class reports).
-Code outside `cvtool/tasks/` asks the task and never branches on its name.
+Code outside `cvtool/tasks/` asks the task and never branches on its name, its class or its
+flags (the bool class attributes below, which only the tasks read: tests/test_architecture.py).
 
 Importing the tasks does not import torch (the ONNX predict path relies on that); only
 building a loss does.
@@ -10,12 +11,16 @@ building a loss does.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from cvtool.errors import CvtoolError
-from cvtool.model_card import Labels
+from cvtool.model_card import Labels, ModelMeta
+from cvtool.tasks.label_stats import class_stats, class_weights, pos_weight
+from cvtool.tasks.reports import ClassTable, label_predictions, output_names
+
+Augment = TypeVar("Augment")
 
 LOWER_IS_BETTER = {"loss", "mse", "rmse", "mae"}
 
@@ -40,10 +45,8 @@ class Task(ABC):
     name: str = ""
     default_monitor: str = ""
     default_loss: str = ""
-    confusion: bool = False  # confusion-matrix plots make sense
     has_classes: bool = False  # targets name classes (class-balanced sampling applies)
     mixable: bool = False  # MixUp/CutMix can mix the targets (a convex combination means something)
-    roc: bool = False  # ROC curves make sense
     losses: tuple[str, ...] = ()  # loss names a recipe may choose (recipe.schema asks)
     formats: tuple[str, ...] = ()  # layouts `cvtool data synthetic` writes; the first is the default
     # Targets are image coordinates: augmentation moves them with the pixels, CSV columns hold
@@ -55,7 +58,9 @@ class Task(ABC):
     count_of: str = "images"  # what a class count counts (stats)
     class_weighted: bool = False  # loss.class_weights inverse / sqrt_inverse apply
     positive_class: bool = False  # one output scores the positive class (stats report its pos_weight)
-    figures: tuple[str, ...] = ()  # extra evaluation figures (names in evaluation.reports.FIGURES)
+    # evaluation figures, in order (names in evaluation.reports.FIGURES: confusion matrices, ROC
+    # curves, the worst keypoints); a run's plots draw those runs.artifacts.EPOCH_FIGURES knows too
+    figures: tuple[str, ...] = ()
     probabilities: bool = True  # outputs are class probabilities (`predict --probs` can write them)
     label_key: str = "label_column"  # the data.* setting naming the CSV column of the labels
 
@@ -93,8 +98,8 @@ class Task(ABC):
         return targets
 
     @abstractmethod
-    def class_table(self, result: Any, meta: Any) -> Any:
-        """The per-class (or per-point) table of an evaluation (a tasks.reports.ClassTable)."""
+    def class_table(self, result: Any, meta: ModelMeta) -> ClassTable:
+        """The per-class (or per-point) table of an evaluation."""
 
     fold_stratify: str = "none"  # k-fold: "classes" (StratifiedKFold), "tags" (iterative) or "none" (KFold)
     activation: str = "identity"  # what `activate` applies: softmax, sigmoid or identity (ensembles invert it)
@@ -163,6 +168,14 @@ class Task(ABC):
     calibrates: bool = False  # outputs are probabilities that temperature scaling can calibrate
     reliability_axes: tuple[str, str] = ("", "")  # what a reliability diagram bins, what it counts
 
+    def check_explainable(self) -> str | None:
+        """What stops Grad-CAM from explaining a class of this task's model, or None."""
+        return None if self.has_classes else f"a {self.name} model has no class to explain"
+
+    def check_calibration(self) -> str | None:
+        """What stops temperature scaling of this task's outputs, or None."""
+        return None if self.calibrates else f"task {self.name} has no class probabilities to calibrate"
+
     def fit_temperature(self, targets: np.ndarray, outputs: np.ndarray) -> np.ndarray:
         """The temperatures (one, or one per output) minimizing the NLL of `outputs`."""
         raise CvtoolError(f"task {self.name}: its outputs are not probabilities, there is nothing to calibrate")
@@ -192,3 +205,72 @@ class Task(ABC):
         """Grad-CAM of one sample: (output column, sign, class explained); the top class when
         `class_index` is None. CAM follows sign x output[column]."""
         raise CvtoolError(f"task {self.name}: outputs are not class scores, there is no class to explain")
+
+    # What other packages ask instead of reading the flags above. check_*: what stops a feature
+    # for this task (one line, the caller prefixes its option), or None.
+
+    def check_mixing(self) -> str | None:
+        """What stops MixUp/CutMix (`augment_batch`) from mixing this task's targets, or None."""
+        return None if self.mixable else f"MixUp/CutMix cannot mix {self.name} targets"
+
+    def check_sampler(self, sampler: str) -> str | None:
+        """What stops `data.sampler` from drawing this task's training images, or None."""
+        if sampler == "uniform" or self.has_classes:
+            return None
+        return f"data.sampler {sampler} needs class labels (task {self.name} has none)"
+
+    def check_thresholds(self) -> str | None:
+        """What stops tuning decision thresholds for this task's outputs, or None."""
+        return None if self.thresholds else f"task {self.name} has no decision thresholds"
+
+    def check_probabilities(self) -> str | None:
+        """What stops `predict --probs` from writing class probabilities, or None."""
+        if self.probabilities:
+            return None
+        return f"a {self.name} model has no class probabilities (its columns are the outputs)"
+
+    def check_folder_format(self) -> str | None:
+        """What stops the folder format (<class>/<image>) from holding this task's labels, or None."""
+        if self.one_label_per_image:
+            return None
+        return f"folder holds one label per image; task {self.name} needs format csv"
+
+    def check_point_blind(self, transforms: list[str]) -> str | None:
+        """What is wrong with `transforms`, which move the pixels but not point targets, or None."""
+        return None
+
+    def augment_with(self, image_only: Augment, with_points: Augment) -> Augment:
+        """Of the data layer's two ways to augment a sample, the one this task's targets need:
+        `with_points` moves targets that are image coordinates with the pixels, `image_only`
+        leaves the targets as they are."""
+        return with_points if self.point_targets else image_only
+
+    def stratify_labels(self, targets: np.ndarray | None) -> np.ndarray | None:
+        """What a seeded train/val split keeps the proportions of (None: a plain random split)."""
+        return targets if self.stratify else None
+
+    def loss_class_weights(self, targets: np.ndarray, num_outputs: int, mode: str) -> np.ndarray | None:
+        """loss.class_weights `mode` (inverse, sqrt_inverse) from the training targets; None where
+        class weights do not apply (binary weighs its positives with loss.pos_weight instead)."""
+        if not self.class_weighted:
+            return None
+        return class_weights(self.class_counts(targets, num_outputs), len(targets), mode)
+
+    def label_stats(self, train: np.ndarray, splits: dict[str, np.ndarray], class_names: list[str],
+                    target_names: list[str]) -> dict[str, Any]:
+        """`cvtool stats`'s labels: images (or positives) per class in each of `splits`, the
+        training split's imbalance and class weights (and pos_weight for one positive class)."""
+        counts = {name: [int(v) for v in self.class_counts(targets, len(class_names))]
+                  for name, targets in splits.items()}
+        classes = class_stats(counts, class_names, self.count_of, len(train))
+        if self.positive_class:
+            classes["pos_weight"] = pos_weight(train) if min(counts["train"]) > 0 else None
+        return {"classes": classes}
+
+    def prediction_table(self, result: Any, meta: ModelMeta) -> tuple[list[str], list[list[Any]]]:
+        """A predictions CSV (header, rows): image, target and predicted label (class name, or
+        tags), then the probabilities."""
+        classes = list(meta.class_names)
+        truth = None if result.targets is None else self.target_labels(result.targets, classes)
+        predicted = self.predicted_labels(result.outputs, classes, result.threshold)
+        return label_predictions(result.paths, truth, predicted, result.outputs, output_names(meta))

@@ -94,7 +94,7 @@ class Multiclass(SoftmaxCalibration, _OneClassPerImage):
     activation = "softmax"
     default_monitor = "val/accuracy"
     default_loss = "cross_entropy"
-    confusion = True
+    figures = ("confusion",)
     losses = ("cross_entropy",)
     formats = ("folder", "csv", "tinyimagenet")
     class_weighted = True
@@ -149,8 +149,7 @@ class Binary(_Sigmoid, _OneClassPerImage):
     name = "binary"
     default_monitor = "val/auc"
     default_loss = "bce"
-    confusion = True
-    roc = True
+    figures = ("confusion", "roc")
     losses = ("bce", "focal")
     formats = ("folder",)
     thresholds = True
@@ -213,7 +212,7 @@ class Multilabel(_Sigmoid, _Classes):
     fold_stratify = "tags"
     default_monitor = "val/f1_macro"
     default_loss = "bce"
-    roc = True
+    figures = ("roc",)
     losses = ("bce", "focal")
     formats = ("csv",)
     one_label_per_image = False

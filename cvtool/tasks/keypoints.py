@@ -6,8 +6,9 @@ import numpy as np
 
 from cvtool.tasks.base import Task
 from cvtool.tasks.frame import from_frame, outside_frame, to_frame
+from cvtool.tasks.label_stats import target_ranges
 from cvtool.tasks.losses import point_loss
-from cvtool.tasks.reports import point_table
+from cvtool.tasks.reports import point_predictions, point_table
 
 
 class Keypoints(Task):
@@ -67,3 +68,15 @@ class Keypoints(Task):
     def build_loss(self, cfg, class_weights=None, pos_weight=None, image_size=None):
         assert image_size is not None, "keypoint losses need the model's input size (loss.beta is in pixels)"
         return point_loss(cfg, self.default_loss, image_size)
+
+    def check_point_blind(self, transforms):
+        if not transforms:
+            return None
+        return (f"{', '.join(transforms)} would move the image but not the keypoints (task {self.name}); "
+                "use RandomAffine / flips / colour transforms")
+
+    def label_stats(self, train, splits, class_names, target_names):
+        return {"targets": target_ranges(train, target_names)}
+
+    def prediction_table(self, result, meta):
+        return point_predictions(result, meta)

@@ -1,5 +1,6 @@
-"""Per-class (or per-point) evaluation tables, one builder per task; scikit-learn computes
-every number. `result` is an evaluation result (targets, outputs, threshold, sizes)."""
+"""Per-class (or per-point) evaluation tables, one builder per task, and the rows of a
+predictions CSV; scikit-learn computes every number. `result` is an evaluation result (paths,
+targets, outputs, threshold, sizes)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ class ClassTable:
 
 def first_threshold(threshold: np.ndarray | float) -> float:
     return float(np.asarray(threshold, dtype=np.float64).reshape(-1)[0])
+
+
+def output_names(meta: ModelMeta) -> list[str]:
+    """One name per output column (binary: the positive class)."""
+    if meta.target_names:
+        return list(meta.target_names)
+    return list(meta.class_names)[-meta.num_outputs:]
 
 
 def to_pixels(outputs: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -93,3 +101,37 @@ def point_table(result: Any, meta: ModelMeta) -> ClassTable:
         rows.append([name, float(distance.mean()), *rmse, len(truth)])
     return ClassTable("per point (original pixels)",
                       ["point", "mean_distance_px", "rmse_x_px", "rmse_y_px", "images"], rows)
+
+
+def label_predictions(paths: list[str], truth: list[str] | None, predicted: list[str], outputs: np.ndarray,
+                      names: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """image, target (when known) and predicted label per row, then the probabilities."""
+    header, columns = ["image"], []
+    if truth is not None:
+        header.append("target")
+        columns.append([[label] for label in truth])
+    header.append("predicted")
+    columns.append([[label] for label in predicted])
+    header += [f"prob_{n}" for n in names]
+    columns.append(_flat(outputs))
+    return header, _rows(paths, columns)
+
+
+def point_predictions(result: Any, meta: ModelMeta) -> tuple[list[str], list[list[Any]]]:
+    """image, the true (when known) and the predicted coordinates in original pixels."""
+    names = output_names(meta)
+    header, columns = ["image"], []
+    if result.targets is not None:
+        header += [f"true_{n}" for n in names]
+        columns.append(_flat(to_pixels(result.targets, result.sizes)))
+    header += [f"pred_{n}" for n in names]
+    columns.append(_flat(to_pixels(result.outputs, result.sizes)))
+    return header, _rows(result.paths, columns)
+
+
+def _flat(values: np.ndarray) -> list[list[float]]:
+    return values.reshape(len(values), -1).astype(np.float64).tolist()
+
+
+def _rows(paths: list[str], columns: list[list[list[Any]]]) -> list[list[Any]]:
+    return [[str(path), *(v for part in parts for v in part)] for path, *parts in zip(paths, *columns, strict=True)]

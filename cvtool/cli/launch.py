@@ -57,12 +57,12 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, fold: str | None = None, resume
     a resumed fold set too), every point of its sweep, or one run. Returns the summary (a fold
     set's, sweep's or search's table for those; empty on ranks other than 0)."""
     if recipe.search or search_worker:
-        from cvtool.runs.search import start_search
+        from cvtool.search.run import start_search
 
         return start_search(recipe, run_dir, resume=resume, worker=search_worker, overwrite=overwrite, quiet=quiet,
                             stop=stop, dist=dist, recipe_file=recipe_file)
     if fold is not None or (resume and RunDir(run_dir).is_fold_set()):
-        from cvtool.runs.folds import run_folds
+        from cvtool.folds.run import run_folds
 
         if dist is not None:
             raise CvtoolError("--fold trains its folds one after the other in one process (no torchrun)")

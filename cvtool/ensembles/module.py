@@ -1,32 +1,30 @@
-"""`cvtool export FOLDSET --onnx`: one .onnx file whose graph runs every member and averages them.
+"""An ensemble as one torch module, for `cvtool export FOLDSET --onnx` (`inference.export.export_ensemble`).
 
-The graph computes what `EnsemblePredictor` computes in numpy: each member's activation (softmax,
+The module computes what `EnsemblePredictor` computes in numpy: each member's activation (softmax,
 sigmoid, none), the weighted mean, and the inverse activation, so its output is still `logits`
 and a client decodes it exactly like a single model's. The input is normalized with the first
 member's mean/std; a member trained with other statistics re-normalizes inside the graph.
-The export goes through the same onnx.checker + onnxruntime parity check as a single model.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from cvtool.errors import CvtoolError
-from cvtool.inference.ensemble import EPS
-from cvtool.inference.export import ExportReport, RawInputModel, check_options, export_module
-from cvtool.model_card import ModelCard, card_from_checkpoint
-from cvtool.runs.members import (
+from cvtool.ensembles.members import (
     check_agreement,
     ensemble_card,
     fold_set_thresholds,
     member_paths,
     normalized_weights,
 )
+from cvtool.ensembles.predictor import EPS
+from cvtool.errors import CvtoolError
+from cvtool.model_card import ModelCard, card_from_checkpoint
+from cvtool.recipe.schema import Recipe
 from cvtool.runs.model import LoadedModel, load_model
 from cvtool.tasks import get_task
 
@@ -75,19 +73,15 @@ def load_members(models: str | Path | Sequence[str | Path], which: str) -> list[
     return [load_model(p, which, "cpu") for p in paths]
 
 
-def export_ensemble(models: str | Path | Sequence[str | Path], out: str | Path, *, which: str = "best",
-                    weights: Sequence[float] | None = None, opset: int | None = None, image_size: int | None = None,
-                    raw_input: bool = False, tolerance: float = 1e-4) -> ExportReport:
-    """A fold set (or several runs) -> one self-checked .onnx averaging the members in the graph."""
-    start = time.perf_counter()
-    out = check_options(out, tolerance, image_size, opset)
+def ensemble_module(models: str | Path | Sequence[str | Path], which: str = "best",
+                    weights: Sequence[float] | None = None) -> tuple[EnsembleModule, ModelCard, Recipe]:
+    """A fold set (or several runs) loaded on the CPU as one module, with the ensemble's card and
+    the first member's recipe (whose data the export's parity check reads)."""
     loaded = load_members(models, which)
     cards = [card_from_checkpoint(m.meta, m.recipe, f"{m.path} (epoch {m.epoch})") for m in loaded]
     check_agreement(cards)
     source = f"ensemble of {len(cards)}: {', '.join(c.source for c in cards)}"
-    card = ensemble_card(cards, fold_set_thresholds(models), source).with_export(image_size, raw_input)
-    module: nn.Module = EnsembleModule([m.model for m in loaded], cards, normalized_weights(weights, len(cards)),
-                                       get_task(card.task).activation)
-    if raw_input:
-        module = RawInputModel(module, card.mean, card.std, card.image_size)
-    return export_module(module, card, loaded[0].recipe, out, opset, raw_input, tolerance, start)
+    card = ensemble_card(cards, fold_set_thresholds(models), source)
+    module = EnsembleModule([m.model for m in loaded], cards, normalized_weights(weights, len(cards)),
+                            get_task(card.task).activation)
+    return module, card, loaded[0].recipe

@@ -1,4 +1,7 @@
-"""A recipe's `search:` space: Optuna suggestions per key, and the recipe of one trial."""
+"""A recipe's `search:` space as recipes: the recipe of one trial's parameters, and the space's
+two corners (load time checks both are valid recipes). Optuna's side of the search, and the
+trials themselves, live in `cvtool/search/`; this is the recipe rule, as `recipe/sweep.py` is
+for a sweep's grid."""
 
 from __future__ import annotations
 
@@ -10,33 +13,6 @@ from cvtool.recipe.load import expansion_base, set_dotted, validate
 from cvtool.recipe.messages import _one_line
 from cvtool.recipe.schema import Recipe
 from cvtool.recipe.sweep import sweep_point_name
-
-
-def need_optuna() -> Any:
-    try:
-        import optuna
-    except ImportError:
-        raise CvtoolError("search: needs the 'optuna' extra (pip install 'cvtool[optuna]')") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
-
-
-def suggest(trial: Any, space: SearchConfig) -> dict[str, Any]:
-    """One value per space key: ints stay ints, `log: true` samples log-uniformly."""
-    params: dict[str, Any] = {}
-    for key, spec in space.space.items():
-        if isinstance(spec, SearchRange):
-            if isinstance(spec.low, int) and isinstance(spec.high, int):
-                params[key] = trial.suggest_int(key, spec.low, spec.high, log=spec.log)
-            else:
-                params[key] = trial.suggest_float(key, float(spec.low), float(spec.high), log=spec.log)
-        else:
-            params[key] = trial.suggest_categorical(key, spec)
-    return params
-
-
-def grid_space(space: SearchConfig) -> dict[str, list[Any]]:
-    return {key: list(values) for key, values in space.space.items() if isinstance(values, list)}
 
 
 def trial_recipe(recipe: Recipe, params: dict[str, Any], source: str = "<recipe>") -> Recipe:

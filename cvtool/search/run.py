@@ -18,9 +18,10 @@ from cvtool.errors import CvtoolError
 from cvtool.fileio import write_text
 from cvtool.recipe.load import recipe_to_yaml
 from cvtool.recipe.schema import Recipe
+from cvtool.recipe.search_space import trial_recipe
 from cvtool.runs.layout import RunDir
-from cvtool.runs.search_space import grid_space, need_optuna, suggest, trial_recipe
-from cvtool.runs.search_table import rank_search, storage_of
+from cvtool.search.space import grid_space, need_optuna, suggest
+from cvtool.search.table import rank_search, storage_of
 from cvtool.tasks import get_task, higher_is_better
 
 

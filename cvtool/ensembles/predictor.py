@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from cvtool.ensembles.members import check_agreement, ensemble_card, normalized_weights
 from cvtool.errors import CvtoolError
-from cvtool.runs.members import check_agreement, ensemble_card, normalized_weights
 from cvtool.tasks import get_task
 from cvtool.tasks.base import sigmoid, softmax
 

@@ -37,7 +37,7 @@ def search_points(search_dir: Path) -> list[tuple[str, Path]]:
 def search_section(search_dir: Path, files_dir: Path) -> tuple[SearchSection, list[Path]]:
     """The ranked trial table from the study itself (it may have moved on since search.json),
     and the plots written into `files_dir`."""
-    from cvtool.runs.search_table import load_search, search_plots, trial_rows
+    from cvtool.search.table import load_search, search_plots, trial_rows
     from cvtool.tasks import get_task, higher_is_better
 
     recipe, study = load_search(search_dir)

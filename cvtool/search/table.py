@@ -98,7 +98,7 @@ def search_plots(study: Any, folder: Path) -> list[Path]:
 def load_search(search_dir: Path) -> tuple[Recipe, Any]:
     """The recipe and Optuna study of a search directory (for `cvtool report`)."""
     from cvtool.runs.recipes import load_recipe
-    from cvtool.runs.search_space import need_optuna
+    from cvtool.search.space import need_optuna
 
     recipe = load_recipe(RunDir(search_dir).recipe, stored=True)
     optuna = need_optuna()
