@@ -200,7 +200,7 @@ def explain_errors(run_dir: Path, target: Path, count: int = 8) -> Path | None:
     if split is None or not run.checkpoint("best").is_file():
         return None
     loaded = load_model(run.path, "best", "cpu")
-    if not loaded.task.has_classes:
+    if loaded.task.check_explainable() is not None:
         return None
     stored = load_predictions(run.prediction(f"{split}_best"))
     threshold = loaded.meta.labels(loaded.recipe.evaluate.threshold).thresholds
