@@ -74,7 +74,7 @@ RECIPE = REPO / "recipes" / "bench" / "side_by_side_resnet18.yaml"
 TARGET_RATIO = 0.85  # cvtool's wall time at most this share of timm's
 IMAGENET_MEAN = ("0.485", "0.456", "0.406")
 IMAGENET_STD = ("0.229", "0.224", "0.225")
-IMAGE_SIZE = 64
+IMAGE_SIZE = 64  # the default of --image-size
 
 # The generated data. Bump DATA_VERSION when the generator changes: old folders are rewritten.
 DATA_VERSION = 1
@@ -87,11 +87,11 @@ NOISE_STD = 0.20  # Gaussian pixel noise, in [0, 1] units
 # ------------------------------------------------------------------------------------- data
 
 
-def class_patterns(classes: int, seed: int) -> np.ndarray:
+def class_patterns(classes: int, seed: int, image_size: int = IMAGE_SIZE) -> np.ndarray:
     """classes x size x size x 3 float32 in [0, 1]: each class's pattern, bilinearly upsampled."""
     shape = (classes, PATTERN_CELLS, PATTERN_CELLS, 3)
     cells = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-    size = (IMAGE_SIZE, IMAGE_SIZE)
+    size = (image_size, image_size)
     return np.stack([np.asarray(Image.fromarray(c).resize(size, Image.BILINEAR), np.float32) / 255 for c in cells])
 
 
@@ -100,24 +100,25 @@ def draw_image(patterns: np.ndarray, label: int, rng: np.random.Generator) -> np
     other = (label + rng.integers(1, len(patterns))) % len(patterns)
     blend = rng.uniform(0, MAX_BLEND)
     image = (1 - blend) * patterns[label] + blend * patterns[other]
-    image = np.roll(image, tuple(rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, 2)), axis=(0, 1))
+    shift = MAX_SHIFT * patterns.shape[1] // IMAGE_SIZE  # the same share of the image at any size
+    image = np.roll(image, tuple(rng.integers(-shift, shift + 1, 2)), axis=(0, 1))
     image = image + rng.normal(0, NOISE_STD, image.shape)
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _write_images(job: tuple[Path, int, range, int, int]) -> None:
+def _write_images(job: tuple[Path, int, range, int, int, int]) -> None:
     """Write one range of a split's images (in a pool process; each image has its own seed)."""
-    folder, split_no, indices, classes, seed = job
-    patterns = class_patterns(classes, seed)
+    folder, split_no, indices, classes, seed, image_size = job
+    patterns = class_patterns(classes, seed, image_size)
     for index in indices:
         label = index % classes
         image = draw_image(patterns, label, np.random.default_rng((seed, split_no, index)))
         Image.fromarray(image).save(folder / f"c{label:03d}" / f"{index:06d}.png", compress_level=1)
 
 
-def make_dataset(root: Path, splits: dict[str, int], classes: int, seed: int) -> float:
+def make_dataset(root: Path, splits: dict[str, int], classes: int, seed: int, image_size: int = IMAGE_SIZE) -> float:
     """Write the image folder unless `root` holds this exact one already; the seconds it took."""
-    params = {"version": DATA_VERSION, "splits": splits, "classes": classes, "size": IMAGE_SIZE, "seed": seed}
+    params = {"version": DATA_VERSION, "splits": splits, "classes": classes, "size": image_size, "seed": seed}
     stamp = root / "dataset.json"  # written first with complete: false, so a broken-off run is redone
     if stamp.is_file() and json.loads(stamp.read_text()) == {**params, "complete": True}:
         return 0.0
@@ -132,7 +133,7 @@ def make_dataset(root: Path, splits: dict[str, int], classes: int, seed: int) ->
         shutil.rmtree(root / split, ignore_errors=True)
         for label in range(classes):
             (root / split / f"c{label:03d}").mkdir(parents=True)
-        jobs += [(root / split, split_no, range(i, min(i + chunk, count)), classes, seed)
+        jobs += [(root / split, split_no, range(i, min(i + chunk, count)), classes, seed, image_size)
                  for i in range(0, count, chunk)]
     with multiprocessing.Pool() as pool:
         pool.map(_write_images, jobs)
@@ -147,7 +148,7 @@ def timm_command(args: argparse.Namespace, out: Path) -> list[str]:
     command = [
         args.python, "-u", str(TIMM_SOURCE / "train.py"), "--data-dir", str(args.data),
         "--train-split", "train", "--val-split", "val", "--model", "resnet18", "--num-classes", str(args.classes),
-        "--img-size", str(IMAGE_SIZE), "--crop-pct", "1.0", "--mean", *IMAGENET_MEAN, "--std", *IMAGENET_STD,
+        "--img-size", str(args.image_size), "--crop-pct", "1.0", "--mean", *IMAGENET_MEAN, "--std", *IMAGENET_STD,
         "-b", str(args.batch), "-vb", str(2 * args.batch),
         "--opt", "momentum", "--lr", str(args.lr), "--momentum", "0.9", "--weight-decay", str(args.weight_decay),
         "--sched", "cosine", "--warmup-epochs", "0", "--min-lr", "0", "--epochs", str(args.epochs),
@@ -172,8 +173,10 @@ def cvtool_command(args: argparse.Namespace, out: Path) -> list[str]:
         "data.batch_size": args.batch, "data.eval_batch_size": 2 * args.batch,
         "optim.lr": args.lr, "optim.weight_decay": args.weight_decay,
         "train.amp": "bf16" if args.precision == "bf16" else "none",
-        "train.compile": args.cvtool_compile, "model.arch": args.cvtool_arch,
+        "train.compile": args.cvtool_compile, "model.arch": args.cvtool_arch, "data.image_size": args.image_size,
     }
+    if args.test_images:
+        sets["data.test"] = "test"
     if args.cvtool_workers is not None:
         sets["data.num_workers"] = args.cvtool_workers
     command = [args.python, "-m", "cvtool", "train", str(RECIPE), "--out", str(out), "--quiet"]
@@ -310,7 +313,9 @@ def parse_args() -> argparse.Namespace:
     add("--json", type=Path, help="write every figure here")
     add("--train-images", type=int, default=20480, help="best a multiple of --batch (no short last batch)")
     add("--val-images", type=int, default=2048)
+    add("--test-images", type=int, default=0, help="a test split too (cvtool evaluates it after training; timm does not)")
     add("--classes", type=int, default=100)
+    add("--image-size", type=int, default=IMAGE_SIZE, help="pixels of the generated images (and both tools' input)")
     add("--epochs", type=int, default=8)
     add("--batch", type=int, default=256)
     add("--lr", type=float, default=0.1)
@@ -334,7 +339,10 @@ def main() -> int:
     if not (TIMM_SOURCE / "train.py").is_file():
         sys.exit(f"side_by_side: no {TIMM_SOURCE / 'train.py'}: export a timm release's train.py and timm/ there")
     started = time.perf_counter()
-    data_s = make_dataset(args.data, {"train": args.train_images, "val": args.val_images}, args.classes, seed=0)
+    splits = {"train": args.train_images, "val": args.val_images}
+    if args.test_images:
+        splits["test"] = args.test_images
+    data_s = make_dataset(args.data, splits, args.classes, seed=0, image_size=args.image_size)
     print(f"side_by_side: data in {args.data} ({f'written in {data_s:.1f} s' if data_s else 'reused'})", flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     records = [measure(tool, args, repeat) for repeat in range(args.repeats) for tool in ("timm", "cvtool")]

@@ -11,12 +11,14 @@
   from `synthetic`; sections deep-merge over the defaults, e.g. data={"normalize": "auto"}.
 
 Session datasets are shared: treat them as read-only (copy with shutil.copytree to change one).
+Every test session keeps its decode cache (`data.cache`, CVTOOL_CACHE_DIR) in a temp folder of its
+own, never the user's ~/.cache/cvtool.
 `cvtool stats` writes DATA/cvtool-stats.json unless given --out, and `normalize: auto` writes it too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,15 @@ import yaml
 
 from cvtool.data.generate import write_digits, write_synthetic
 from cvtool.recipe.load import deep_merge
+
+
+@pytest.fixture(scope="session", autouse=True)
+def decode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's own persistent decode cache folder (CVTOOL_CACHE_DIR, inherited by subprocesses)."""
+    folder = tmp_path_factory.mktemp("cvtool-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CVTOOL_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

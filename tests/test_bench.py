@@ -12,7 +12,7 @@ import pytest
 from conftest import dataset, onnx_file, trained_run
 from typer.testing import CliRunner
 
-from cvtool.bench.train import predict_imports_torch
+from cvtool.bench.startup import predict_imports_torch
 from cvtool.cli.main import app
 
 runner = CliRunner()
@@ -71,7 +71,7 @@ def test_bench_predict_prints_every_inference_figure(tmp_path_factory: pytest.Te
 
 
 def test_bench_predict_needs_the_checkpoint_behind_an_onnx(tmp_path: Path) -> None:
-    from cvtool.bench.train import tiny_onnx
+    from cvtool.bench.startup import tiny_onnx
 
     model, images = tiny_onnx(tmp_path)
     result = runner.invoke(app, ["bench", "predict", str(model), "--images", str(images)])
@@ -79,11 +79,26 @@ def test_bench_predict_needs_the_checkpoint_behind_an_onnx(tmp_path: Path) -> No
 
 
 def test_bench_startup_prints_help_time_and_torch_check() -> None:
-    result = runner.invoke(app, ["bench", "startup", "--runs", "1"])
+    result = runner.invoke(app, ["bench", "startup", "--runs", "1", "--no-train"])
     assert result.exit_code == 0, result.output
     table = {row[0]: row[1:] for row in rows(result.output)}
     assert table["cvtool --help"][0].endswith(" s") and table["cvtool --help"][1] == "≤ 0.300 s"
     assert table["predict .onnx imports torch"] == ["no", "no", "pass"]
+    assert not any(name.startswith("train") for name in table)
+
+
+@pytest.mark.slow
+def test_bench_startup_times_a_fresh_and_a_cached_train_to_the_first_step(synthetic, make_recipe,
+                                                                          tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, synthetic("multiclass", n=40, size=16), train={"epochs": 1})
+    result = runner.invoke(app, ["bench", "startup", "--runs", "1", "--recipe", str(recipe),
+                                 "--json", str(tmp_path / "startup.json")])
+    assert result.exit_code == 0, result.output
+    saved = {f["name"]: f for f in json.loads((tmp_path / "startup.json").read_text())["figures"]}
+    fresh, cached = saved["train, fresh: start to first step"], saved["train, cached: start to first step"]
+    assert 0 < saved["train, cached: fit to first step"]["measured"] < cached["measured"]
+    assert fresh["measured"] > 0 and saved["train: last step to exit"]["measured"] > 0
+    assert saved["train, cached: fit to first step"]["target"] == 1.0
 
 
 def test_the_torch_probe_sees_torch_on_the_checkpoint_path(tmp_path_factory: pytest.TempPathFactory,

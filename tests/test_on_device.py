@@ -40,8 +40,9 @@ def _train_set(synthetic, make_recipe, tmp_path: Path, augment=FLIP_AFFINE, task
     return train_dataset(bundle, get_task(task), recipe.augment, recipe.seed, defer_augment=True)
 
 
-@pytest.mark.parametrize("sampler", ["uniform", "balanced", "shard"])
-def test_resident_batches_equal_the_loaders(sampler: str, synthetic, make_recipe, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sampler, workers", [("uniform", 0), ("balanced", 0), ("shard", 0), ("uniform", 2),
+                                             ("balanced", 2)])
+def test_resident_batches_equal_the_loaders(sampler: str, workers: int, synthetic, make_recipe, tmp_path: Path) -> None:
     from cvtool.data.loaders import EpochSampler
     from cvtool.data.sampling import BalancedSampler
 
@@ -52,8 +53,10 @@ def test_resident_batches_equal_the_loaders(sampler: str, synthetic, make_recipe
         order = EpochSampler(len(dataset), 5, True, *((1, 2) if sampler == "shard" else (0, 1)))
     order.set_epoch(3)
     loader = training_loader(dataset, 8, order, 0, CPU, False)
-    resident = training_loader(dataset, 8, order, 2, CPU, True)  # no workers: nothing is loaded in them
+    resident = training_loader(dataset, 8, order, workers, CPU, True)  # workers draw the plans, no pixels
     assert isinstance(loader, DeviceFeeder) and not is_resident(loader) and is_resident(resident)
+    # the plans come from `workers` processes, which get the sampler's indices and seeds, never the pixels
+    assert resident.loader.num_workers == workers and "split" not in vars(resident.loader.dataset)
     assert batch_sizes(resident) == batch_sizes(loader)
     pairs = list(zip(loader, resident, strict=True))
     assert len(pairs) == len(batch_sizes(loader)) > 1

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cvtool.bench.train import BenchReport, Figure
+from cvtool.bench.report import BenchReport, Figure
 from cvtool.data.images import decode, normalize_batch
 from cvtool.errors import CvtoolError
 from cvtool.evaluation.tta import tta_outputs, tta_transforms

@@ -27,7 +27,8 @@ def train(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures and notes to this JSON file.")] = None,
 ) -> None:
     """Training images/s through the recipe's real loader vs the pure-compute ceiling (CUDA: also peak memory)."""
-    from cvtool.bench.train import bench_train, write_report
+    from cvtool.bench.report import write_report
+    from cvtool.bench.train import bench_train
     from cvtool.runs.recipes import load_recipe
 
     report = bench_train(load_recipe(recipe, set_ or []), steps=steps, warmup=warmup, rounds=rounds, target=target)
@@ -61,11 +62,21 @@ def startup(
     runs: Annotated[int, typer.Option("--runs", help="Fresh `cvtool --help` processes (median).")] = 7,
     model: Annotated[Path | None, typer.Option("--model", help="An .onnx for the predict check [default: a tiny one].")] = None,
     images: Annotated[Path | None, typer.Option("--images", help="Images for --model.")] = None,
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Also time `cvtool train`: start to first step, last step to exit.")] = True,
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="The recipe `cvtool train` runs [default: the digits demo, 1 epoch].")] = None,
+    set_: SetOpt = None,
+    train_runs: Annotated[int, typer.Option("--train-runs", help="Fresh/cached `cvtool train` pairs (median).")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures and notes to this JSON file.")] = None,
 ) -> None:
-    """`cvtool --help` wall time; does `cvtool predict` on an .onnx import torch?"""
-    from cvtool.bench.train import bench_startup
+    """`cvtool --help` wall time; does `cvtool predict` on an .onnx import torch; `cvtool train` from its
+    start to the first step (fresh, and rerun with the decode cache filled) and from its last step to exit."""
+    from cvtool.bench.report import write_report
+    from cvtool.bench.startup import bench_startup
 
-    render(bench_startup(runs, model, images))
+    report = bench_startup(runs, model, images, train=train, recipe=recipe, sets=set_ or [], train_runs=train_runs)
+    render(report)
+    if json_out is not None:
+        write_report(report, json_out)
 
 
 def render(report: Any) -> None:
@@ -73,7 +84,7 @@ def render(report: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from cvtool.bench.train import machine
+    from cvtool.bench.report import machine
 
     table = Table(title=escape(report.title), title_justify="left")
     for column, justify in (("figure", "left"), ("measured", "right"), ("target", "right"), ("result", "left")):

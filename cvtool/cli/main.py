@@ -7,6 +7,7 @@ import typer
 from cvtool import __version__
 from cvtool.cli import (
     bench,
+    cache,
     data,
     doctor,
     evaluate,
@@ -56,6 +57,7 @@ app.add_typer(export.app)
 app.add_typer(predict.app)
 app.add_typer(report.app)
 app.add_typer(bench.app, name="bench", help="Performance figures with their targets: train, predict, startup.")
+app.add_typer(cache.app, name="cache", help="The decode cache later runs on the same data read: list it, clear it.")
 app.add_typer(weights.app, name="weights", help="Pretrained weights: fetch into the cache ahead of time, list what is cached.")
 
 

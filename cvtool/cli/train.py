@@ -30,10 +30,12 @@ def train(
         "--fold", help="K-fold (data.folds): all, or one fold index N, into DIR/fold_<N>/.")] = None,
     search_worker: Annotated[bool, typer.Option(
         "--search-worker", help="Join the recipe's search in --out DIR (or its storage) as one more worker.")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Draw no plots/ (they are drawn beside the test evaluation).")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
     from cvtool.cli.launch import RunStopped, launched, run_recipe
+    from cvtool.runs import plotting
     from cvtool.runs.layout import RunDir
     from cvtool.runs.recipes import load_recipe
     from cvtool.runs.sweep import default_run_dir
@@ -44,7 +46,7 @@ def train(
     resolved = load_recipe(source, set_ or [], stored=recipe is None)  # None: the run dir's own recipe.yaml
     run_dir = resume or out or default_run_dir(resolved)
     try:
-        with launched(resolved.train.device, run_dir, detect_anomaly) as (dist, stop):
+        with launched(resolved.train.device, run_dir, detect_anomaly) as (dist, stop), plotting.skipped(no_plots):
             summary = run_recipe(resolved, run_dir, fold=fold, resume=resume is not None, overwrite=overwrite,
                                  quiet=quiet, stop=stop, dist=dist, extend=extend, search_worker=search_worker,
                                  recipe_file=source)

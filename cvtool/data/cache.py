@@ -1,52 +1,44 @@
-"""Decode each split once into a uint8 array at the recipe's decode size (data.decode_size,
-by default its image size).
+"""Decoded splits: each image decoded once into uint8 at the recipe's decode size
+(data.decode_size, by default its image size), when it is first read.
 
-In memory when it fits under `data.cache_max_gb`, otherwise (or with `cache: disk`) a
-memory-mapped .npy beside the data, reused across runs while the files are unchanged.
-Decoding runs on a thread pool (PIL releases the GIL while it decodes and resizes).
+A split opens at once. An image is decoded when a batch first asks for it (`DecodedSplit.gather`,
+in whichever process runs the loader; several at a time on a thread pool, as PIL releases the
+GIL), or earlier by the filler behind the training (`data.filler`), so the first epoch trains
+while the data decodes and later epochs read decoded images. Each image is decoded alone by the
+same function either way: the pixels do not depend on who decoded them or when.
+
+Where the pixels live (`data.cache`):
+- auto: an entry of the persistent cache (`data.cache_store`, ~/.cache/cvtool), filled in place
+  and reused by every later run on the same files; in memory when the cache folder cannot take it
+  (read-only, disk full). A split larger than `data.cache_max_gb` is not kept: it is decoded into
+  an unnamed temp file for this run.
+- memory: in memory, never written.
+- disk: the persistent entry whatever its size, or one line saying why it cannot be written.
+Either way the arrays are shared with forked loader workers (a memory map of the entry's file, or
+shared anonymous memory), so what a worker decodes, every process reads.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import shutil
+import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from cvtool.data import cache_store
+from cvtool.data.decoding import DECODED, UNREADABLE, Decoded, shared
 from cvtool.data.formats import Split
-from cvtool.data.images import decode
 from cvtool.errors import BadImageError, CvtoolError
-from cvtool.fileio import atomic_open, write_json
 from cvtool.tasks.frame import frame_boxes
-
-CACHE_DIR = ".cvtool-cache"
-
-
-@dataclass
-class DecodedSplit:
-    name: str
-    paths: list[Path]
-    images: np.ndarray  # N x H x W x C uint8 (array or memmap)
-    sizes: np.ndarray  # N x 2 original (width, height)
-    targets: np.ndarray | None  # raw targets of the kept images
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    resize: str = "squash"  # data.resize the images were decoded with
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def frames(self) -> np.ndarray:
-        """N x 4 model frames (x0, y0, width, height) in original pixels (`tasks.frame`)."""
-        return frame_boxes(self.sizes, self.resize)
 
 
 def cache_key(split: Split, size: int, channels: int, resize: str = "squash") -> str:
+    """The entry of `split` decoded at `size`, `channels`, `resize`: its files' paths, sizes, mtimes."""
+    import hashlib
+
     digest = hashlib.sha256((f"v1|{size}|{channels}" + ("" if resize == "squash" else f"|{resize}")).encode())
     for path in split.paths:
         try:
@@ -57,95 +49,167 @@ def cache_key(split: Split, size: int, channels: int, resize: str = "squash") ->
     return digest.hexdigest()[:20]
 
 
-def decode_split(split: Split, size: int, channels: int, *, root: Path, mode: str = "auto",
-                 max_gb: float = 4.0, on_bad_image: str = "fail",
-                 progress: Callable[[int], None] | None = None, resize: str = "squash") -> DecodedSplit:
-    """The decoded split; bad images raise (naming the file) or are skipped and counted."""
-    nbytes = len(split) * size * size * channels
-    use_disk = mode == "disk" or (mode == "auto" and nbytes > max_gb * 1e9)
+class DecodedSplit:
+    """One split's view of a `Decoded` (all of it, or a fold's rows), without unreadable images
+    when `data.on_bad_image: skip` left them out."""
+
+    def __init__(self, name: str, decoded: Decoded, rows: np.ndarray | None, targets: np.ndarray | None,
+                 skipped: list[tuple[str, str]] | None = None) -> None:
+        self.name, self.decoded, self.rows, self.targets = name, decoded, rows, targets
+        self.skipped = skipped or []  # (path, reason)
+        self.resize = decoded.resize
+        self.paths = decoded.split.paths if rows is None else [decoded.split.paths[i] for i in rows]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """N x H x W x C of the decoded images."""
+        return (len(self), self.decoded.size, self.decoded.size, self.decoded.channels)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def _rows(self, indices: Any) -> np.ndarray:
+        index = np.asarray(indices, np.int64)
+        return index if self.rows is None else self.rows[index]
+
+    def gather(self, indices: Any) -> np.ndarray:
+        """The images at `indices` (decoded first where they are not yet): len x H x W x C."""
+        rows = self._rows(np.atleast_1d(indices))
+        self.decoded.ensure(rows)
+        return self.decoded.images[rows]
+
+    def complete(self) -> None:
+        """Decode every image of the split not decoded yet (on the thread pool), e.g. before the
+        split is copied to the device whole."""
+        self.decoded.ensure(self._rows(np.arange(len(self))))
+
+    @property
+    def images(self) -> np.ndarray:
+        """Every image of the split (decoding those left): N x H x W x C."""
+        self.complete()
+        return self.decoded.images if self.rows is None else self.decoded.images[self.rows]
+
+    def sizes_of(self, indices: Any) -> np.ndarray:
+        """The original (width, height) of the images at `indices` (decoded first where needed)."""
+        rows = self._rows(indices)
+        self.decoded.ensure(np.atleast_1d(rows))
+        return np.asarray(self.decoded.sizes[rows])
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """N x 2 original (width, height) sizes (decoding every image left)."""
+        return self.sizes_of(np.arange(len(self)))
+
+    @property
+    def frames(self) -> Frames:
+        """N x 4 model frames (x0, y0, width, height) in original pixels (`tasks.frame`), read by index."""
+        return Frames(self)
+
+
+class Frames:
+    """A split's model frames, each computed once its image is decoded: indexing by sample
+    (`frames[indices]`) decodes only those images; `np.asarray(frames)` decodes the split."""
+
+    def __init__(self, split: DecodedSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple | slice):
+            return np.asarray(self)[key]
+        boxes = frame_boxes(self.split.sizes_of(np.atleast_1d(key)), self.split.resize)
+        return boxes[0] if np.ndim(key) == 0 else boxes
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        boxes = frame_boxes(self.split.sizes, self.split.resize)
+        return boxes if dtype is None else boxes.astype(dtype)
+
+
+def decode_splits(splits: dict[str, Split], size: int, channels: int, *, mode: str = "auto", max_gb: float = 4.0,
+                  on_bad_image: str = "fail", resize: str = "squash",
+                  progress: Callable[[str, int], Callable[[int], None]] | None = None) -> dict[str, DecodedSplit]:
+    """Each split opened for decoding (cut splits share the decode of the split they were cut
+    from). `on_bad_image: skip` decodes a split whole now: which images it leaves out must be known
+    before training (`progress(name, total)` gives the bar's advance); an unreadable image already
+    known raises BadImageError under `fail`, else as its batch is read."""
+    opened: dict[int, Decoded] = {}
+    views = {}
+    for name, split in splits.items():
+        whole = split.source or split
+        if id(whole) not in opened:
+            opened[id(whole)] = open_decoded(whole, size, channels, mode=mode, max_gb=max_gb, resize=resize)
+        decoded = opened[id(whole)]
+        if on_bad_image == "skip" and not decoded.complete:
+            decoded.fill(progress(name, len(decoded)) if progress else None)
+        views[name] = _view(name, decoded, split, on_bad_image)
+    return views
+
+
+def _view(name: str, decoded: Decoded, split: Split, on_bad_image: str) -> DecodedSplit:
+    rows = split.rows
+    state = decoded.state if rows is None else decoded.state[rows]
+    bad = np.flatnonzero(state == UNREADABLE)
+    if not len(bad):
+        return DecodedSplit(name, decoded, rows, split.targets)
+    skipped = [(str(split.paths[i]), decoded.reasons.get(int(i if rows is None else rows[i]), "unreadable"))
+               for i in bad]
+    if on_bad_image == "fail":
+        raise BadImageError(*skipped[0])
+    kept = np.flatnonzero(state != UNREADABLE)
+    targets = None if split.targets is None else split.targets[kept]
+    return DecodedSplit(name, decoded, kept if rows is None else rows[kept], targets, skipped)
+
+
+def open_decoded(split: Split, size: int, channels: int, *, mode: str = "auto", max_gb: float = 4.0,
+                 resize: str = "squash") -> Decoded:
+    """`split` (a whole one) opened for decoding: a complete cache entry when there is one, else
+    empty arrays where `mode` says (module docstring)."""
+    shape = (len(split), size, size, channels)
     key = cache_key(split, size, channels, resize)
-    folder = root / CACHE_DIR
-    if use_disk:
-        cached = _load_disk(folder, key, split, resize)
-        if cached is not None:
-            if cached.skipped and on_bad_image == "fail":
-                path, reason = cached.skipped[0]
-                raise BadImageError(path, reason)
-            if progress:
-                progress(len(split))
-            return cached
-    images = _allocate(folder, key, len(split), size, channels, use_disk)
-    sizes = np.zeros((len(split), 2), np.int64)
-    ok = np.ones(len(split), bool)
-    skipped: list[tuple[str, str]] = []
-
-    def work(i: int) -> tuple[int, str | None]:
-        try:
-            array, original = decode(split.paths[i], channels, size, resize)
-        except BadImageError as exc:
-            return i, exc.reason
-        images[i] = array
-        sizes[i] = original
-        return i, None
-
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
-        for i, reason in pool.map(work, range(len(split)), chunksize=64):
-            if reason is not None:
-                if on_bad_image == "fail":
-                    raise BadImageError(split.paths[i], reason)
-                ok[i] = False
-                skipped.append((str(split.paths[i]), reason))
-            if progress:
-                progress(1)
-    if use_disk:
-        images.flush()
-        _finish_disk(folder, key, images, sizes, ok, skipped)
-    return _keep(split, images, sizes, ok, skipped, resize)
+    folder = cache_store.decoded_folder()
+    if mode != "memory":
+        loaded = cache_store.load(folder, key, shape)
+        if loaded is not None:
+            decoded = Decoded(split, key, loaded.images, None, size, channels, resize)
+            decoded.sizes[:] = loaded.sizes
+            decoded.state[:] = np.where(loaded.ok, DECODED, UNREADABLE)
+            reasons = dict(loaded.skipped)
+            decoded.reasons = {i: reasons.get(str(p), "unreadable") for i, p in enumerate(split.paths)
+                               if not loaded.ok[i]}
+            return decoded
+    images, writer = _allocate(folder, key, shape, mode, max_gb * 1e9)
+    return Decoded(split, key, images, writer, size, channels, resize)
 
 
-def _keep(split: Split, images: np.ndarray, sizes: np.ndarray, ok: np.ndarray,
-          skipped: list[tuple[str, str]], resize: str) -> DecodedSplit:
-    if ok.all():
-        return DecodedSplit(split.name, list(split.paths), images, sizes, split.targets, skipped, resize)
-    index = np.flatnonzero(ok)
-    targets = None if split.targets is None else split.targets[index]
-    return DecodedSplit(split.name, [split.paths[i] for i in index], images[index], sizes[index], targets, skipped,
-                        resize)
-
-
-def _allocate(folder: Path, key: str, count: int, size: int, channels: int, disk: bool) -> np.ndarray:
-    shape = (count, size, size, channels)
-    if not disk:
-        return np.zeros(shape, np.uint8)
+def _allocate(folder: Path, key: str, shape: tuple[int, ...], mode: str,
+              max_bytes: float) -> tuple[np.ndarray, cache_store.Writer | None]:
+    if mode == "memory":
+        return shared(shape, np.uint8), None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        writer = cache_store.reserve(folder, key, shape, max_bytes, required=mode == "disk")
     except OSError as exc:
-        raise CvtoolError(f"data.cache: cannot create {folder}: {exc.strerror}") from None
-    # one temp file per process: DDP ranks may build the same cache at once
-    return np.lib.format.open_memmap(folder / f"{key}.npy.{os.getpid()}.tmp", mode="w+", dtype=np.uint8, shape=shape)
+        raise CvtoolError(f"data.cache: disk: cannot write the cache entry in {folder} "
+                          f"({exc.strerror or exc}); set {cache_store.ENV} to a writable folder") from None
+    if writer is not None:
+        return writer.images, writer
+    if np.prod(shape) <= max_bytes:
+        return shared(shape, np.uint8), None
+    for place in (folder, Path(tempfile.gettempdir())):  # too big for memory: an unnamed file
+        try:
+            place.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(place).free < np.prod(shape) + cache_store.FREE_MARGIN:
+                continue  # a memory map on a full disk dies of SIGBUS
+            temp = cache_store.Writer(place, key, shape)
+        except OSError:
+            continue
+        temp.discard()  # unlinked now; the mapping (and forked workers') lives on
+        return temp.images, None
+    return shared(shape, np.uint8), None
 
 
-def _finish_disk(folder: Path, key: str, images: np.ndarray, sizes: np.ndarray, ok: np.ndarray,
-                 skipped: list[tuple[str, str]]) -> None:
-    del images
-    os.replace(folder / f"{key}.npy.{os.getpid()}.tmp", folder / f"{key}.npy")
-    with atomic_open(folder / f"{key}.meta.npz", "wb") as handle:
-        np.savez(handle, sizes=sizes, ok=ok)
-    write_json(folder / f"{key}.skipped.json", skipped)
-
-
-def _load_disk(folder: Path, key: str, split: Split, resize: str) -> DecodedSplit | None:
-    data, meta, bad = folder / f"{key}.npy", folder / f"{key}.meta.npz", folder / f"{key}.skipped.json"
-    if not (data.is_file() and meta.is_file() and bad.is_file()):
-        return None
-    try:
-        images = np.load(data, mmap_mode="r")
-        with np.load(meta) as arrays:
-            sizes, ok = arrays["sizes"], arrays["ok"]
-        skipped = [tuple(item) for item in json.loads(bad.read_text())]
-    except (OSError, ValueError, KeyError):
-        return None
-    if len(images) != len(split):
-        return None
-    return _keep(split, images, sizes, ok, skipped, resize)

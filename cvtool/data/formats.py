@@ -26,6 +26,10 @@ class Split:
     name: str
     paths: list[Path]
     targets: np.ndarray | None  # None: a split without labels (e.g. a competition test set)
+    # a subset's whole split and its rows there: a fold's or a drawn val split's images are
+    # decoded and cached with the whole split they were cut from (data.cache), shared by every cut
+    source: Split | None = field(default=None, compare=False, repr=False)
+    rows: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -33,7 +37,8 @@ class Split:
     def subset(self, index: np.ndarray | list[int], name: str | None = None) -> Split:
         idx = np.asarray(index, dtype=np.int64)
         targets = None if self.targets is None else self.targets[idx]
-        return Split(name or self.name, [self.paths[i] for i in idx], targets)
+        source, rows = (self, idx) if self.source is None else (self.source, self.rows[idx])
+        return Split(name or self.name, [self.paths[i] for i in idx], targets, source, rows)
 
 
 @dataclass(frozen=True)

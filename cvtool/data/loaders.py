@@ -22,6 +22,7 @@ import torch
 from cvtool.data.batch_augment import BatchAugment
 from cvtool.data.cache import DecodedSplit
 from cvtool.data.transforms import apply_with_points, mirrored, swap_pairs
+from cvtool.errors import BadImageError
 from cvtool.tasks import Task
 
 
@@ -96,7 +97,7 @@ class SampleDataset(torch.utils.data.Dataset):
                  flip_pairs: Sequence[tuple[int, int]] = (), defer_augment: bool = False) -> None:
         self.split, self.task, self.pipeline, self.seed = split, task, pipeline, seed
         self.flip_pairs = list(flip_pairs)
-        self.size = split.images.shape[1]
+        self.size = split.shape[1]
         batchable = pipeline is not None and BatchAugment.supports(pipeline)  # moves pixels only
         self.batched = task.augment_with(image_only=BatchAugment(pipeline), with_points=None) if batchable else None
         self.defer_augment = defer_augment and self.batched is not None
@@ -110,7 +111,7 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, int]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        image = torch.from_numpy(np.array(self.split.images[index])).permute(2, 0, 1).contiguous()
+        image = torch.from_numpy(self.split.gather(index)[0]).permute(2, 0, 1).contiguous()
         target = self.targets[index]
         if self.pipeline is not None:
             # the CPU generator only (torch.manual_seed would also queue CUDA/XPU seeding, ~0.1 ms)
@@ -121,13 +122,21 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, keys: Sequence[tuple[int, int] | int]) -> Batch:
         """A whole batch, collated (the DataLoader of `make_loader` calls this): one gather from the
-        cache and one `BatchAugment` pass; sample by sample when the pipeline cannot be batched."""
+        cache (decoding the images read for the first time) and one `BatchAugment` pass; sample by
+        sample when the pipeline cannot be batched. An unreadable image comes back as a batch that
+        raises its BadImageError where it is unpacked (`Batch.error`)."""
+        try:
+            return self._batch(keys)
+        except BadImageError as exc:
+            return Batch((), error=(exc.path, exc.reason))
+
+    def _batch(self, keys: Sequence[tuple[int, int] | int]) -> Batch:
         if self.pipeline is not None and self.batched is None:
             return Batch(torch.utils.data.default_collate([self[key] for key in keys]))
         pairs = [key if isinstance(key, tuple) else (0, key) for key in keys]
         indices = np.asarray([index for _, index in pairs], np.int64)
         # contiguous C x H x W first: the grid transform runs ~8x faster than on the HWC-strided view
-        images = torch.from_numpy(self.split.images[indices]).permute(0, 3, 1, 2).contiguous()
+        images = torch.from_numpy(self.split.gather(indices)).permute(0, 3, 1, 2).contiguous()
         plan = None
         if self.batched is not None:
             seeds = [sample_seed(self.seed, epoch, index) for epoch, index in pairs]
@@ -151,29 +160,39 @@ class SampleDataset(torch.utils.data.Dataset):
 class Batch:
     """(uint8 images N x C x H x W, targets, indices), collated by `SampleDataset.__getitems__`; it
     unpacks and indexes like that 3-tuple. `augment` is the drawn augmentation still to apply (a
-    `batch_augment.Plan`), or None.
+    `batch_augment.Plan`), or None. `error`: (path, reason) of an unreadable image that stopped
+    the batch, raised as BadImageError where the batch is unpacked, in the training process (a
+    loader worker's own exception would come back as a RuntimeError carrying a traceback).
 
     Not a tuple subclass on purpose: torch's `pin_memory` rebuilds a tuple item by item (losing
     `augment`) in the torch versions that test for tuples before they look for a `pin_memory`
     method; any other type reaches `Batch.pin_memory` in all of them."""
 
-    def __init__(self, items: Sequence[Any], augment: Any = None) -> None:
+    def __init__(self, items: Sequence[Any], augment: Any = None, error: tuple[str, str] | None = None) -> None:
         self.items = tuple(items)
         self.augment = augment
+        self.error = error
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self.items)
+        return iter(self._checked())
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._checked())
 
     def __getitem__(self, index: int | slice) -> Any:
-        return self.items[index]
+        return self._checked()[index]
+
+    def _checked(self) -> tuple[Any, ...]:
+        if self.error is not None:
+            raise BadImageError(*self.error)
+        return self.items
 
     def pin_memory(self) -> Batch:
         """The batch with its images and targets in pinned host memory and its plan kept. The
         DataLoader's pin thread calls this (`pin_memory=True`), so the training thread only queues
         the non_blocking copy (`data.device.DeviceFeeder`); the indices never leave the host."""
+        if self.error is not None:
+            return self
         images, targets, indices = self.items
         return Batch((images.pin_memory(), targets.pin_memory(), indices), self.augment)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from cvtool.data.cache import DecodedSplit, decode_split
+from cvtool.data.cache import DecodedSplit, decode_splits
+from cvtool.data.filler import Filler
 from cvtool.data.folds import fold_view
 from cvtool.data.formats import DatasetInfo, read_dataset
 from cvtool.data.loaders import SampleDataset
@@ -21,6 +22,14 @@ class DataBundle:
     splits: dict[str, DecodedSplit]
     mean: list[float]
     std: list[float]
+    on_bad_image: str = "fail"
+
+    def fill_behind(self) -> Filler:
+        """Decode what no batch has read yet behind the training (val and test first); `stop` it."""
+        rank = {"val": 0, "test": 1, "train": 2}  # validation needs val first; the loader reads train anyway
+        order = sorted(self.splits.values(), key=lambda split: rank.get(split.name, 3))
+        decodes = list({id(split.decoded): split.decoded for split in order}.values())
+        return Filler(decodes, raise_unreadable=self.on_bad_image == "fail").start()
 
 
 def prepare_data(cfg: DataConfig, task: Task, seed: int, splits: Iterable[str] = ("train", "val", "test"),
@@ -32,7 +41,9 @@ def prepare_data(cfg: DataConfig, task: Task, seed: int, splits: Iterable[str] =
     if normalization is None:
         normalization = resolve_normalization(cfg, task.name, seed)
     mean, std = normalization
-    decoded = {name: _decode(info.splits[name], cfg, progress) for name in wanted}
+    decoded = decode_splits({name: info.splits[name] for name in wanted}, cfg.cached_size, cfg.channels,
+                            mode=cfg.cache, max_gb=cfg.cache_max_gb, on_bad_image=cfg.on_bad_image,
+                            resize=cfg.resize, progress=_bar if progress else None)
     for split in decoded.values():
         if split.skipped:
             import sys
@@ -40,7 +51,7 @@ def prepare_data(cfg: DataConfig, task: Task, seed: int, splits: Iterable[str] =
             print(f"cvtool: {split.name}: skipped {len(split.skipped)} unreadable images "
                   f"(data.on_bad_image: skip), e.g. {split.skipped[0][0]}: {split.skipped[0][1]}", file=sys.stderr)
     _report_cut_off(decoded.values(), task)
-    return DataBundle(info, decoded, list(mean), list(std))
+    return DataBundle(info, decoded, list(mean), list(std), cfg.on_bad_image)
 
 
 def _report_cut_off(splits: Iterable[DecodedSplit], task: Task) -> None:
@@ -60,19 +71,27 @@ def skipped_counts(bundle: DataBundle) -> dict[str, int]:
     return {name: len(split.skipped) for name, split in bundle.splits.items()}
 
 
-def _decode(split, cfg: DataConfig, progress: bool) -> DecodedSplit:
+def _bar(name: str, total: int) -> Callable[[int], None] | None:
+    """A transient progress bar for decoding a split whole (data.on_bad_image: skip); None where
+    the console is not a terminal (in a log a transient bar leaves an empty line)."""
     from rich.console import Console
 
-    if not progress or not Console().is_terminal:  # a transient bar leaves an empty line in a log
-        return decode_split(split, cfg.cached_size, cfg.channels, root=cfg.root, mode=cfg.cache,
-                            max_gb=cfg.cache_max_gb, on_bad_image=cfg.on_bad_image, resize=cfg.resize)
+    if not Console(stderr=True).is_terminal:
+        return None
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
-        task = bar.add_task(f"decoding {split.name}", total=len(split))
-        return decode_split(split, cfg.cached_size, cfg.channels, root=cfg.root, mode=cfg.cache,
-                            max_gb=cfg.cache_max_gb, on_bad_image=cfg.on_bad_image,
-                            progress=lambda n: bar.advance(task, n), resize=cfg.resize)
+    bar = Progress(transient=True, console=Console(stderr=True))
+    task = bar.add_task(f"decoding {name}", total=total)
+    bar.start()
+    done = [0]
+
+    def advance(count: int) -> None:
+        done[0] += count
+        bar.advance(task, count)
+        if done[0] >= total:
+            bar.stop()
+
+    return advance
 
 
 def train_dataset(bundle: DataBundle, task: Task, augment: list[TransformSpec], seed: int,

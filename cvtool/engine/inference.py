@@ -59,7 +59,7 @@ def predict_split(model: torch.nn.Module, normalize: torch.nn.Module, dataset: S
     order = np.argsort(indices, kind="stable")
     indices = indices[order]
     outputs = task.activate(logits[order])
-    sizes, frames = dataset.split.sizes[indices], dataset.split.frames[indices]
+    sizes, frames = dataset.split.sizes_of(indices), dataset.split.frames[indices]
     if not labelled:
         return SplitPrediction(outputs, None, indices, sizes, frames, None, {})
     targets = task.metric_targets(targets[order])

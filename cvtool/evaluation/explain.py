@@ -192,8 +192,8 @@ def explain_errors(run_dir: Path, target: Path, count: int = 8) -> Path | None:
     from cvtool import plots
     from cvtool.data.folds import fold_view
     from cvtool.data.formats import read_dataset
-    from cvtool.runs.artifacts import load_predictions
     from cvtool.runs.layout import RunDir
+    from cvtool.runs.plotting import load_predictions
 
     run = RunDir(Path(run_dir))
     split = next((s for s in ("test", "val") if run.prediction(f"{s}_best").is_file()), None)

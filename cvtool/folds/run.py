@@ -21,8 +21,8 @@ from cvtool.fileio import read_csv_rows, write_csv, write_json, write_text
 from cvtool.folds.oof import OofPredictions, write_oof
 from cvtool.recipe.load import recipe_to_yaml
 from cvtool.recipe.schema import Recipe
-from cvtool.runs.artifacts import load_predictions
 from cvtool.runs.layout import RunDir
+from cvtool.runs.plotting import load_predictions
 from cvtool.runs.sweep import new_run, prepare_now
 from cvtool.runs.train import fit
 from cvtool.tasks import get_task

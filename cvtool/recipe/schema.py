@@ -92,7 +92,9 @@ class DataConfig(Section):
     target_prefix: str | None = None
     # keypoints: pairs of point indices swapped by a horizontal flip
     flip_pairs: list[tuple[NonNegInt, NonNegInt]] = []
-    # decoded-image cache (uint8, at decode_size; default image_size): the device resizes to image_size
+    # decoded-image cache (uint8, at decode_size; default image_size): the device resizes to image_size.
+    # auto: kept for later runs in ~/.cache/cvtool (CVTOOL_CACHE_DIR), which cache_max_gb bounds
+    # (data/cache.py); memory: this run only; disk: kept whatever its size
     decode_size: PosInt | None = None
     cache: Literal["auto", "memory", "disk"] = "auto"
     cache_max_gb: PosFloat = 4.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cvtool import plots
 from cvtool.data.pipeline import eval_dataset, skipped_counts
 from cvtool.engine.checkpoint import load_checkpoint
 from cvtool.engine.inference import predict_split
 from cvtool.engine.state import TrainState
 from cvtool.fileio import atomic_open, write_csv, write_json
 from cvtool.plots import smooth_curve
+from cvtool.runs import plotting
 from cvtool.runs.layout import RunDir
 from cvtool.runs.session import Session
 from cvtool.tasks import Task, higher_is_better
@@ -53,27 +52,35 @@ def save_predictions(path: Path, result: dict[str, Any]) -> None:
                             indices=result["indices"], sizes=result["sizes"], frames=result["frames"])
 
 
-def load_predictions(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
-
-
 def finish_run(session: Session, step: Step, state: TrainState, run_dir: Path | None, quiet: bool) -> dict[str, Any]:
-    """Best checkpoint on the test split, summary.json and plots (rank 0 alone, no gathering)."""
-    test = None
-    if run_dir is not None and "test" in session.bundle.splits and session.bundle.splits["test"].targets is not None:
-        best = load_checkpoint(RunDir(run_dir).checkpoint("best"))
-        step.module.load_state_dict(best["model"])
-        alone = replace(session, dist=None)  # only rank 0 gets here: no DDP wrapper, no gathering
-        result = split_metrics(alone, step, eval_dataset(alone.bundle, "test", alone.task), "test", model=step.module)
-        test = {"loss": result["loss"], **result["metrics"]}
-        save_predictions(RunDir(run_dir).prediction("test_best"), result)
-    summary = build_summary(session, state, test)
+    """After the last epoch (rank 0 alone, no gathering): the plots start in their own process,
+    the best checkpoint is evaluated on the test split meanwhile, summary.json is written, and the
+    plots are waited for last."""
+    job = None
     if run_dir is not None:
-        write_json(RunDir(run_dir).summary, summary)
-        write_plots(run_dir, state.history, session.task, session.meta.class_names, session.recipe.train.smoothing,
-                    session.recipe.evaluate.threshold)
+        job = write_plots(run_dir, state.history, session.task, session.meta.class_names,
+                          session.recipe.train.smoothing, session.recipe.evaluate.threshold)
+    try:
+        test = _test_metrics(session, step, run_dir)
+        summary = build_summary(session, state, test)
+        if run_dir is not None:
+            write_json(RunDir(run_dir).summary, summary)
+    finally:
+        if job is not None:
+            job.wait()
     return summary
+
+
+def _test_metrics(session: Session, step: Step, run_dir: Path | None) -> dict[str, float] | None:
+    """The best checkpoint's loss and metrics on the labelled test split (its predictions saved)."""
+    if run_dir is None or "test" not in session.bundle.splits or session.bundle.splits["test"].targets is None:
+        return None
+    best = load_checkpoint(RunDir(run_dir).checkpoint("best"))
+    step.module.load_state_dict(best["model"])
+    alone = replace(session, dist=None)  # only rank 0 gets here: no DDP wrapper, no gathering
+    result = split_metrics(alone, step, eval_dataset(alone.bundle, "test", alone.task), "test", model=step.module)
+    save_predictions(RunDir(run_dir).prediction("test_best"), result)
+    return {"loss": result["loss"], **result["metrics"]}
 
 
 def build_summary(session: Session, state: TrainState, test: dict[str, float] | None) -> dict[str, Any]:
@@ -103,50 +110,12 @@ def build_summary(session: Session, state: TrainState, test: dict[str, float] | 
 
 
 def write_plots(run_dir: Path, history: list[dict[str, float]], task: Task, class_names: list[str],
-                smoothing: float, threshold: float) -> None:
-    """Loss, every metric (raw and smoothed), lr, confusion matrices and ROC curves."""
-
-    if not history:
-        return
-    run = RunDir(run_dir)
-    folder = run.plots
-    epochs = [r["epoch"] for r in history]
-    series = lambda key: (epochs, [r.get(key, float("nan")) for r in history])  # noqa: E731
-    plots.curves({"train": series("train/loss"), "val": series("val/loss")}, "loss", "loss", folder / "loss.png")
-    for key in sorted(k for k in history[-1] if k.startswith("val/") and k != "val/loss"):
-        name = key.removeprefix("val/")
-        lines = {"val": series(key)}
-        if f"train/{name}" in history[-1]:
-            lines["train"] = series(f"train/{name}")
-        plots.curves(lines, name, name, folder / f"{name}.png", smoothing=smoothing)
-    plots.curves({"lr": series("lr")}, "learning rate", "lr", folder / "lr.png", logy=True)
-    for label, name in (("first epoch", "val_epoch_001"), ("best epoch", "val_best")):
-        if not run.prediction(name).is_file():
-            continue
-        data = load_predictions(run.prediction(name))
-        for figure in task.figures:
-            if figure in EPOCH_FIGURES:
-                EPOCH_FIGURES[figure](data, class_names, threshold, label, name, folder)
-
-
-def _epoch_confusion(data: Any, class_names: list[str], threshold: float, label: str, name: str,
-                     folder: Path) -> None:
-    matrix = plots.confusion_matrix(data["targets"], data["outputs"], len(class_names), threshold)
-    plots.confusion(matrix, class_names, f"confusion matrix, {label}", folder / f"confusion_{name[4:]}.png")
-
-
-def _epoch_roc(data: Any, class_names: list[str], threshold: float, label: str, name: str, folder: Path) -> None:
-    if name != "val_best":
-        return
-    names = class_names if data["outputs"].shape[1] > 1 else [class_names[-1] if class_names else "positive"]
-    curves = plots.roc_curves(data["targets"], data["outputs"], names)
-    if curves:
-        plots.roc(curves, "ROC, best epoch", folder / "roc_best.png")
-
-
-# the task's figures (Task.figures) a run draws from its first and best epochs' val predictions
-EPOCH_FIGURES: dict[str, Callable[[Any, list[str], float, str, str, Path], None]] = {
-    "confusion": _epoch_confusion, "roc": _epoch_roc}
+                smoothing: float, threshold: float) -> plotting.PlotJob | None:
+    """Loss, every metric (raw and smoothed), lr, confusion matrices and ROC curves, drawn in a
+    process of their own (`runs.plotting`); None when `plotting.skipped` says not to."""
+    if not history or not plotting.wanted():
+        return None
+    return plotting.start(run_dir, history, list(task.figures), class_names, smoothing, threshold)
 
 
 def record_sampling(sampler: Any, session: Session, run_dir: Path, epoch: int) -> None:

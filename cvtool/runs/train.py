@@ -30,6 +30,7 @@ from cvtool.engine.runlog import RunLog
 from cvtool.engine.schedule import current_lr
 from cvtool.engine.state import TrainState
 from cvtool.errors import CvtoolError
+from cvtool.fileio import duplicate
 from cvtool.models import set_trainable
 from cvtool.models.pretrained import weights_record
 from cvtool.recipe.schema import Recipe
@@ -82,6 +83,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
         val_loader = split_loader(val_set, recipe.data, session.device, session.dist)
         meter = session.task.train_meter(session.meta.num_outputs, recipe.evaluate.threshold,
                                          session.bundle.splits["train"].frames)
+        filler = session.bundle.fill_behind()  # the images no batch has read yet, behind the training
+        first_epoch = state.epoch + 1
         try:
             for epoch in range(state.epoch + 1, recipe.train.epochs + 1):
                 if epoch > 1 and epoch in {phase.epoch for phase in recipe.phases}:
@@ -96,6 +99,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
                        "train/loss": result.loss, "val/loss": val["loss"],
                        **{f"train/{k}": v for k, v in result.metrics.items()},
                        **{f"val/{k}": v for k, v in val["metrics"].items()}, **_raw_val_metrics(session, step, val_set, val_loader)}
+                if epoch == first_epoch:
+                    filler.finish()  # every image decoded (and cached) after the first epoch; a bad one stops here
                 is_best = _end_epoch(session, step, state, row)
                 log.add(row, session.monitor, is_best, state.history)
                 _save(session, step, state, run, "best" if is_best else None, val)
@@ -115,6 +120,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
                 raise CvtoolError(f"CUDA out of memory with data.batch_size {recipe.data.batch_size}: lower it "
                                   "(or use train.accumulate to keep the effective batch)") from exc
             raise
+        finally:
+            filler.stop()
         log.close()
     return summary
 
@@ -197,10 +204,11 @@ def _save(session: Session, step: Step, state: TrainState, run: RunDir | None, b
                                pretrained=weights_record(step.module))  # where the run's weights started from
     if val is not None and state.epoch == 1:
         save_predictions(run.prediction("val_epoch_001"), val)
+    # written once: best.pt and epoch_NNN.pt are the same bytes, linked (or copied) from last.pt
+    save_checkpoint(run.checkpoint("last"), payload)
     if best is not None:
-        save_checkpoint(run.checkpoint("best"), payload)
+        duplicate(run.checkpoint("last"), run.checkpoint("best"))
         save_predictions(run.prediction("val_best"), val)
     every = session.recipe.train.save_every
     if val is not None and every and state.epoch % every == 0:
-        save_checkpoint(run.checkpoint(str(state.epoch)), payload)
-    save_checkpoint(run.checkpoint("last"), payload)
+        duplicate(run.checkpoint("last"), run.checkpoint(str(state.epoch)))

@@ -59,7 +59,7 @@ class Task(ABC):
     class_weighted: bool = False  # loss.class_weights inverse / sqrt_inverse apply
     positive_class: bool = False  # one output scores the positive class (stats report its pos_weight)
     # evaluation figures, in order (names in evaluation.reports.FIGURES: confusion matrices, ROC
-    # curves, the worst keypoints); a run's plots draw those runs.artifacts.EPOCH_FIGURES knows too
+    # curves, the worst keypoints); a run's plots draw those runs.plotting.EPOCH_FIGURES knows too
     figures: tuple[str, ...] = ()
     probabilities: bool = True  # outputs are class probabilities (`predict --probs` can write them)
     label_key: str = "label_column"  # the data.* setting naming the CSV column of the labels
