@@ -34,6 +34,15 @@ def _plt():
     return plt
 
 
+def warm_up() -> None:
+    """Import matplotlib and draw one empty figure (its font cache and Agg renderer), ahead of the
+    figures that count."""
+    plt = _plt()
+    fig, _ = plt.subplots()
+    fig.canvas.draw()
+    plt.close(fig)
+
+
 def save(fig, path: Path) -> Path:
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")

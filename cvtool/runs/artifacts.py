@@ -52,22 +52,22 @@ def save_predictions(path: Path, result: dict[str, Any]) -> None:
                             indices=result["indices"], sizes=result["sizes"], frames=result["frames"])
 
 
-def finish_run(session: Session, step: Step, state: TrainState, run_dir: Path | None, quiet: bool) -> dict[str, Any]:
-    """After the last epoch (rank 0 alone, no gathering): the plots start in their own process,
-    the best checkpoint is evaluated on the test split meanwhile, summary.json is written, and the
-    plots are waited for last."""
-    job = None
-    if run_dir is not None:
-        job = write_plots(run_dir, state.history, session.task, session.meta.class_names,
-                          session.recipe.train.smoothing, session.recipe.evaluate.threshold)
+def finish_run(session: Session, step: Step, state: TrainState, run_dir: Path | None, quiet: bool,
+               plotter: plotting.Plotter | None = None) -> dict[str, Any]:
+    """After the last epoch (rank 0 alone, no gathering): the plotting process gets its job, the
+    best checkpoint is evaluated on the test split (first: the plots draw at the lowest priority, in
+    the CPU time it leaves), summary.json is written, and the plots are waited for last."""
+    if run_dir is not None and plotter is not None:
+        write_plots(run_dir, state.history, session.task, session.meta.class_names, session.recipe.train.smoothing,
+                    session.recipe.evaluate.threshold, plotter)
     try:
         test = _test_metrics(session, step, run_dir)
         summary = build_summary(session, state, test)
         if run_dir is not None:
             write_json(RunDir(run_dir).summary, summary)
     finally:
-        if job is not None:
-            job.wait()
+        if plotter is not None:
+            plotter.wait()
     return summary
 
 
@@ -110,12 +110,11 @@ def build_summary(session: Session, state: TrainState, test: dict[str, float] | 
 
 
 def write_plots(run_dir: Path, history: list[dict[str, float]], task: Task, class_names: list[str],
-                smoothing: float, threshold: float) -> plotting.PlotJob | None:
-    """Loss, every metric (raw and smoothed), lr, confusion matrices and ROC curves, drawn in a
-    process of their own (`runs.plotting`); None when `plotting.skipped` says not to."""
-    if not history or not plotting.wanted():
-        return None
-    return plotting.start(run_dir, history, list(task.figures), class_names, smoothing, threshold)
+                smoothing: float, threshold: float, plotter: plotting.Plotter) -> None:
+    """Loss, every metric (raw and smoothed), lr, confusion matrices and ROC curves: the job of the
+    run's plotting process (`runs.plotting`), which draws them while the run goes on."""
+    if history:
+        plotter.draw(run_dir, history, list(task.figures), class_names, smoothing, threshold)
 
 
 def record_sampling(sampler: Any, session: Session, run_dir: Path, epoch: int) -> None:

@@ -4,8 +4,8 @@ curves), drawn in a process of their own while the run evaluates its test split.
 A separate process, not a thread: matplotlib holds the GIL for most of its work, and a thread
 holding it stalls the test evaluation's thread at every operator it launches. The process
 imports numpy and matplotlib only (this module is torch-free), reads the validation predictions
-the run saved, and the run waits for it before it returns. `python -m cvtool.runs.plotting JOB`
-reads its job from the JSON file JOB.
+the run saved, and the run waits for it before it returns. `python -m cvtool.runs.plotting`
+reads the path of its job (a JSON file) from stdin; an empty stdin ends it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -95,40 +95,68 @@ EPOCH_FIGURES: dict[str, Callable[[Any, list[str], float, str, str, Path], None]
     "confusion": _epoch_confusion, "roc": _epoch_roc}
 
 
-class PlotJob:
-    """The plotting process of one run; `wait` reports a failure as one line on stderr (the run's
-    results stand without their plots)."""
+class Plotter:
+    """A plotting process, started when the run starts at the lowest CPU priority: it imports
+    matplotlib in time the training leaves idle, then waits for its one job (`draw`). The job's
+    drawing, too, takes the CPU only as the test evaluation leaves it, which comes first."""
 
-    def __init__(self, process: subprocess.Popen, job: Path, errors: IO[bytes]) -> None:
-        self.process, self.job, self.errors = process, job, errors
+    def __init__(self) -> None:
+        package_parent = str(Path(__file__).resolve().parents[2])  # the cvtool this process runs, found first
+        paths = (package_parent, os.environ.get("PYTHONPATH"))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        self.errors = tempfile.TemporaryFile()
+        self.job: Path | None = None
+        self.process = subprocess.Popen([sys.executable, "-m", "cvtool.runs.plotting"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, stderr=self.errors, env=env, text=True)
+
+    def draw(self, run_dir: Path, history: list[dict[str, float]], figures: list[str], class_names: list[str],
+             smoothing: float, threshold: float) -> None:
+        """Hand the process its job (returns at once); `wait` for it."""
+        job = {"run_dir": str(run_dir), "history": history, "figures": list(figures),
+               "class_names": list(class_names), "smoothing": smoothing, "threshold": threshold}
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="cvtool-plots-", delete=False) as handle:
+            json.dump(job, handle)
+        self.job = Path(handle.name)
+        self._send(str(self.job))
 
     def wait(self) -> None:
+        """Wait for the process (given no job, it ends at once); a failure is one line on stderr:
+        the run's results stand without their plots."""
+        if self.errors.closed:
+            return
+        self._send("")
         code = self.process.wait()
         self.errors.seek(0)
         lines = [line for line in self.errors.read().decode(errors="replace").splitlines() if line.strip()]
         self.errors.close()
-        self.job.unlink(missing_ok=True)
-        if code:
-            print(f"cvtool: plots failed ({lines[-1] if lines else f'exit status {code}'})", file=sys.stderr)
+        if self.job is not None:
+            self.job.unlink(missing_ok=True)
+            if code:
+                print(f"cvtool: plots failed ({lines[-1] if lines else f'exit status {code}'})", file=sys.stderr)
 
-
-def start(run_dir: Path, history: list[dict[str, float]], figures: list[str], class_names: list[str],
-          smoothing: float, threshold: float) -> PlotJob:
-    """`draw` in a new process (this interpreter, this cvtool); returns at once."""
-    job = {"run_dir": str(run_dir), "history": history, "figures": list(figures), "class_names": list(class_names),
-           "smoothing": smoothing, "threshold": threshold}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="cvtool-plots-", delete=False) as handle:
-        json.dump(job, handle)
-    package_parent = str(Path(__file__).resolve().parents[2])  # the cvtool this process runs, found first
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
-    errors = tempfile.TemporaryFile()
-    process = subprocess.Popen([sys.executable, "-m", "cvtool.runs.plotting", handle.name],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, env=env)
-    return PlotJob(process, Path(handle.name), errors)
+    def _send(self, line: str) -> None:
+        """One line, then stdin closed. Always a whole line, never just the end of the pipe: loader
+        workers forked after this process started hold a copy of its write end."""
+        stdin = self.process.stdin
+        assert stdin is not None
+        if stdin.closed:
+            return
+        with contextlib.suppress(OSError):  # the process died: `wait` says so
+            stdin.write(line + "\n")
+            stdin.flush()
+        with contextlib.suppress(OSError):
+            stdin.close()
 
 
 def main() -> None:
-    job = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    """The plotting process: lowest priority, matplotlib imported, then the job named on stdin."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(19)
+    plots.warm_up()
+    line = sys.stdin.readline().strip()
+    if not line:
+        return
+    job = json.loads(Path(line).read_text(encoding="utf-8"))
     draw(Path(job["run_dir"]), job["history"], job["figures"], job["class_names"], job["smoothing"],
          job["threshold"])
 

@@ -34,6 +34,7 @@ from cvtool.fileio import duplicate
 from cvtool.models import set_trainable
 from cvtool.models.pretrained import weights_record
 from cvtool.recipe.schema import Recipe
+from cvtool.runs import plotting
 from cvtool.runs.artifacts import finish_run, record_sampling, save_predictions, split_metrics
 from cvtool.runs.layout import RunDir
 from cvtool.runs.loggers import open_loggers
@@ -84,6 +85,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
         meter = session.task.train_meter(session.meta.num_outputs, recipe.evaluate.threshold,
                                          session.bundle.splits["train"].frames)
         filler = session.bundle.fill_behind()  # the images no batch has read yet, behind the training
+        # the plots' process, started now at the lowest priority: its imports are done by the last epoch
+        plotter = plotting.Plotter() if session.lead and run is not None and plotting.wanted() else None
         first_epoch = state.epoch + 1
         try:
             for epoch in range(state.epoch + 1, recipe.train.epochs + 1):
@@ -111,7 +114,7 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
                 if recipe.train.early_stop and state.bad_epochs >= recipe.train.early_stop.patience:
                     log.console.print(f"early stop: no {session.monitor} gain for {recipe.train.early_stop.patience} epochs")
                     break
-            summary = finish_run(session, step, state, run.path if run else None, quiet) if session.lead else {}
+            summary = finish_run(session, step, state, run.path if run else None, quiet, plotter) if session.lead else {}
             if trackers is not None:
                 trackers.finish(summary)
         except BaseException as exc:
@@ -122,6 +125,8 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
             raise
         finally:
             filler.stop()
+            if plotter is not None:
+                plotter.wait()
         log.close()
     return summary
 
