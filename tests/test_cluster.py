@@ -301,3 +301,19 @@ def test_a_member_on_several_devices_trains_under_torchrun_inside_its_job(tmp_pa
     job = json.loads((out / "cluster" / "jobs.json").read_text())["jobs"][0]["job"]
     log = (Ledger(out).default_logs / f"{job}_0_log.err").read_text()
     assert "larger than this rank's share" in log  # two ranks each trained on half of the fold's images
+
+
+@pytest.mark.slow
+def test_a_failed_job_is_reported_with_the_last_lines_of_its_log(tmp_path: Path, synthetic, one_thread_jobs) -> None:
+    out = tmp_path / "set"
+    result = train(fold_set_recipe(tmp_path, synthetic), "--fold", "0", "--out", out, "--executor", "local",
+                   "--jobs", "2", "--set", "optim={name: sgd, lr: 1.0e+30}", "--set", "train.epochs=1", "--quiet")
+    assert result.exit_code == 1, result.output
+    job = json.loads((out / "cluster" / "jobs.json").read_text())["jobs"][0]["job"]
+    assert f"fold_0 (job {job}) failed" in result.output
+    assert "NonFiniteLoss" in result.output  # the traceback's last line, from the job's stderr
+    record = Ledger(out).read_member("fold_0")
+    assert record["state"] == "failed" and "NonFiniteLoss" in record["error"]
+    status = runner.invoke(app, ["status", str(out)]).output
+    assert next(line for line in status.splitlines() if line.startswith("│ fold_0")).count("failed") == 1
+    assert "NonFiniteLoss" in status

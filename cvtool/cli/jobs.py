@@ -97,7 +97,9 @@ def report(submission: Submission, quiet: bool) -> None:
 
 def render_summary(summary: dict[str, Any], where: Path) -> None:
     """The fold set's, sweep's or search's table, as `cvtool train` prints it."""
-    if summary.get("folds"):
+    if summary.get("folds") and not summary["runs"]:
+        console.print(f"fold set {summary['name']}: no fold has finished yet: {where}")
+    elif summary.get("folds"):
         from cvtool.cli.fold_tables import folds_table
 
         console.print(folds_table(summary))
