@@ -7,6 +7,7 @@ import typer
 from cvtool import __version__
 from cvtool.cli import (
     bench,
+    collect,
     data,
     doctor,
     evaluate,
@@ -17,6 +18,7 @@ from cvtool.cli import (
     recipe,
     report,
     stats,
+    status,
     train,
     tta,
     weights,
@@ -48,6 +50,8 @@ app.add_typer(data.app, name="data", help="Write example datasets: real digits, 
 app.add_typer(stats.app)
 app.add_typer(doctor.app)
 app.add_typer(train.app)
+app.add_typer(status.app)
+app.add_typer(collect.app)
 app.add_typer(lr_find.app)
 app.add_typer(evaluate.app)
 app.add_typer(tta.app)

@@ -9,6 +9,7 @@ A resumed set skips finished folds and continues the interrupted one from its la
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,24 @@ def run_folds(recipe: Recipe, run_dir: Path, fold: str = "all", *, resume: bool 
               quiet: bool = False, stop: Any = None) -> dict[str, Any]:
     """Train the folds asked for into run_dir; returns folds.json's content once all are done
     (else the summaries so far, with "complete": False)."""
+    folds = start_fold_set(recipe, run_dir, fold, resume=resume, overwrite=overwrite)
+    for index in folds.wanted:
+        train_fold(fold_recipe(folds.recipe, index), RunDir(run_dir).fold(index), quiet=quiet, stop=stop)
+    return collect_folds(folds.recipe, folds.info, folds.fold_of, RunDir(run_dir))
+
+
+@dataclass(frozen=True)
+class FoldSet:
+    """A fold set's recipe (data.fold unset), dataset, fold of every training image, folds asked for."""
+
+    recipe: Recipe
+    info: DatasetInfo
+    fold_of: np.ndarray
+    wanted: list[int]
+
+
+def start_fold_set(recipe: Recipe, run_dir: Path, fold: str = "all", *, resume: bool, overwrite: bool) -> FoldSet:
+    """The fold set's folder with its recipe.yaml and folds.csv (checked against it on a resume)."""
     if recipe.data.folds is None:
         raise CvtoolError("--fold: the recipe has no data.folds (e.g. data: {folds: {k: 5}})")
     if recipe.sweep:
@@ -56,15 +75,17 @@ def run_folds(recipe: Recipe, run_dir: Path, fold: str = "all", *, resume: bool 
     info = read_dataset(recipe.data, recipe.task, recipe.seed)
     fold_of = fixed_assignment(recipe, info, RunDir(run_dir), resume)
     write_text(RunDir(run_dir).recipe, recipe_to_yaml(recipe))
-    for index in wanted:
-        fold_dir = RunDir(RunDir(run_dir).fold(index))
-        if fold_dir.summary.is_file():
-            continue
-        started = fold_dir.checkpoint("last").is_file()
-        point = fold_recipe(recipe, index)
-        with new_run(point, fold_dir.path, resume=started, overwrite=True) as (work, moved):
-            fit(point, work, resume=started, quiet=quiet, stop=stop, started=moved)
-    return collect_folds(recipe, info, fold_of, RunDir(run_dir))
+    return FoldSet(recipe, info, fold_of, wanted)
+
+
+def train_fold(point: Recipe, fold_dir: Path, *, quiet: bool = False, stop: Any = None) -> None:
+    """One fold run (`fold_recipe`) into fold_dir: skipped once finished, else continued from its last.pt."""
+    run = RunDir(fold_dir)
+    if run.summary.is_file():
+        return
+    started = run.checkpoint("last").is_file()
+    with new_run(point, run.path, resume=started, overwrite=True) as (work, moved):
+        fit(point, work, resume=started, quiet=quiet, stop=stop, started=moved)
 
 
 def fixed_assignment(recipe: Recipe, info: DatasetInfo, run: RunDir, resume: bool) -> np.ndarray:

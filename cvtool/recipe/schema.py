@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from cvtool.recipe.executor import ExecutorConfig
 from cvtool.recipe.experiments import LoggerName, MlflowConfig, SearchConfig
 from cvtool.recipe.fields import (
     NoBool,
@@ -219,6 +220,7 @@ class Recipe(Section):
     tta: TTAConfig = TTAConfig()
     sweep: dict[str, list[Any]] | None = None
     search: SearchConfig | None = None
+    executor: ExecutorConfig | None = None  # `cvtool train --executor slurm`: the jobs' size (recipe/executor.py)
     # a sweep's or search's recipe.yaml as cvtool stored it (recipe.load.keep_written): its points
     # and trials are built from that mapping, each read as a stored recipe
     _written: dict[str, Any] | None = PrivateAttr(default=None)

@@ -95,7 +95,7 @@ def run_sweep(recipe: Recipe, sweep_dir: Path, *, resume: bool, overwrite: bool,
     try:
         if lead:
             write_text(RunDir(base()).recipe, recipe_to_yaml(recipe))
-        results = [(name, _sweep_point(point, name, base, placement, resume, quiet, stop, dist, extend))
+        results = [(name, train_point(point, name, base, placement, resume, quiet, stop, dist, extend))
                    for name, point in expand_sweep(recipe)]
     except BaseException:
         if placement is not None:
@@ -104,13 +104,13 @@ def run_sweep(recipe: Recipe, sweep_dir: Path, *, resume: bool, overwrite: bool,
     return rank_sweep(recipe, base(), results) if lead else {}
 
 
-def _sweep_point(point: Recipe, name: str, base: Callable[[], Path], placement: Placement | None, resume: bool,
-                 quiet: bool, stop: Callable[[], bool] | None, dist: Dist | None, extend: bool) -> dict[str, Any]:
+def train_point(point: Recipe, name: str, base: Callable[[], Path], placement: Placement | None, resume: bool,
+                quiet: bool, stop: Callable[[], bool] | None, dist: Dist | None, extend: bool) -> dict[str, Any]:
     """One grid point into base()/name (the sweep folder moves into place when its first point starts)."""
     lead = dist is None or dist.rank == 0
     run = RunDir(base() / name)
-    if resume and (run.summary.is_file() or run.failed.is_file()):
-        return run.read_summary() if run.summary.is_file() else _failed(run)
+    if resume and (done := finished_point(run)) is not None:
+        return done
     if lead:
         mark(run.path, "run")
     if dist is not None:
@@ -125,6 +125,13 @@ def _sweep_point(point: Recipe, name: str, base: Callable[[], Path], placement: 
         if lead:  # a resume moves on to the next point and ranks this one as failed
             write_json(RunDir(base() / name).failed, {"error": str(exc)})
         raise
+
+
+def finished_point(run: RunDir) -> dict[str, Any] | None:
+    """A grid point's summary, {"failed": error} for a point stopped by a non-finite loss, else None."""
+    if run.summary.is_file():
+        return run.read_summary()
+    return _failed(run) if run.failed.is_file() else None
 
 
 def _failed(run: RunDir) -> dict[str, Any]:

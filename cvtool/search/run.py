@@ -145,6 +145,13 @@ def run_search(recipe: Recipe, search_dir: Path, *, resume: bool = False, worker
                quiet: bool = False, stop: Any = None) -> dict[str, Any]:
     """Run trials until `search.trials` are claimed (by this process and any other worker);
     returns the ranked table (also in search.json / search.csv and plots/)."""
+    study = run_trials(recipe, search_dir, resume=resume, worker=worker, quiet=quiet, stop=stop)
+    return rank_search(recipe, search_dir, study)
+
+
+def run_trials(recipe: Recipe, search_dir: Path, *, resume: bool = False, worker: bool = False,
+               quiet: bool = False, stop: Any = None) -> Any:
+    """Claim and train trials until `search.trials` are claimed; returns the study."""
     run = RunDir(search_dir)
     if not worker or not run.recipe.is_file():
         write_text(run.recipe, recipe_to_yaml(recipe))
@@ -157,7 +164,7 @@ def run_search(recipe: Recipe, search_dir: Path, *, resume: bool = False, worker
     limit = target_trials(recipe)
     while (trial := claim_trial(study, limit)) is not None:
         run_trial(recipe, search_dir, study, trial, quiet, stop)
-    return rank_search(recipe, search_dir, study)
+    return study
 
 
 def start_search(recipe: Recipe, search_dir: Path, *, resume: bool, worker: bool, overwrite: bool = False,
