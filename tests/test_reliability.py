@@ -89,6 +89,35 @@ def test_kill_9_during_checkpoint_save_never_leaves_a_broken_file(tmp_path: Path
     assert all(name.endswith(".tmp") for name in leftovers)
 
 
+INTERRUPTED_WRITER = """
+import signal, sys, torch
+from cvtool.engine.checkpoint import save_checkpoint
+signal.signal(signal.SIGUSR2, lambda *_: sys.exit(3))  # what submitit does on preemption
+i = 0
+while True:
+    i += 1
+    save_checkpoint(sys.argv[1], {"epoch": i, "model": {"w": torch.full((400_000,), float(i))}})
+    print(i, flush=True)
+"""
+
+
+def test_an_exit_raised_by_a_signal_handler_during_a_save_ends_the_process_cleanly(tmp_path: Path) -> None:
+    """submitit raises SystemExit from its SIGUSR2 handler wherever the job is; inside torch.save
+    to a Python file object that aborted the interpreter (std::terminate) before the requeue."""
+    target = tmp_path / "last.pt"
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_WRITER, str(target)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        proc.stdout.readline()
+        time.sleep(0.02 * attempt)
+        proc.send_signal(signal.SIGUSR2)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3, err
+        payload = load_checkpoint(target)
+        assert float(payload["model"]["w"][0]) == payload["epoch"]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 class Exploit:
     def __reduce__(self):
         return (os.system, (f"touch {Exploit.marker}",))

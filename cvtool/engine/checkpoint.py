@@ -13,7 +13,7 @@ import torch
 
 from cvtool import __version__
 from cvtool.errors import CvtoolError
-from cvtool.fileio import atomic_open
+from cvtool.fileio import atomic_path
 
 if TYPE_CHECKING:
     from cvtool.engine.ema import WeightEMA
@@ -25,10 +25,15 @@ FORMAT = "cvtool-checkpoint/1"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """torch.save into a temp file beside `path`, fsync, rename: never a half-written file."""
+    """torch.save into a temp file beside `path`, fsync, rename: never a half-written file.
+
+    torch.save gets a path, not a Python file: its zip writer then does its own I/O. Given a file
+    object it writes through Python callbacks, and an exception raised between them (submitit's
+    SIGUSR2 handler exits the process from within whatever runs) left the C++ writer to flush into a
+    closed file from its destructor: std::terminate, and a preempted job that never requeued."""
     payload = {"format": FORMAT, "cvtool_version": __version__, **payload}
-    with atomic_open(path, "wb") as handle:
-        torch.save(payload, handle)
+    with atomic_path(path) as tmp:
+        torch.save(payload, str(tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
