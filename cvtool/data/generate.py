@@ -90,6 +90,11 @@ def _publish(out_dir: Path, build: Callable[[Path], dict[str, Any]]) -> dict[str
     """Build into a temp folder beside out_dir, then rename it into place."""
     if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / MARKER).is_file())):
         raise CvtoolError(f"{out_dir}: exists and is not a dataset cvtool generated; choose another folder")
+    real = Path(os.path.realpath(out_dir))
+    if Path.cwd().resolve().is_relative_to(real) or Path.home().resolve().is_relative_to(real):
+        raise CvtoolError(f"{out_dir}: refused to replace it: it holds the current or the home folder")
+    if holder := next((p for p in real.parents if (p / MARKER).is_file()), None):
+        raise CvtoolError(f"{out_dir}: lies inside the dataset {holder}, whose images it would add to; choose another folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
