@@ -184,3 +184,15 @@ def test_a_csv_datasets_symlinked_images_folder_is_followed(synthetic, make_reci
                                                                            "train": "escape"}}, name="esc"),
                                  "--out", tmp_path / "s.json"))
     assert "image path escapes the data root: ../../etc/passwd" in line
+
+
+def test_regenerating_a_dataset_keeps_the_users_files(tmp_path) -> None:
+    data = tmp_path / "data"
+    assert invoke("data", "synthetic", data, "--n", 40, "--size", 16).exit_code == 0
+    (data / "LICENSE.txt").write_text("CC-BY")
+    (data / "cvtool-stats.json").write_text("{}")  # cvtool's own: goes with the images it described
+    result = invoke("data", "synthetic", data, "--n", 40, "--size", 16, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    assert f"kept 1 of your files in {data}: LICENSE.txt" in result.output
+    assert (data / "LICENSE.txt").read_text() == "CC-BY" and not (data / "cvtool-stats.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -139,6 +139,8 @@ def test_every_writer_of_a_run_respects_its_lock_and_readers_do_not_need_it(fini
                  ["evaluate", run, "--split", "val", "--calibrate", "--out", tmp_path / "elsewhere"],
                  ["evaluate", run, "--split", "val", "--out", tmp_path / "e2", "--save-predictions", run / "p.csv"],
                  ["export", run, "--onnx", run / "model-2.onnx"],
+                 ["predict", run, Path(finished["data"]["root"]) / "val", "--out", run / "submission.csv"],
+                 ["stats", finished["data"]["root"], "--out", run / "stats.json"],
                  ["train", finished["recipe"], "--out", run / "nested", "--quiet"]):
         line = one_line_error(invoke(*args))
         assert f"{run}: in use by cvtool process {proc.pid} (train); wait until it ends" in line, args
@@ -215,7 +217,8 @@ def test_stale_old_runs_are_put_back_or_give_back_the_users_files(finished, tmp_
 def test_overwrite_keeps_the_users_files_and_says_so(finished, tmp_path) -> None:
     run = copy_run(finished, tmp_path / "run")
     mine = {"notes.md": b"my notes", "analysis.ipynb": b"{}", "checkpoints/best-copy.pt": b"a copied checkpoint",
-            "figures/f.png": b"png", "eval/keep.txt": b"x"}
+            "figures/f.png": b"png", "eval/keep.txt": b"x", f"old-run/{MARKER}": b"cvtool run\n",
+            "old-run/metrics.csv": b"epoch\n1\n"}
     for name, content in mine.items():
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_bytes(content)
@@ -223,8 +226,8 @@ def test_overwrite_keeps_the_users_files_and_says_so(finished, tmp_path) -> None
     result = invoke("train", finished["recipe"], "--out", run, "--overwrite", "--quiet", "--set", "seed=3")
     assert result.exit_code == 0, result.output
     kept = [line for line in result.output.splitlines() if "kept" in line]
-    assert kept == [f"cvtool: --overwrite kept 6 of your files in {run}: analysis.ipynb, checkpoints/best-copy.pt, "
-                    "data-link, eval/keep.txt, figures, notes.md"]
+    assert kept == [f"cvtool: --overwrite kept 7 of your files in {run}: analysis.ipynb, checkpoints/best-copy.pt, "
+                    "data-link, eval/keep.txt, figures, notes.md, old-run"]
     for name, content in mine.items():
         assert (run / name).read_bytes() == content
     assert os.readlink(run / "data-link") == str(finished["data"]["root"])

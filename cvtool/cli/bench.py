@@ -33,7 +33,7 @@ def train(
 
     loaded = load_recipe(recipe, set_ or [])
     if json_out is not None:
-        check_file("--json", json_out, {"the recipe": recipe}, loaded.data)
+        check_file("--json", json_out, {"the recipe": recipe}, loaded.data, purpose="bench")
     report = bench_train(loaded, steps=steps, warmup=warmup, rounds=rounds, target=target)
     render(report)
     if json_out is not None:

@@ -36,7 +36,7 @@ def stats(
 
     cfg, task_name, seed, size = _config(data, recipe, fmt, task, image_size, channels)
     target = out or data / STATS_FILE
-    check_file("--out", target, {"the recipe": recipe}, cfg)
+    check_file("--out", target, {"the recipe": recipe}, cfg, purpose="stats")
     result = compute_stats(cfg, task_name, seed, size, progress=not quiet and is_tty())
     try:
         write_json(target, result)

@@ -140,11 +140,12 @@ def check_outputs(loaded: LoadedModel, folder: Path, predictions_csv: str | Path
     """Before any work: the report folder outside the data, the predictions CSV none of the
     inputs, and the lock of every run written into (its checkpoint, when it is updated)."""
     data = recipe_for(loaded, data_root).data
-    check_folder("--out", folder, {"the checkpoint": loaded.path}, {"the data root": data.root})
+    check_folder("--out", folder, {"the checkpoint": loaded.path}, {"the data root": data.root}, purpose="evaluate")
     if predictions_csv is not None:
-        check_file("--save-predictions", Path(predictions_csv), {"the checkpoint": loaded.path}, data)
-    hold_for_writing([folder, predictions_csv and Path(predictions_csv), loaded.path if updates_checkpoint else None],
-                     "evaluate")
+        check_file("--save-predictions", Path(predictions_csv), {"the checkpoint": loaded.path}, data,
+                   purpose="evaluate")
+    if updates_checkpoint:
+        hold_for_writing([loaded.path], "evaluate")
 
 
 def default_out_dir(checkpoint: Path, split: str) -> Path:

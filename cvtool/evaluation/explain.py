@@ -22,7 +22,6 @@ from torch import nn
 from cvtool.data.images import decode, image_files, normalize_batch
 from cvtool.errors import CvtoolError
 from cvtool.fileio import atomic_open, write_csv
-from cvtool.runs.lock import hold_for_writing
 from cvtool.runs.model import LoadedModel, load_model
 from cvtool.runs.outputs import check_folder
 
@@ -177,8 +176,8 @@ def explain_images(target: str | Path, images: Sequence[Path], out: Path, class_
     index = None if class_name is None else names.index(class_name)
     paths = image_paths(images)
     given = {f"IMAGES {item}": item for item in images}
-    check_folder("--out", out, {"the checkpoint": loaded.path}, {"the data root": loaded.recipe.data.root, **given})
-    hold_for_writing([out], "explain")
+    check_folder("--out", out, {"the checkpoint": loaded.path}, {"the data root": loaded.recipe.data.root, **given},
+                 purpose="explain")
     found: list[Explanation] = []
     for start in range(0, len(paths), 32):  # bounded memory: activations and gradients of 32 images
         found += grad_cam(loaded, paths[start:start + 32], index, layer)

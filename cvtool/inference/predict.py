@@ -118,7 +118,8 @@ def predict(model: str | Path | Sequence[str | Path], images: str | Path, out: s
     _check_options(batch_size, tta, on_bad_image)
     check_out(out)
     models = [model] if isinstance(model, str | Path) else list(model)
-    check_file("--out", Path(out), {"IMAGES": images, "--images-dir": images_dir, **{f"MODEL {m}": m for m in models}})
+    check_file("--out", Path(out), {"IMAGES": images, "--images-dir": images_dir, **{f"MODEL {m}": m for m in models}},
+               purpose="predict")
     predictor = open_predictor(model, which, weights)
     card, task = predictor.card, get_task(predictor.card.task)
     if probs and (problem := task.check_probabilities()):

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from cvtool.data.images import is_image_file
 from cvtool.errors import CvtoolError
 from cvtool.fileio import refuse_input, refuse_inside
-from cvtool.runs.lock import owner_of
+from cvtool.runs.layout import MARKER
+from cvtool.runs.lock import hold_for_writing
 from cvtool.runs.ownership import split_entries
 
 if TYPE_CHECKING:
@@ -22,25 +23,29 @@ if TYPE_CHECKING:
 Inputs = Mapping[str, "str | os.PathLike | None"]
 
 
-def check_file(option: str, out: Path, inputs: Inputs, data: DataConfig | None = None) -> None:
-    """A file output: not an input, not a run's record, not a file of the data."""
+def check_file(option: str, out: Path, inputs: Inputs, data: DataConfig | None = None, *, purpose: str) -> None:
+    """A file output: not an input, not a run's record, not a file of the data; inside a cvtool
+    run, the run's lock is held for `purpose` (the command)."""
     refuse_input(option, out, inputs)
     refuse_run_file(option, out)
     if data is not None:
         refuse_data_file(option, out, data)
+    hold_for_writing([out], purpose)
 
 
-def check_folder(option: str, out: Path, inputs: Inputs, roots: Inputs) -> None:
-    """A folder output (plots, overlays, thumbnails): not an input, not inside (nor holding) a data root."""
+def check_folder(option: str, out: Path, inputs: Inputs, roots: Inputs, *, purpose: str) -> None:
+    """A folder output (plots, overlays, thumbnails): not an input, not inside (nor holding) a data
+    root; inside a cvtool run, the run's lock is held."""
     refuse_input(option, out, inputs)
     refuse_inside(option, out, roots)
+    hold_for_writing([out], purpose)
 
 
 def refuse_run_file(option: str, out: Path) -> None:
     """`out` must not be a file in which a cvtool run keeps its records (recipe.yaml, metrics.csv,
     checkpoints/best.pt, ...): reports inside eval/ and explain/ may be written over."""
     real = Path(os.path.realpath(out))
-    owner = owner_of(real.parent)
+    owner = next((folder for folder in real.parents if (folder / MARKER).is_file()), None)  # the innermost run
     if owner is None:
         return
     rel = real.relative_to(owner)

@@ -42,20 +42,30 @@ def split_entries(folder: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _walk(root: Path, prefix: Path, ours: list[Path], theirs: list[Path]) -> None:
-    """Sort the entries of the run folder root/prefix."""
+    """Sort the entries of the run folder root/prefix (a sweep's points are marked folders; a
+    cvtool run of the user's inside a run is the user's)."""
+    sweep = _kind(root / prefix) == "sweep"
     with os.scandir(root / prefix) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
             rel = prefix / entry.name
             folder = entry.is_dir(follow_symlinks=False)
             if folder and entry.name in PATTERNS:
                 _walk_patterns(root, rel, PATTERNS[entry.name], ours, theirs)
-            elif folder and (NESTED.fullmatch(entry.name) or (Path(entry.path) / layout.MARKER).is_file()):
+            elif folder and (NESTED.fullmatch(entry.name) or (sweep and _kind(Path(entry.path)) is not None)):
                 _walk(root, rel, ours, theirs)
             elif folder:
                 (ours if entry.name in FOLDERS else theirs).append(rel)
             else:
                 cvtools = entry.name in FILES or any(fnmatch(entry.name, p) for p in HIDDEN)
                 (ours if cvtools else theirs).append(rel)
+
+
+def _kind(folder: Path) -> str | None:
+    """What the marker says the folder is (run, sweep, search), None without one."""
+    try:
+        return (folder / layout.MARKER).read_text(encoding="utf-8").split()[-1]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
 
 
 def _walk_patterns(root: Path, prefix: Path, patterns: tuple[str, ...], ours: list[Path], theirs: list[Path],
