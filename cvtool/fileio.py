@@ -8,11 +8,11 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from cvtool.errors import WriteError
+from cvtool.errors import CvtoolError, WriteError
 
 
 @contextlib.contextmanager
@@ -144,3 +144,36 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         reader = csv.DictReader(handle, delimiter=delimiter)
         rows = [{key.strip(): value for key, value in row.items() if key is not None} for row in reader]
         return [name.strip() for name in reader.fieldnames or []], rows
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """One file or folder, however spelled: relative or absolute, through a symlink, a hard link."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def refuse_input(option: str, out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """An output path that is one of the command's inputs (`what` -> path) is refused before
+    anything is written: writing it would replace what the command reads."""
+    for what, path in inputs.items():
+        if path is not None and same_path(out, path):
+            raise CvtoolError(f"{option} {out}: is {what} ({path}), which this command reads; choose another path")
+
+
+def refuse_inside(option: str, out: str | os.PathLike, roots: Mapping[str, str | os.PathLike | None]) -> None:
+    """An output folder must not lie inside a data root, nor hold one: the images it writes (plots,
+    overlays, thumbnails) would be read as data next time."""
+    target = Path(os.path.realpath(out))
+    for what, root in roots.items():
+        if root is None:
+            continue
+        real = Path(os.path.realpath(root))
+        if target == real or target.is_relative_to(real):
+            raise CvtoolError(f"{option} {out}: lies inside {what} {root}, where its images would be read as data; "
+                              "choose a folder outside it")
+        if real.is_relative_to(target):
+            raise CvtoolError(f"{option} {out}: holds {what} {root}; choose a folder outside it")

@@ -31,6 +31,7 @@ from cvtool.inference.input_models import RawInputModel, ResizedInputModel
 from cvtool.inference.onnx_export import opset_of, to_onnx
 from cvtool.inference.onnx_runtime import create_session
 from cvtool.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard, card_from_checkpoint
+from cvtool.runs.lock import hold_for_writing
 from cvtool.runs.model import load_model
 
 PARITY_BATCHES = (1, 7)
@@ -133,10 +134,11 @@ def _check_export_size(loaded: Any, image_size: int) -> None:
 
 
 def check_options(out: str | Path, tolerance: float, image_size: int | None, opset: int | None) -> Path:
-    """The output path, once the options are known to be usable."""
+    """The output path, once the options are known to be usable (inside a run: its lock held)."""
     out = _check_out(out)
     if tolerance <= 0 or (image_size is not None and image_size < 1) or (opset is not None and opset < 1):
         raise CvtoolError("--tolerance, --image-size and --opset must be positive")
+    hold_for_writing([out], "export")
     return out
 
 

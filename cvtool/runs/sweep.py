@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvtool.errors import CvtoolError, NonFiniteError
-from cvtool.fileio import write_csv, write_json, write_text
+from cvtool.fileio import refuse_input, refuse_inside, write_csv, write_json, write_text
 from cvtool.recipe.load import recipe_to_yaml
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.layout import RunDir
-from cvtool.runs.placement import Placement, mark, place_run
+from cvtool.runs.lock import hold, owner_of
+from cvtool.runs.placement import Placement, clean_stale, mark, place_run
 from cvtool.runs.recipes import expand_sweep
 from cvtool.runs.train import fit
 from cvtool.tasks import get_task, higher_is_better
@@ -30,14 +31,36 @@ def default_run_dir(recipe: Recipe) -> Path:
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, recipe: Recipe | None = None,
                     recipe_file: Path | None = None) -> Placement | None:
     """A run never silently replaces another: an existing run needs --overwrite or --resume,
-    and --overwrite replaces only what cvtool wrote (see placement.py)."""
+    --overwrite replaces only what cvtool wrote (see placement.py), and a run folder has one
+    writer at a time (lock.py)."""
+    check_run_paths(run_dir, resume, recipe, recipe_file)
+    hold(owner_of(run_dir) or run_dir, "train")
     if resume:
+        clean_stale(run_dir)
         if not run_dir.is_dir():
             raise CvtoolError(f"--resume {run_dir}: no such run directory")
         return None
     protected = [p for p in (recipe_file, recipe.data.root if recipe else None) if p is not None]
-    return place_run(run_dir, "sweep" if recipe is not None and recipe.sweep else "run",
-                     overwrite=overwrite, protected=protected)
+    return place_run(run_dir, run_kind(recipe), overwrite=overwrite, protected=protected)
+
+
+def run_kind(recipe: Recipe | None) -> str:
+    """What the marker of a new run folder says: search, sweep or run."""
+    return "search" if recipe is not None and recipe.search else "sweep" if recipe is not None and recipe.sweep else "run"
+
+
+def check_run_paths(run_dir: Path, resume: bool, recipe: Recipe | None, recipe_file: Path | None) -> None:
+    """A run folder is not the recipe, does not lie inside the data root nor hold it (its plots
+    would be read as images), and the data root does not lie inside another cvtool run."""
+    option = "--resume" if resume else "--out"
+    refuse_input(option, run_dir, {"the recipe": recipe_file})
+    if recipe is None:
+        return
+    refuse_inside(option, run_dir, {"the data root (data.root)": recipe.data.root})
+    holder = owner_of(recipe.data.root)
+    if holder is not None:
+        raise CvtoolError(f"data.root {recipe.data.root}: lies inside the cvtool run {holder}, which --overwrite "
+                          "would replace; keep data outside run folders")
 
 
 def prepare_now(run_dir: Path, resume: bool, overwrite: bool, recipe: Recipe | None = None,
