@@ -181,6 +181,8 @@ def test_a_killed_member_continues_from_its_last_checkpoint_when_the_command_is_
     os.kill(pid, signal.SIGSTOP)
     kept = lines(metrics)
     assert not (out / "fold_1" / "summary.json").is_file()
+    refused = train(command[0], "--out", out, "--overwrite", "--quiet")  # the set's driver and jobs share it
+    assert refused.exit_code == 2 and "in use by cvtool process" in refused.output, refused.output
     os.kill(pid, signal.SIGKILL)
     output = driver.communicate(timeout=600)[0]
     assert driver.returncode == 1, output
@@ -202,10 +204,12 @@ def test_a_killed_member_continues_from_its_last_checkpoint_when_the_command_is_
 def test_a_preempted_member_is_requeued_by_submitit_and_continues(tmp_path: Path, synthetic, reference,
                                                                  one_thread_jobs) -> None:
     from cvtool.cluster.job import MemberJob
+    from cvtool.runs.lock import scope
 
     recipe = load_recipe(fold_set_recipe(tmp_path, synthetic))
     out = tmp_path / "set"
-    folds = start_fold_set(recipe, out, "1", resume=False, overwrite=False)
+    with scope():  # prepared as the driver does; the driver's lock ends with it here
+        folds = start_fold_set(recipe, out, "1", resume=False, overwrite=False)
     executor = local_executor(Ledger(out).default_logs, max_timeouts=3)
     job = executor.submit(MemberJob("folds", out, Member("fold_1", fold_recipe(folds.recipe, 1)), threads=1))
     metrics = out / "fold_1" / "metrics.csv"

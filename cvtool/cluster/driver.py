@@ -27,6 +27,7 @@ from cvtool.errors import CvtoolError
 from cvtool.recipe.executor import ExecutorConfig
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.layout import RunDir
+from cvtool.runs.lock import join
 
 POLL_S = {"local": 1.0, "slurm": 30.0}
 
@@ -90,8 +91,15 @@ def submit_set(recipe: Recipe, set_dir: Path, request: Request,
     result.running = sorted(active_members(ledger, logs)) if continuing else []
     how = Start(request.fold, continuing, request.overwrite, request.recipe_file, workers,
                 idle=not result.running)
-    members = [m for m in members_of.start(recipe, set_dir, how)
-               if m.name not in result.running and not members_of.done(set_dir, m.name)]
+    started: list[Member] = []
+
+    def prepare(alone: bool) -> None:  # the set's lock, shared with its jobs that still run
+        if not alone and request.overwrite:
+            raise CvtoolError(f"{set_dir}: --overwrite refused: jobs of this set are running in it")
+        started.extend(members_of.start(recipe, set_dir, how))
+
+    join(set_dir, prepare, purpose="cluster")
+    members = [m for m in started if m.name not in result.running and not members_of.done(set_dir, m.name)]
     if members and slurm is not None:
         jobs = submit_array(slurm, set_dir, kind, members, config, logs)
         result.submitted = [(member, str(job.job_id)) for member, job in jobs.items()]

@@ -4,6 +4,7 @@ limit is requeued with the same member, which continues from its last.pt."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from cvtool.cluster.members import KINDS, Member, collect_set
 from cvtool.fileio import write_text
 from cvtool.recipe.load import recipe_to_yaml
 from cvtool.runs.layout import RunDir
+from cvtool.runs.lock import SHARED_ENV, lock_path
 
 
 class MemberJob(submitit.helpers.Checkpointable):
@@ -33,6 +35,8 @@ class MemberJob(submitit.helpers.Checkpointable):
         return self.member.name
 
     def __call__(self) -> dict[str, Any]:
+        # the set's lock is shared by its driver and jobs: a plain `cvtool train` into it is refused
+        os.environ[SHARED_ENV] = str(lock_path(self.set_dir))
         ledger = Ledger(self.set_dir)
         ledger.member_started(self.name, submitit.JobEnvironment().job_id)
         try:

@@ -30,6 +30,9 @@ from cvtool.runs.layout import MARKER
 SUFFIX = ".cvtool-lock"
 SETUP = "search-setup"  # a search process creating or checking its folder: the others wait for it
 SETUP_WAIT_S = 120.0
+# A cluster job's process (and torchrun's under it) shares its set's lock with the driver and the
+# other jobs: the lock file of that set, named here by the job (cluster/job.py).
+SHARED_ENV = "CVTOOL_SHARED_LOCK"
 
 
 @dataclass
@@ -70,6 +73,8 @@ def hold(folder: Path, purpose: str) -> None:
     key = lock_path(folder)
     if _reenter(key):
         return
+    if os.environ.get(SHARED_ENV) == str(key):
+        return join(folder, lambda alone: None, purpose=purpose)
     fd, is_file, locked = _lock(key, folder, fcntl.LOCK_EX)
     if not locked:
         os.close(fd)
@@ -85,8 +90,9 @@ def hold_for_writing(paths: list[Path | None], purpose: str) -> None:
         hold(owner, purpose)
 
 
-def join(folder: Path, setup: Callable[[bool], None], wait_s: float = SETUP_WAIT_S) -> None:
-    """Hold `folder`'s lock shared with the other processes of one search. `setup(alone)` runs
+def join(folder: Path, setup: Callable[[bool], None], wait_s: float = SETUP_WAIT_S, purpose: str = "search") -> None:
+    """Hold `folder`'s lock shared with the other processes of one search, or of one set run as
+    cluster jobs (its driver and jobs; `purpose` names them to a refused writer). `setup(alone)` runs
     first: alone (True) while this process holds the lock exclusively, so the folder is created
     and marked by exactly one of several processes started together; False when others already
     share it (the folder is set up). A writer that is not a search is one line naming its pid."""
@@ -100,7 +106,7 @@ def join(folder: Path, setup: Callable[[bool], None], wait_s: float = SETUP_WAIT
             if fd is None:
                 return setup(True)  # nothing to lock here (a read-only place): the writes will say so
             if locked:
-                return _joined(key, fd, is_file, mode == fcntl.LOCK_EX, setup, folder)
+                return _joined(key, fd, is_file, mode == fcntl.LOCK_EX, setup, folder, purpose)
             os.close(fd)
         holder = _read(key)
         if (holder and not holder.endswith(SETUP)) or time.monotonic() > deadline:
@@ -108,13 +114,14 @@ def join(folder: Path, setup: Callable[[bool], None], wait_s: float = SETUP_WAIT
         time.sleep(0.05)
 
 
-def _joined(key: Path, fd: int, is_file: bool, alone: bool, setup: Callable[[bool], None], folder: Path) -> None:
-    _register(key, fd, is_file, SETUP if alone else "search")
+def _joined(key: Path, fd: int, is_file: bool, alone: bool, setup: Callable[[bool], None], folder: Path,
+            purpose: str) -> None:
+    _register(key, fd, is_file, SETUP if alone else purpose)
     try:
         setup(alone)
         if alone and not _try(fd, fcntl.LOCK_SH):  # let the others in
             raise CvtoolError(f"{folder}: in use by {_holder(key)}; wait until it ends, or write elsewhere")
-        _write(fd, "search")
+        _write(fd, purpose)
     except BaseException:
         _release(key, all_of_it=True)
         raise
