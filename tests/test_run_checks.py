@@ -75,6 +75,21 @@ def keypoint_run(tmp_path_factory, synthetic) -> Path:
     return folder / "run"
 
 
+@pytest.mark.parametrize(("pairs", "task", "message"), [
+    ([[0, 3]], "keypoints", "data.flip_pairs: point 3 does not exist: the data has 3 points (indices 0 to 2)"),
+    ([[0, 1], [1, 2]], "keypoints", "data.flip_pairs: point 1 is in more than one pair"),
+    ([[0, 1]], "multiclass", "data.flip_pairs: task multiclass has no points to swap"),
+])
+def test_flip_pairs_are_checked_against_the_data(pairs, task, message, synthetic, make_recipe, tmp_path) -> None:
+    from conftest import one_line_error
+
+    recipe = make_recipe(tmp_path, synthetic(task), augment=[{"RandomHorizontalFlip": {"p": 1.0}}],
+                         data={"flip_pairs": pairs}, train={"epochs": 1, "device": "cpu", "max_batches": 2})
+    line = one_line_error(CliRunner().invoke(app, ["train", str(recipe), "--out", str(tmp_path / "run"), "--quiet"]))
+    assert line.startswith(f"cvtool: {message}"), line
+    assert not (tmp_path / "run").exists()
+
+
 def test_tta_gain_is_positive_when_a_lower_is_better_metric_falls(keypoint_run) -> None:
     from cvtool.evaluation.tta import compare_tta
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +38,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CvtoolError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_weights_only(path)
     except pickle.UnpicklingError as exc:
-        raise CvtoolError(f"{path}: refused: not a plain-weights checkpoint ({_first_line(exc, 'unsupported content')})") from None
+        raise CvtoolError(f"{path}: refused: not a plain-weights checkpoint ({refusal(exc)})") from None
     except Exception as exc:  # empty, truncated or not a checkpoint: torch's reader and unpickler raise anything
         raise CvtoolError(f"{path}: not a readable checkpoint ({_reason(path, exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -50,6 +52,24 @@ def _first_line(exc: BaseException, default: str) -> str:
     """The first non-empty line of an exception's message (some have none at all)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return (lines[0] if lines else default)[:160]
+
+
+def load_weights_only(path: Path) -> Any:
+    """torch.load(weights_only=True) on the CPU, without torch's warnings (e.g. "Detected pickle
+    protocol 4" before a refusal): the caller's one line says what went wrong."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def refusal(exc: BaseException) -> str:
+    """What the weights-only unpickler refused, from torch's many-line message."""
+    text = str(exc)
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"it would import {found.group(1)}"
+    if found := re.search(r"Unsupported operand (\d+)", text):
+        return f"pickle opcode {found.group(1)} is not allowed"
+    return "unsupported content"
 
 
 def _reason(path: Path, exc: Exception) -> str:

@@ -58,7 +58,10 @@ def load_splits(loaded: LoadedModel, splits: tuple[str, ...], data_root: str | P
         check_split(split)
     meta = loaded.meta
     recipe = recipe_for(loaded, data_root)
-    bundle = prepare_data(recipe.data, loaded.task, recipe.seed, splits, progress, normalization=(meta.mean, meta.std))
+    # only the splits asked for are read (train always: it fixes the class order), so a --data root
+    # without test/ still evaluates val
+    data = recipe.data.model_copy(update={name: None for name in ("val", "test") if name not in splits})
+    bundle = prepare_data(data, loaded.task, recipe.seed, splits, progress, normalization=(meta.mean, meta.std))
     names = list(bundle.info.target_names or bundle.info.class_names)
     expected = list(meta.target_names or meta.class_names)
     if names != expected:

@@ -4,6 +4,7 @@ finishes the run. The step itself, from the batch to `backward()` and the update
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +97,7 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
                        "train/loss": result.loss, "val/loss": val["loss"],
                        **{f"train/{k}": v for k, v in result.metrics.items()},
                        **{f"val/{k}": v for k, v in val["metrics"].items()}, **_raw_val_metrics(session, step, val_set, val_loader)}
+                _warn_undefined(session, row, state.history)
                 is_best = _end_epoch(session, step, state, row)
                 log.add(row, session.monitor, is_best, state.history)
                 _save(session, step, state, run, "best" if is_best else None, val)
@@ -175,13 +177,27 @@ def _end_epoch(session: Session, step: Step, state: TrainState, row: dict[str, f
                               f"{', '.join(k for k in row if k.startswith(('val/', 'train/')))})")
         tiebreak = (train.monitor_tiebreak, row[train.monitor_tiebreak], higher_is_better(train.monitor_tiebreak))
     min_delta = train.early_stop.min_delta if train.early_stop else 0.0
-    is_best = state.improved(value, higher_is_better(session.monitor), min_delta, tiebreak)
+    fallback = ("val/loss", row["val/loss"], False) if "val/loss" in row else None  # an undefined monitor
+    is_best = state.improved(value, higher_is_better(session.monitor), min_delta, tiebreak, fallback)
     state.bad_epochs = 0 if is_best else state.bad_epochs + 1
     if is_best:
         state.best_value, state.best_epoch = value, int(row["epoch"])
     state.epoch = int(row["epoch"])
     state.history.append(row)
     return is_best
+
+
+def _warn_undefined(session: Session, row: dict[str, float], history: list[dict[str, float]]) -> None:
+    """One line the first epoch a val metric is undefined (NaN: AUC on a val split of one class)."""
+    if not session.lead:
+        return
+    for key, value in row.items():
+        if key.startswith("val/") and not math.isfinite(value) and all(math.isfinite(r.get(key, 0.0)) for r in history):
+            choice = "; the best epoch goes by val/loss while it is" if key == session.monitor else ""
+            Console(stderr=True, highlight=False).print(
+                f"[yellow]cvtool: {key} is undefined from epoch {int(row['epoch'])} on the val split (it lacks "
+                f"what the metric needs, e.g. both classes for an AUC): null in summary.json{choice}[/]",
+                soft_wrap=True)
 
 
 def _save(session: Session, step: Step, state: TrainState, run: RunDir | None, best: str | None,
