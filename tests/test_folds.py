@@ -268,3 +268,39 @@ def test_fold_mistakes_are_one_line(tmp_path: Path, synthetic, make_recipe) -> N
     assert result.exit_code == 2 and "data.fold" in result.output
     result = runner.invoke(app, ["evaluate", str(tmp_path), "--oof"])
     assert result.exit_code == 2 and "not a fold set" in result.output
+
+
+@pytest.mark.slow
+def test_oof_writes_class_names_like_save_predictions_and_reads_the_old_indices(tmp_path: Path,
+                                                                                tmp_path_factory) -> None:
+    from conftest import flipped_fold_set
+
+    from cvtool.folds.oof import read_oof
+
+    folds = flipped_fold_set(tmp_path_factory)
+    new = tmp_path / "new"
+    shutil.copytree(folds["run"], new)
+    rows = read_rows(new / "oof.csv")
+    outputs = [c for c in rows[0] if c.startswith("output:")]
+    names = [c.removeprefix("output:") for c in outputs]
+    assert list(rows[0])[:6] == ["image", "fold", "width", "height", "target", "predicted"]
+    assert {r["target"] for r in rows} <= set(names) and {r["predicted"] for r in rows} <= set(names)
+    assert all(r["predicted"] == names[int(np.argmax([float(r[c]) for c in outputs]))] for r in rows)
+    labels = {Path(r["image"]).name: r["label"] for r in read_rows(folds["root"] / "train.csv")}
+    assert [r["target"] for r in rows] == [labels[Path(r["image"]).name] for r in rows]  # the training labels
+    old = tmp_path / "old"  # the oof.csv of an earlier version: class indices, no predicted column
+    shutil.copytree(folds["run"], old)
+    index = {name: str(i) for i, name in enumerate(names)}
+    header = [c for c in rows[0] if c != "predicted"]
+    with (old / "oof.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([[index[r[c]] if c == "target" else r[c] for c in header] for r in rows])
+    a, b = read_oof(new / "oof.csv"), read_oof(old / "oof.csv")
+    assert np.array_equal(a.targets, b.targets) and np.array_equal(a.outputs, b.outputs)
+    assert invoke("evaluate", new, "--oof") == invoke("evaluate", old, "--oof").replace(str(old), str(new))
+    for run, out in ((new, tmp_path / "doctor-new"), (old, tmp_path / "doctor-old")):
+        invoke("doctor", folds["root"], "--oof", run, "-o", out)
+    ranking = [json.loads((tmp_path / f"doctor-{v}" / "doctor.json").read_text())["labels"]["ranking"]
+               for v in ("new", "old")]
+    assert ranking[0] == ranking[1] and ranking[0][0]["given"] in names

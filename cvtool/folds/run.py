@@ -154,4 +154,6 @@ def gather_oof(recipe: Recipe, info: DatasetInfo, fold_of: np.ndarray, run: RunD
     output_names = list(info.target_names) or list(info.class_names)[-outputs.shape[1]:]
     target_names = list(info.target_names) or list(info.class_names)
     names = [relative_name(p, recipe.data.root) for p in train.paths]
-    return OofPredictions(names, fold_of, sizes, targets, outputs, target_names, output_names)
+    threshold = np.asarray(_stored_thresholds(run) or recipe.evaluate.threshold, np.float32)
+    predicted = get_task(recipe.task).predicted_labels(outputs, list(info.class_names), threshold)
+    return OofPredictions(names, fold_of, sizes, targets, outputs, target_names, output_names, predicted)
