@@ -304,3 +304,29 @@ def test_oof_writes_class_names_like_save_predictions_and_reads_the_old_indices(
     ranking = [json.loads((tmp_path / f"doctor-{v}" / "doctor.json").read_text())["labels"]["ranking"]
                for v in ("new", "old")]
     assert ranking[0] == ranking[1] and ranking[0][0]["given"] in names
+
+
+@pytest.mark.slow
+def test_oof_thresholds_are_marked_stale_when_an_extended_fold_set_changes_its_oof(
+        tmp_path: Path, tmp_path_factory, synthetic, make_recipe) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(fold_set("multilabel", tmp_path_factory, synthetic, make_recipe), run)
+    invoke("evaluate", run, "--oof", "--tune-thresholds")
+    tuned = json.loads((run / "folds.json").read_text())["thresholds"]
+    before, recipe = (run / "oof.csv").read_bytes(), (run / "recipe.yaml").read_bytes()
+    refused = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=4", "--quiet"])
+    assert refused.exit_code == 2 and "pass --extend" in refused.output  # not a silent no-op
+    assert (run / "recipe.yaml").read_bytes() == recipe
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=4", "--set", "optim.lr=0.05",
+                                 "--extend", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "folds.json").read_text())
+    assert all(len(read_rows(run / f"fold_{i}" / "metrics.csv")) == 4 for i in range(K))  # trained on
+    assert (run / "oof.csv").read_bytes() != before  # some fold found a new best epoch
+    assert summary["thresholds"] == tuned and summary["thresholds_stale"] is True
+    assert result.output.count("marked stale") == 1
+    images = Path(data_of(synthetic, "multilabel")["root"]) / "images"
+    warned = runner.invoke(app, ["predict", str(run), str(images), "--out", str(tmp_path / "a.csv")])
+    assert warned.exit_code == 0 and "(stale)" in warned.output
+    invoke("evaluate", run, "--oof", "--tune-thresholds")
+    assert "thresholds_stale" not in json.loads((run / "folds.json").read_text())

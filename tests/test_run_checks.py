@@ -111,15 +111,41 @@ def test_resume_with_more_epochs_needs_extend_and_keeps_tuned_thresholds(synthet
     assert (f"--resume {run}: train.epochs is 4, the run was planned for 2 (finished); pass --extend"
             in text(refused))
     assert (run / "recipe.yaml").read_text() == before
+    tuned_on = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"]
     extended = cli("train", "--resume", run, "--set", "train.epochs=4", "--extend", "--quiet")
     assert extended.exit_code == 0, extended.output
+    assert f"tuned on epoch {tuned_on}'s weights" in text(extended)  # said once, at the resume
     with (run / "metrics.csv").open() as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3", "4"]
     for name in ("best", "last"):
-        meta = torch.load(run / "checkpoints" / f"{name}.pt", weights_only=True)["meta"]
-        assert meta["thresholds"] == pytest.approx([0.3])
+        payload = torch.load(run / "checkpoints" / f"{name}.pt", weights_only=True)
+        assert payload["meta"]["thresholds"] == pytest.approx([0.3])
+        # kept, marked with the epoch they were tuned on: stale for any other epoch's weights
+        assert payload["meta"].get("thresholds_epoch", payload["epoch"]) == tuned_on
+    stale = cli("evaluate", run, "--checkpoint", "last", "--split", "val")
+    assert stale.exit_code == 0 and f"thresholds tuned on epoch {tuned_on}'s" in text(stale), text(stale)
+    assert cli("evaluate", run, "--checkpoint", "last", "--split", "val", "--tune-thresholds").exit_code == 0
+    retuned = cli("evaluate", run, "--checkpoint", "last", "--split", "val")
+    assert "stale" not in text(retuned)
     fewer = cli("train", "--resume", run, "--set", "train.epochs=3", "--extend", "--quiet")
     assert fewer.exit_code == 2 and "adds no epoch to the 4" in text(fewer)
+
+
+def test_a_finished_sweep_extends_every_point_or_refuses(synthetic, make_recipe, tmp_path) -> None:
+    recipe = make_recipe(tmp_path, synthetic("multiclass"), sweep={"optim.lr": [0.01, 0.1]},
+                         train={"epochs": 1, "device": "cpu", "max_batches": 1})
+    run = tmp_path / "sweep"
+    assert cli("train", recipe, "--out", run, "--quiet").exit_code == 0
+    before = (run / "recipe.yaml").read_bytes()
+    refused = cli("train", "--resume", run, "--set", "train.epochs=2", "--quiet")
+    assert refused.exit_code == 2 and "pass --extend" in text(refused)  # was: exit 0, nothing trained
+    assert (run / "recipe.yaml").read_bytes() == before
+    assert cli("train", "--resume", run, "--set", "train.epochs=2", "--extend", "--quiet").exit_code == 0
+    points = [p for p in run.iterdir() if (p / "metrics.csv").is_file()]
+    assert len(points) == 2
+    for point in points:
+        with (point / "metrics.csv").open() as handle:
+            assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
 
 
 def test_resnet_below_32_px_is_refused_with_the_size_it_needs() -> None:

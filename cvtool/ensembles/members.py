@@ -39,7 +39,11 @@ def fold_set_thresholds(models: str | Path | Sequence[str | Path]) -> list[float
     items = [models] if isinstance(models, (str, Path)) else list(models)
     if len(items) != 1 or not RunDir(Path(items[0])).folds.is_file():
         return None
-    return json.loads(RunDir(Path(items[0])).folds.read_text(encoding="utf-8")).get("thresholds")
+    summary = json.loads(RunDir(Path(items[0])).folds.read_text(encoding="utf-8"))
+    if summary.get("thresholds") is not None and summary.get("thresholds_stale"):
+        print(f"cvtool: {items[0]}: its thresholds were tuned on out-of-fold outputs the folds have changed since "
+              f"(stale): rerun cvtool evaluate {items[0]} --oof --tune-thresholds", file=sys.stderr)
+    return summary.get("thresholds")
 
 
 def parse_weights(text: str | None) -> list[float] | None:

@@ -131,8 +131,8 @@ def tune_and_store(loaded: LoadedModel, val: EvalResult, test: EvalResult | None
                        (("default", tuned.default), ("global", tuned.global_threshold),
                         ("per_class", tuned.per_class))}
     thresholds = [float(t) for t in tuned.per_class]
-    update_meta(loaded.path, thresholds=thresholds)
-    loaded.meta = dataclasses.replace(loaded.meta, thresholds=thresholds)
+    update_meta(loaded.path, thresholds=thresholds, thresholds_epoch=loaded.epoch)
+    loaded.meta = dataclasses.replace(loaded.meta, thresholds=thresholds, thresholds_epoch=loaded.epoch)
     return Tuning(tuned, test_scores, loaded.path)
 
 
