@@ -106,13 +106,19 @@ def _tuples(value: Any) -> Any:
 
 
 def training_payload(step: Step, state: TrainState, rngs: list[dict[str, Any]], **run: Any) -> dict[str, Any]:
-    """Everything a resume continues from: the weights (the EMA's under "model" when on: that is
-    what evaluate / TTA / export / predict load), optimizer, schedule, GradScaler, EMA, every
+    """Everything a resume continues from: the weights, optimizer, schedule, GradScaler, EMA, every
     rank's random generators (`rngs[rank]`) and the run's progress; `run` adds the recipe, the
-    model card and the like."""
+    model card and the like. "model" holds what evaluate / TTA / export / predict load: with EMA
+    the average or the raw weights, whichever validated better this epoch ("weights" says which);
+    both stay in the file under "ema_model" and "raw_model" (one copy each: torch.save stores a
+    tensor shared by two keys once)."""
     raw = step.module.state_dict()
-    weights = {"model": raw, "weights": "raw"} if step.ema is None else {
-        "model": step.ema.module.state_dict(), "weights": "ema", "raw_model": raw, "ema": step.ema.state_dict()}
+    weights: dict[str, Any] = {"model": raw, "weights": "raw"}
+    if step.ema is not None:
+        average = step.ema.module.state_dict()
+        kept = state.weights or "ema"
+        weights = {"model": average if kept == "ema" else raw, "weights": kept, "raw_model": raw,
+                   "ema_model": average, "ema": step.ema.state_dict()}
     return {**run, "epoch": state.epoch, **weights, "optimizer": step.optimizer.state_dict(),
             "scheduler": step.schedule.state_dict(),
             "scaler": step.scaler.state_dict() if step.scaler is not None else None,
@@ -126,8 +132,8 @@ def restore_training(payload: dict[str, Any], *, module: torch.nn.Module, optimi
     which sets the lr of the update the run continues with. `schedule` None: a fresh schedule
     (`--extend`) keeps its own start."""
     module.load_state_dict(payload.get("raw_model", payload["model"]))
-    if ema is not None:
-        ema.load(payload["model"], payload["ema"])
+    if ema is not None:  # checkpoints before "ema_model" held the average under "model"
+        ema.load(payload.get("ema_model", payload["model"]), payload["ema"])
     optimizer.load_state_dict(payload["optimizer"])
     if schedule is not None:
         schedule.load_state_dict(payload["scheduler"])

@@ -17,6 +17,9 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    # with train.ema: the weights the last epoch kept ("ema" or "raw", the better on validation), and the best's
+    weights: str | None = None
+    best_weights: str | None = None
 
     def improved(self, value: float, higher: bool, min_delta: float = 0.0,
                  tiebreak: tuple[str, float, bool] | None = None,
@@ -47,7 +50,7 @@ class TrainState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-                "history": self.history}
+                "history": self.history, "weights": self.weights, "best_weights": self.best_weights}
 
     @classmethod
     def from_checkpoint(cls, payload: dict[str, Any] | None) -> TrainState:
@@ -55,4 +58,4 @@ class TrainState:
             return cls()
         saved = payload["train_state"]
         return cls(int(payload["epoch"]), saved["best_value"], int(saved["best_epoch"]), int(saved["bad_epochs"]),
-                   list(saved["history"]))
+                   list(saved["history"]), saved.get("weights", payload.get("weights")), saved.get("best_weights"))

@@ -138,6 +138,9 @@ class EmaConfig(Section):
     decay: Annotated[float, Field(gt=0, lt=1), NoBool] = 0.9998
     warmup_epochs: NonNegInt = 0  # the average follows the raw weights until this epoch is done
     every: PosInt = 1  # update every N optimizer steps
+    # the decay ramps up over the first updates, min(decay, 1 - (1 + n)^(-2/3)) at the n-th averaged
+    # update (timm's ModelEmaV3 warm-up), so a short run's average is not stuck near its first weights
+    ramp: bool = True
 
 
 class MixArgs(Section):

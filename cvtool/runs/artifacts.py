@@ -90,6 +90,7 @@ def build_summary(session: Session, state: TrainState, test: dict[str, float] | 
         "monitor": monitor,
         "best_epoch": state.best_epoch,
         "best_value": state.best_value,
+        "weights": state.best_weights or "raw",  # train.ema: "ema" or "raw", what best.pt's "model" holds
         "smoothed_best_epoch": state.history[s_index]["epoch"] if s_index is not None else None,
         "smoothed_best_value": smoothed[s_index] if s_index is not None else None,
         "epochs_run": state.epoch,
