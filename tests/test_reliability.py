@@ -134,6 +134,31 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path: Path) -> Non
     assert not Exploit.marker.exists()
 
 
+@pytest.mark.parametrize("kind", ["torch.save", "legacy torch.save", "plain pickle", "numpy array"])
+def test_untrusted_pickles_are_one_line_in_a_real_process(kind: str, tmp_path: Path) -> None:
+    """Exactly one stderr line, torch's own warnings silenced, naming what the file would import."""
+    import pickle
+
+    import numpy as np
+
+    Exploit.marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    payload = {"format": "cvtool-checkpoint/1", "meta": np.zeros(3) if kind == "numpy array" else Exploit()}
+    if kind == "plain pickle":  # protocol 4: torch warns "Detected pickle protocol 4" before refusing
+        evil.write_bytes(pickle.dumps(payload, protocol=4))
+    else:
+        torch.save(payload, evil, _use_new_zipfile_serialization=kind == "torch.save")
+    done = subprocess.run([sys.executable, "-m", "cvtool", "evaluate", str(evil)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cvtool: {evil}: refused: not a plain-weights checkpoint ("), lines
+    assert "\x1b" not in lines[0]  # no ANSI escapes copied from torch's message
+    expected = {"numpy array": "numpy", "plain pickle": "opcode"}.get(kind, "system")
+    assert expected in lines[0]
+    assert not Exploit.marker.exists()
+
+
 def test_non_finite_loss_stops_naming_epoch_and_batch(synthetic, make_recipe, tmp_path: Path) -> None:
     data = synthetic("multiclass", n=80, size=16)
     recipe = make_recipe(tmp_path, data, optim={"name": "sgd", "lr": 1.0e12}, train={"epochs": 3, "device": "cpu"})

@@ -83,6 +83,9 @@ def handle_errors(fn: F) -> F:
         except OSError as exc:  # a missing file, a read-only folder or a full disk outside cvtool.fileio
             name = exc.filename or ""
             fail(_escape(f"{name}: {exc.strerror or exc}"))
+        except MemoryError:  # an allocation larger than the host's memory: a size the input asked for
+            fail("out of host memory (an allocation failed): smaller sizes help, e.g. data.batch_size, "
+                 "data.image_size, data.cache: disk")
         except KeyboardInterrupt:
             err_console.print("[red]cvtool: interrupted[/]")
             raise typer.Exit(130) from None

@@ -76,7 +76,8 @@ def _run_recipe(recipe: Recipe, run_dir: Path, *, fold: str | None, resume: bool
 
         if dist is not None:
             raise CvtoolError("--fold trains its folds one after the other in one process (no torchrun)")
-        return run_folds(recipe, run_dir, fold or "all", resume=resume, overwrite=overwrite, quiet=quiet, stop=stop)
+        return run_folds(recipe, run_dir, fold or "all", resume=resume, overwrite=overwrite, quiet=quiet, stop=stop,
+                         extend=extend)
     if recipe.sweep:
         return run_sweep(recipe, run_dir, resume=resume, overwrite=overwrite, quiet=quiet, stop=stop, dist=dist,
                          extend=extend, recipe_file=recipe_file)

@@ -20,6 +20,7 @@ from cvtool.data.publish import MARKER as MARKER  # the marker of a generated da
 from cvtool.data.publish import publish
 from cvtool.errors import CvtoolError
 from cvtool.fileio import write_csv, write_text
+from cvtool.recipe.fields import MAX_IMAGE_SIDE
 from cvtool.tasks import TASKS
 
 SPLITS = ("train", "val", "test")
@@ -73,8 +74,8 @@ def write_synthetic(out_dir: str | Path, task: str, n: int = 120, size: int = 32
     fmt = format or formats[0]
     if fmt not in formats:
         raise CvtoolError(f"data synthetic: task {task} comes in format {', '.join(formats)}, not {fmt}")
-    if n < 20 or size < 8:
-        raise CvtoolError("data synthetic: needs --n of at least 20 images and --size of at least 8 pixels")
+    if n < 20 or not 8 <= size <= MAX_IMAGE_SIDE:
+        raise CvtoolError(f"data synthetic: needs --n of at least 20 images and --size of 8 to {MAX_IMAGE_SIDE} pixels")
     if not 2 <= num_classes <= len(SHAPES):
         raise CvtoolError(f"data synthetic: num_classes must be between 2 and {len(SHAPES)}")
     rng = np.random.default_rng(seed)

@@ -60,7 +60,10 @@ def load_splits(loaded: LoadedModel, splits: tuple[str, ...], data_root: str | P
         check_split(split)
     meta = loaded.meta
     recipe = recipe_for(loaded, data_root)
-    bundle = prepare_data(recipe.data, loaded.task, recipe.seed, splits, progress, normalization=(meta.mean, meta.std))
+    # only the splits asked for are read (train always: it fixes the class order), so a --data root
+    # without test/ still evaluates val
+    data = recipe.data.model_copy(update={name: None for name in ("val", "test") if name not in splits})
+    bundle = prepare_data(data, loaded.task, recipe.seed, splits, progress, normalization=(meta.mean, meta.std))
     names = list(bundle.info.target_names or bundle.info.class_names)
     expected = list(meta.target_names or meta.class_names)
     if names != expected:
@@ -130,8 +133,8 @@ def tune_and_store(loaded: LoadedModel, val: EvalResult, test: EvalResult | None
                        (("default", tuned.default), ("global", tuned.global_threshold),
                         ("per_class", tuned.per_class))}
     thresholds = [float(t) for t in tuned.per_class]
-    update_meta(loaded.path, thresholds=thresholds)
-    loaded.meta = dataclasses.replace(loaded.meta, thresholds=thresholds)
+    update_meta(loaded.path, thresholds=thresholds, thresholds_epoch=loaded.epoch)
+    loaded.meta = dataclasses.replace(loaded.meta, thresholds=thresholds, thresholds_epoch=loaded.epoch)
     return Tuning(tuned, test_scores, loaded.path)
 
 

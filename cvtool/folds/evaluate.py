@@ -70,4 +70,5 @@ def store_thresholds(run: RunDir, thresholds: list[float]) -> None:
         raise CvtoolError(f"{run.path}: no {run.folds.name} (not every fold has finished)")
     summary = json.loads(run.folds.read_text(encoding="utf-8"))
     summary["thresholds"] = thresholds
+    summary.pop("thresholds_stale", None)
     write_json(run.folds, summary)

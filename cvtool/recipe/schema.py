@@ -21,6 +21,8 @@ from pydantic import (
 from cvtool.recipe.executor import ExecutorConfig
 from cvtool.recipe.experiments import LoggerName, MlflowConfig, SearchConfig
 from cvtool.recipe.fields import (
+    BatchSize,
+    ImageSide,
     NoBool,
     NonNegFloat,
     NonNegInt,
@@ -28,7 +30,9 @@ from cvtool.recipe.fields import (
     PosInt,
     Probability,
     Section,
+    Seed,
     TaskName,
+    Workers,
 )
 from cvtool.recipe.model_config import ModelConfig
 from cvtool.recipe.training_config import (  # the optim / schedule / loss unions live there
@@ -65,7 +69,7 @@ class FoldsConfig(Section):
 
     k: Annotated[int, Field(ge=2), NoBool] = 5
     stratify: Literal["auto", "none"] = "auto"  # auto: by class / by tags, as the task says
-    seed: Annotated[int, NoBool] | None = None  # default: the recipe's seed
+    seed: Seed | None = None  # default: the recipe's seed
     group_column: str | None = None  # format csv: images sharing a value stay in one fold (GroupKFold)
 
 
@@ -76,12 +80,12 @@ class DataConfig(Section):
     val: str | None = "val"
     test: str | None = None
     val_fraction: Annotated[float, Field(gt=0, lt=1), NoBool] | None = None
-    image_size: PosInt = 64
+    image_size: ImageSide = 64
     resize: Literal["squash", "crop", "pad"] = "squash"  # to image_size x image_size (cvtool.tasks.frame)
     channels: Literal[1, 3] = 3
-    batch_size: PosInt = 32
-    eval_batch_size: PosInt | None = None
-    num_workers: NonNegInt = 0
+    batch_size: BatchSize = 32
+    eval_batch_size: BatchSize | None = None
+    num_workers: Workers = 0
     normalize: Literal["auto", "imagenet", "none"] | NormStats = "auto"
     # format: csv
     images_dir: str = "images"
@@ -94,7 +98,7 @@ class DataConfig(Section):
     # keypoints: pairs of point indices swapped by a horizontal flip
     flip_pairs: list[tuple[NonNegInt, NonNegInt]] = []
     # decoded-image cache (uint8, at decode_size; default image_size): the device resizes to image_size
-    decode_size: PosInt | None = None
+    decode_size: ImageSide | None = None
     cache: Literal["auto", "memory", "disk"] = "auto"
     cache_max_gb: PosFloat = 4.0
     on_bad_image: Literal["fail", "skip"] = "fail"
@@ -135,6 +139,9 @@ class EmaConfig(Section):
     decay: Annotated[float, Field(gt=0, lt=1), NoBool] = 0.9998
     warmup_epochs: NonNegInt = 0  # the average follows the raw weights until this epoch is done
     every: PosInt = 1  # update every N optimizer steps
+    # the decay ramps up over the first updates, min(decay, 1 - (1 + n)^(-2/3)) at the n-th averaged
+    # update (timm's ModelEmaV3 warm-up), so a short run's average is not stuck near its first weights
+    ramp: bool = True
 
 
 class MixArgs(Section):
@@ -206,7 +213,7 @@ class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     task: TaskName = "multiclass"
-    seed: Annotated[int, NoBool] = 42
+    seed: Seed = 42
     data: DataConfig
     augment: list[TransformSpec] = []
     augment_batch: list[BatchMixSpec] = []  # MixUp / CutMix on whole training batches

@@ -57,7 +57,7 @@ def _check_one_task(runs: list[Run]) -> None:
         groups.setdefault(str(run.summary.get("task", "?")), []).append(str(run.path))
     if len(groups) > 1:
         listed = "; ".join(f"{task}: {' '.join(paths)}" for task, paths in groups.items())
-        raise CvtoolError(f"cvtool report: the runs are of {len(groups)} tasks, which share no metric to rank by; "
+        raise CvtoolError(f"report: the runs are of {len(groups)} tasks, which share no metric to rank by; "
                           f"report each task on its own ({listed})")
 
 

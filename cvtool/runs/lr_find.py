@@ -46,8 +46,8 @@ class RangeTest:
 
 @with_cpu_runtime
 def lr_find(recipe: Recipe, out: Path, start: float = 1e-7, end: float = 1.0, steps: int = 100) -> RangeTest:
-    if not 0 < start < end:
-        raise CvtoolError(f"--start {start:g} / --end {end:g}: need 0 < start < end")
+    if not 0 < start < end < math.inf:  # float("1e400") is inf: an lr no optimizer can take
+        raise CvtoolError(f"--start {start:g} / --end {end:g}: need 0 < start < end, both finite")
     if steps < 10:
         raise CvtoolError(f"--steps {steps}: the range test needs at least 10 steps")
     refuse_inside("--out", out, {"the data root (data.root)": recipe.data.root})  # lr_find.png would be read as data

@@ -65,6 +65,8 @@ def build_session(recipe: Recipe, *, quiet: bool, dist: Dist | None = None, resu
     if not quiet and lead:
         print(normalization_line(origin, bundle.mean, bundle.std), file=sys.stderr)
     info, cfg = bundle.info, recipe.data
+    if problem := task.check_flip_pairs(list(cfg.flip_pairs), list(info.target_names)):
+        raise CvtoolError(f"data.flip_pairs: {problem}")
     weights, positive = _loss_weights(recipe.loss, task, bundle)
     meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
                      cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None,

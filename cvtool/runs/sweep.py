@@ -106,6 +106,25 @@ def write_run_recipe(recipe: Recipe, run_dir: Path, resume: bool, extend: bool) 
     write_text(RunDir(run_dir).recipe, recipe_to_yaml(recipe))
 
 
+def changed_epochs(run: RunDir, recipe: Recipe) -> bool:
+    """Whether a finished run was planned for another train.epochs than `recipe` asks for."""
+    from cvtool.engine.checkpoint import load_checkpoint
+    from cvtool.runs.resume import planned_epochs
+
+    last = run.checkpoint("last")
+    return last.is_file() and planned_epochs(load_checkpoint(last)) != recipe.train.epochs
+
+
+def check_epochs(recipe: Recipe, run: RunDir, extend: bool) -> None:
+    """CvtoolError when a run of a resumed sweep or fold set was planned for another train.epochs
+    and --extend is not given (or adds no epoch)."""
+    if changed_epochs(run, recipe):
+        from cvtool.engine.checkpoint import load_checkpoint
+        from cvtool.runs.resume import check_resume
+
+        check_resume(recipe, load_checkpoint(run.checkpoint("last")), extend, run.path)
+
+
 def run_sweep(recipe: Recipe, sweep_dir: Path, *, resume: bool, overwrite: bool, quiet: bool,
               stop: Callable[[], bool] | None, dist: Dist | None, extend: bool = False,
               recipe_file: Path | None = None) -> dict[str, Any]:
@@ -116,6 +135,9 @@ def run_sweep(recipe: Recipe, sweep_dir: Path, *, resume: bool, overwrite: bool,
         dist.barrier()
     base = lambda: placement.path if placement is not None else sweep_dir  # noqa: E731 (moves once started)
     try:
+        if lead and resume:
+            for name, point in expand_sweep(recipe):
+                check_epochs(point, RunDir(base() / name), extend)
         if lead:
             write_text(RunDir(base()).recipe, recipe_to_yaml(recipe))
         results = [(name, train_point(point, name, base, placement, resume, quiet, stop, dist, extend))
@@ -132,8 +154,10 @@ def train_point(point: Recipe, name: str, base: Callable[[], Path], placement: P
     """One grid point into base()/name (the sweep folder moves into place when its first point starts)."""
     lead = dist is None or dist.rank == 0
     run = RunDir(base() / name)
-    if resume and (done := finished_point(run)) is not None:
-        return done
+    if resume and run.failed.is_file():
+        return _failed(run)
+    if resume and run.summary.is_file() and not changed_epochs(run, point):
+        return run.read_summary()  # finished, unless train.epochs changed: --extend trains on (else refused)
     if lead:
         mark(run.path, "run")
     if dist is not None:

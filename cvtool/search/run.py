@@ -20,7 +20,7 @@ from cvtool.recipe.load import recipe_to_yaml
 from cvtool.recipe.schema import Recipe
 from cvtool.recipe.search_space import trial_recipe
 from cvtool.runs.layout import RunDir
-from cvtool.search.space import grid_space, need_optuna, suggest
+from cvtool.search.space import grid_sampler, grid_space, need_optuna, suggest
 from cvtool.search.table import rank_search, storage_of
 from cvtool.tasks import get_task, higher_is_better
 
@@ -36,7 +36,7 @@ def open_study(recipe: Recipe, search_dir: Path, seed: int | None) -> Any:
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(cfg.startup_trials, 1)),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "grid": lambda: optuna.samplers.GridSampler(grid_space(cfg), seed=seed),
+        "grid": lambda: grid_sampler(cfg, seed),
     }
     # steps are 1-based epochs: n_warmup_steps = W + 1 keeps the first W epochs unpruned
     pruners = {
