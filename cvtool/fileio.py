@@ -8,16 +8,17 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from cvtool.errors import WriteError
+from cvtool.errors import CvtoolError, WriteError
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temp file beside `path`; on success it replaces `path` in one rename.
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path beside `path` for a writer that opens files itself; on success, fsync and one
+    rename over `path`.
 
     A read-only folder, a full disk or a missing permission is a WriteError naming `path`:
     the previous file stays as it was and the temp file is removed."""
@@ -26,11 +27,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     try:
         make_dirs(target.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp)
+        _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException as exc:
         if tmp is not None:
@@ -41,6 +41,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             raise WriteError(target, cause) from None
         raise
     _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temp file beside `path`; on success it replaces `path` in one rename (atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
+
+
+def _fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_dirs(folder: str | os.PathLike) -> Path:
@@ -155,3 +170,36 @@ def duplicate(source: str | os.PathLike, path: str | os.PathLike) -> None:
             temp.unlink()
         raise WriteError(target, exc) from None
     _fsync_dir(target.parent)
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """One file or folder, however spelled: relative or absolute, through a symlink, a hard link."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def refuse_input(option: str, out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """An output path that is one of the command's inputs (`what` -> path) is refused before
+    anything is written: writing it would replace what the command reads."""
+    for what, path in inputs.items():
+        if path is not None and same_path(out, path):
+            raise CvtoolError(f"{option} {out}: is {what} ({path}), which this command reads; choose another path")
+
+
+def refuse_inside(option: str, out: str | os.PathLike, roots: Mapping[str, str | os.PathLike | None]) -> None:
+    """An output folder must not lie inside a data root, nor hold one: the images it writes (plots,
+    overlays, thumbnails) would be read as data next time."""
+    target = Path(os.path.realpath(out))
+    for what, root in roots.items():
+        if root is None:
+            continue
+        real = Path(os.path.realpath(root))
+        if target == real or target.is_relative_to(real):
+            raise CvtoolError(f"{option} {out}: lies inside {what} {root}, where its images would be read as data; "
+                              "choose a folder outside it")
+        if real.is_relative_to(target):
+            raise CvtoolError(f"{option} {out}: holds {what} {root}; choose a folder outside it")

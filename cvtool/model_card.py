@@ -60,6 +60,9 @@ class ModelMeta:
     decode_size: int | None = None  # images are decoded at this size, then resized to image_size
     # `cvtool evaluate --calibrate`: logits are divided by it (one value, or one per output)
     temperature: list[float] | None = None
+    # the epoch whose weights `thresholds` were tuned on; another epoch's checkpoint (a resumed
+    # run carries them on) holds them stale
+    thresholds_epoch: int | None = None
 
     @property
     def input_size(self) -> int:

@@ -199,3 +199,24 @@ def flipped_fold_set(factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert result.exit_code == 0, result.output
     _FLIPPED.update(run=tmp / "run", root=tmp / "data", recipe=recipe, flipped=flipped)
     return _FLIPPED
+
+
+def interrupt_and_resume(recipe: Any, run: Path, batches: int) -> None:
+    """Train `recipe` into `run`, stopped (as by SIGINT) before its batch number `batches` + 1,
+    then continue it with `cvtool train --resume RUN`."""
+    from typer.testing import CliRunner
+
+    from cvtool.cli.launch import run_recipe
+    from cvtool.cli.main import app
+    from cvtool.engine.loop import StopRequested
+
+    seen = {"batches": 0}
+
+    def stop() -> bool:
+        seen["batches"] += 1
+        return seen["batches"] > batches
+
+    with pytest.raises(StopRequested):
+        run_recipe(recipe, run, quiet=True, stop=stop)
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output

@@ -20,7 +20,7 @@ LAYERS = {
     "__main__": 6,
     "cli": 5,
     "runs": 4, "evaluation": 4, "inference": 4, "reporting": 4, "bench": 4, "search": 4, "folds": 4, "ensembles": 4,
-    "doctor": 4,
+    "doctor": 4, "cluster": 4,
     "engine": 3, "data": 3, "models": 3,
     "recipe": 2, "tasks": 2,
     "errors": 1, "registry": 1, "fileio": 1, "plots": 1, "model_card": 1, "": 0,

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_and_resume
 from typer.testing import CliRunner
 
 from cvtool.cli.launch import run_recipe
 from cvtool.cli.main import app
 from cvtool.engine.accel import amp_dtype, grad_scaler
 from cvtool.engine.checkpoint import load_checkpoint, restore_rng, rng_state, set_rng_state
-from cvtool.engine.loop import StopRequested
 from cvtool.runs.recipes import load_recipe
 
 runner = CliRunner()
@@ -57,16 +57,7 @@ def test_an_fp16_resume_equals_an_uninterrupted_fp16_run(synthetic, make_recipe,
     run_recipe(recipe, tmp_path / "a", quiet=True)
     saved = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["scaler"]
     assert saved is not None and 0 < saved["scale"] < 65536.0  # it backed off: a fresh scaler would skip again
-    calls = {"n": 0}
-
-    def stop_in_epoch_2() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 4 + 2  # 4 batches an epoch
-
-    with pytest.raises(StopRequested):
-        run_recipe(recipe, tmp_path / "b", quiet=True, stop=stop_in_epoch_2)
-    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "b"), "--quiet"])
-    assert result.exit_code == 0, result.output
+    interrupt_and_resume(recipe, tmp_path / "b", batches=4 + 2)  # 4 batches an epoch: stopped in epoch 2
     assert rows(tmp_path / "a") == rows(tmp_path / "b")
 
 

@@ -214,3 +214,18 @@ def test_predicted_and_target_labels_per_task():
     assert multilabel.predicted_labels(outputs, names, np.array([0.5, 0.8])) == ["cat", ""]
     assert multilabel.target_labels(np.array([[1, 1], [0, 1]]), names) == ["cat dog", "dog"]
     assert get_task("keypoints").predicted_labels(outputs, []) is None
+
+
+def test_data_root_without_a_test_split_evaluates_val(runs: dict[str, Path], synthetic, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(synthetic("multiclass", n=80)["root"], root)
+    shutil.rmtree(root / "test")
+    preds = tmp_path / "val.csv"
+    result = invoke("evaluate", runs["multiclass"], "--data", root, "--split", "val", "--save-predictions", preds)
+    assert result.exit_code == 0, result.output
+    header, labels, probs, paths = read_labelled_csv(preds)
+    assert len(paths) == sum(p.is_file() for p in (root / "val").rglob("*")) and all(str(root / "val") in p for p in paths)
+    truth = [t for t, _ in labels]
+    assert printed(result.output, "accuracy") == pytest.approx(accuracy_score(truth, [p for _, p in labels]), abs=1e-4)
+    result = invoke("evaluate", runs["multiclass"], "--data", root, "--split", "test")
+    assert result.exit_code == 2 and "data.test" in result.output  # the split asked for is still required

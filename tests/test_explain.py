@@ -43,8 +43,8 @@ def planted(root: Path) -> dict[str, tuple[int, int, int, int]]:
 
 @pytest.mark.slow
 def test_the_heat_of_the_spot_class_lies_on_the_planted_object(tmp_path: Path) -> None:
+    from cvtool.cli.launch import run_recipe
     from cvtool.runs.recipes import load_recipe
-    from cvtool.runs.sweep import run_recipe
 
     boxes = planted(tmp_path / "data")
     recipe = write_recipe(tmp_path, tmp_path / "data", task="binary", name="spots",

@@ -268,3 +268,65 @@ def test_fold_mistakes_are_one_line(tmp_path: Path, synthetic, make_recipe) -> N
     assert result.exit_code == 2 and "data.fold" in result.output
     result = runner.invoke(app, ["evaluate", str(tmp_path), "--oof"])
     assert result.exit_code == 2 and "not a fold set" in result.output
+
+
+@pytest.mark.slow
+def test_oof_writes_class_names_like_save_predictions_and_reads_the_old_indices(tmp_path: Path,
+                                                                                tmp_path_factory) -> None:
+    from conftest import flipped_fold_set
+
+    from cvtool.folds.oof import read_oof
+
+    folds = flipped_fold_set(tmp_path_factory)
+    new = tmp_path / "new"
+    shutil.copytree(folds["run"], new)
+    rows = read_rows(new / "oof.csv")
+    outputs = [c for c in rows[0] if c.startswith("output:")]
+    names = [c.removeprefix("output:") for c in outputs]
+    assert list(rows[0])[:6] == ["image", "fold", "width", "height", "target", "predicted"]
+    assert {r["target"] for r in rows} <= set(names) and {r["predicted"] for r in rows} <= set(names)
+    assert all(r["predicted"] == names[int(np.argmax([float(r[c]) for c in outputs]))] for r in rows)
+    labels = {Path(r["image"]).name: r["label"] for r in read_rows(folds["root"] / "train.csv")}
+    assert [r["target"] for r in rows] == [labels[Path(r["image"]).name] for r in rows]  # the training labels
+    old = tmp_path / "old"  # the oof.csv of an earlier version: class indices, no predicted column
+    shutil.copytree(folds["run"], old)
+    index = {name: str(i) for i, name in enumerate(names)}
+    header = [c for c in rows[0] if c != "predicted"]
+    with (old / "oof.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([[index[r[c]] if c == "target" else r[c] for c in header] for r in rows])
+    a, b = read_oof(new / "oof.csv"), read_oof(old / "oof.csv")
+    assert np.array_equal(a.targets, b.targets) and np.array_equal(a.outputs, b.outputs)
+    assert invoke("evaluate", new, "--oof") == invoke("evaluate", old, "--oof").replace(str(old), str(new))
+    for run, out in ((new, tmp_path / "doctor-new"), (old, tmp_path / "doctor-old")):
+        invoke("doctor", folds["root"], "--oof", run, "-o", out)
+    ranking = [json.loads((tmp_path / f"doctor-{v}" / "doctor.json").read_text())["labels"]["ranking"]
+               for v in ("new", "old")]
+    assert ranking[0] == ranking[1] and ranking[0][0]["given"] in names
+
+
+@pytest.mark.slow
+def test_oof_thresholds_are_marked_stale_when_an_extended_fold_set_changes_its_oof(
+        tmp_path: Path, tmp_path_factory, synthetic, make_recipe) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(fold_set("multilabel", tmp_path_factory, synthetic, make_recipe), run)
+    invoke("evaluate", run, "--oof", "--tune-thresholds")
+    tuned = json.loads((run / "folds.json").read_text())["thresholds"]
+    before, recipe = (run / "oof.csv").read_bytes(), (run / "recipe.yaml").read_bytes()
+    refused = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=4", "--quiet"])
+    assert refused.exit_code == 2 and "pass --extend" in refused.output  # not a silent no-op
+    assert (run / "recipe.yaml").read_bytes() == recipe
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=4", "--set", "optim.lr=0.05",
+                                 "--extend", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "folds.json").read_text())
+    assert all(len(read_rows(run / f"fold_{i}" / "metrics.csv")) == 4 for i in range(K))  # trained on
+    assert (run / "oof.csv").read_bytes() != before  # some fold found a new best epoch
+    assert summary["thresholds"] == tuned and summary["thresholds_stale"] is True
+    assert result.output.count("marked stale") == 1
+    images = Path(data_of(synthetic, "multilabel")["root"]) / "images"
+    warned = runner.invoke(app, ["predict", str(run), str(images), "--out", str(tmp_path / "a.csv")])
+    assert warned.exit_code == 0 and "(stale)" in warned.output
+    invoke("evaluate", run, "--oof", "--tune-thresholds")
+    assert "thresholds_stale" not in json.loads((run / "folds.json").read_text())

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_and_resume
 from typer.testing import CliRunner
 
 from cvtool.cli.main import app
@@ -122,7 +123,6 @@ def test_ddp_over_nccl_with_one_process(synthetic, make_recipe, tmp_path: Path, 
 def test_resume_on_gpu_equals_an_uninterrupted_gpu_run(synthetic, make_recipe, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from cvtool.cli.launch import run_recipe
-    from cvtool.engine.loop import StopRequested
     from cvtool.runs.recipes import load_recipe
 
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
@@ -131,17 +131,7 @@ def test_resume_on_gpu_equals_an_uninterrupted_gpu_run(synthetic, make_recipe, t
                        train={**CUDA_TRAIN, "epochs": 3, "amp": "none", "cudnn_benchmark": False})
     recipe = load_recipe(path)
     run_recipe(recipe, tmp_path / "a", quiet=True)
-    calls = {"n": 0}
-
-    def stop_in_epoch_2() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 4 + 2  # 4 batches an epoch
-
-    with pytest.raises(StopRequested):
-        run_recipe(recipe, tmp_path / "b", quiet=True, stop=stop_in_epoch_2)
-    assert len(_history(tmp_path / "b")) == 1
-    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "b"), "--quiet"])
-    assert result.exit_code == 0, result.output
+    interrupt_and_resume(recipe, tmp_path / "b", batches=4 + 2)  # 4 batches an epoch: stopped in epoch 2
     a, b = _history(tmp_path / "a"), _history(tmp_path / "b")
     assert [list(row) for row in a] == [list(row) for row in b]
     np.testing.assert_allclose([[float(v) for v in row.values()] for row in b],

@@ -288,6 +288,33 @@ def test_shakedrop_placement_and_linear_decay() -> None:
     assert len(efficient) == 5 and all(name.startswith("features.4.") for name in efficient)
 
 
+def test_shakedrop_at_one_block() -> None:
+    one = {"p": 0.5, "at": {"stage": 3, "block": 3}}
+    assert _shakedrops(build_meta("efficientnet_v2_s", shakedrop=one)) == {"features.4.3.stochastic_depth.1": 0.5}
+    assert _shakedrops(build_meta("resnet50", shakedrop={"p": 0.3, "at": {"stage": 0, "block": 2}})) == {
+        "layer1.2.bn3.1": 0.3}
+    simple = build("simplenet", size=8, skip=True, blocks=[8, 8, 8], shakedrop={"p": 0.2, "at": {"stage": 1, "block": 0}})
+    assert _shakedrops(simple) == {"blocks.1.branch_end.1": 0.2}
+    model = build("efficientnet_v2_s", shakedrop=one).eval()
+    block = model.features[4][3]
+    x = torch.randn(2, block.block[0][0].in_channels, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(block(x), x + 0.5 * block.block(x))
+
+
+@pytest.mark.parametrize(("at", "message"), [
+    ({"stage": 6, "block": 0}, "model.shakedrop.at.stage: efficientnet_v2_s has stages 0-5, not 6"),
+    ({"stage": 3, "block": 6}, "model.shakedrop.at.block: efficientnet_v2_s stage 3 has blocks 0-5, not 6 "
+                               "(residual: 1, 2, 3, 4, 5)"),
+    ({"stage": 3, "block": 0}, "model.shakedrop.at.block: efficientnet_v2_s features.4.0 (stage 3, block 0) has "
+                               "no residual branch; residual blocks of stage 3: 1, 2, 3, 4, 5"),
+])
+def test_shakedrop_block_errors_name_the_blocks(at: dict, message: str) -> None:
+    with pytest.raises(CvtoolError) as error:
+        build_meta("efficientnet_v2_s", shakedrop={"p": 0.5, "at": at})
+    assert str(error.value) == message
+
+
 def test_shakedrop_eval_is_x_plus_expected_branch() -> None:
     model = build("efficientnet_b0", shakedrop={"p": 0.5}).eval()
     block = model.features[4][1]

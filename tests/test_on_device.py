@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import interrupt_and_resume
 from typer.testing import CliRunner
 
 from cvtool.cli.launch import run_recipe
 from cvtool.cli.main import app
 from cvtool.data.device import DeviceFeeder
 from cvtool.data.resident import RESIDENT_SHARE, is_resident, keep_on_device, resident_bytes, training_loader
-from cvtool.engine.loop import StopRequested, batch_sizes
+from cvtool.engine.loop import batch_sizes
 from cvtool.errors import CvtoolError
 from cvtool.runs.recipes import load_recipe
 
@@ -83,17 +84,7 @@ def test_a_resumed_on_device_run_equals_an_uninterrupted_one(synthetic, make_rec
                        optim={"name": "adam", "lr": 0.01}, train={"epochs": 3})
     recipe = load_recipe(path)
     run_recipe(recipe, tmp_path / "a", quiet=True)
-    calls = {"n": 0}
-
-    def stop_in_epoch_2() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 4 + 2  # 4 batches an epoch
-
-    with pytest.raises(StopRequested):
-        run_recipe(recipe, tmp_path / "b", quiet=True, stop=stop_in_epoch_2)
-    assert len(history(tmp_path / "b")) == 1
-    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "b"), "--quiet"])
-    assert result.exit_code == 0, result.output
+    interrupt_and_resume(recipe, tmp_path / "b", batches=4 + 2)  # 4 batches an epoch: stopped in epoch 2
     assert history(tmp_path / "a") == history(tmp_path / "b")
 
 

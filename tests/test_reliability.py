@@ -89,6 +89,35 @@ def test_kill_9_during_checkpoint_save_never_leaves_a_broken_file(tmp_path: Path
     assert all(name.endswith(".tmp") for name in leftovers)
 
 
+INTERRUPTED_WRITER = """
+import signal, sys, torch
+from cvtool.engine.checkpoint import save_checkpoint
+signal.signal(signal.SIGUSR2, lambda *_: sys.exit(3))  # what submitit does on preemption
+i = 0
+while True:
+    i += 1
+    save_checkpoint(sys.argv[1], {"epoch": i, "model": {"w": torch.full((400_000,), float(i))}})
+    print(i, flush=True)
+"""
+
+
+def test_an_exit_raised_by_a_signal_handler_during_a_save_ends_the_process_cleanly(tmp_path: Path) -> None:
+    """submitit raises SystemExit from its SIGUSR2 handler wherever the job is; inside torch.save
+    to a Python file object that aborted the interpreter (std::terminate) before the requeue."""
+    target = tmp_path / "last.pt"
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_WRITER, str(target)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        proc.stdout.readline()
+        time.sleep(0.02 * attempt)
+        proc.send_signal(signal.SIGUSR2)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3, err
+        payload = load_checkpoint(target)
+        assert float(payload["model"]["w"][0]) == payload["epoch"]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 class Exploit:
     def __reduce__(self):
         return (os.system, (f"touch {Exploit.marker}",))
@@ -102,6 +131,31 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path: Path) -> Non
         load_checkpoint(evil)
     line = one_line_error(runner.invoke(app, ["evaluate", str(evil)]))
     assert "refused" in line and str(evil) in line
+    assert not Exploit.marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["torch.save", "legacy torch.save", "plain pickle", "numpy array"])
+def test_untrusted_pickles_are_one_line_in_a_real_process(kind: str, tmp_path: Path) -> None:
+    """Exactly one stderr line, torch's own warnings silenced, naming what the file would import."""
+    import pickle
+
+    import numpy as np
+
+    Exploit.marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    payload = {"format": "cvtool-checkpoint/1", "meta": np.zeros(3) if kind == "numpy array" else Exploit()}
+    if kind == "plain pickle":  # protocol 4: torch warns "Detected pickle protocol 4" before refusing
+        evil.write_bytes(pickle.dumps(payload, protocol=4))
+    else:
+        torch.save(payload, evil, _use_new_zipfile_serialization=kind == "torch.save")
+    done = subprocess.run([sys.executable, "-m", "cvtool", "evaluate", str(evil)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cvtool: {evil}: refused: not a plain-weights checkpoint ("), lines
+    assert "\x1b" not in lines[0]  # no ANSI escapes copied from torch's message
+    expected = {"numpy array": "numpy", "plain pickle": "opcode"}.get(kind, "system")
+    assert expected in lines[0]
     assert not Exploit.marker.exists()
 
 

@@ -156,3 +156,28 @@ def test_unknown_metric_is_one_line_exit_2(runs: dict[str, Path], tmp_path: Path
     result = _report([str(runs["single"]), "--metric", "val/acuracy", "-o", str(tmp_path / "r.md")])
     assert result.exit_code == 2
     assert "val/accuracy" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def _fold_set(tmp: Path, dataset: dict[str, Any], task: str) -> Path:
+    recipe = {"name": f"{task}-folds", "task": task, "seed": 0,
+              "data": {**dataset["data"], "image_size": 16, "batch_size": 16, "num_workers": 0, "normalize": "none",
+                       "folds": {"k": 2}},
+              "model": {"arch": "simplenet", "blocks": [8]}, "train": {"epochs": 1, "device": "cpu", "max_batches": 1}}
+    path = tmp / f"{task}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", str(path), "--fold", "all", "--out", str(tmp / task), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return tmp / task
+
+
+@pytest.mark.slow
+def test_fold_sets_report_with_their_task(runs: dict[str, Path], synthetic: Callable[..., dict[str, Any]],
+                                          tmp_path: Path) -> None:
+    multiclass = _fold_set(tmp_path, synthetic("multiclass", "folder"), "multiclass")
+    multilabel = _fold_set(tmp_path, synthetic("multilabel", n=60), "multilabel")
+    result = _report([str(multiclass), str(runs["single"]), "--out", str(tmp_path / "one.md")])
+    assert result.exit_code == 0, result.output  # one task: the fold set's task is read, not "?"
+    assert len(_table((tmp_path / "one.md").read_text())) == 2
+    result = _report([str(multiclass), str(multilabel), "--out", str(tmp_path / "two.md")])
+    assert result.exit_code == 2 and "2 tasks" in result.output and "multilabel:" in result.output, result.output
+    assert not (tmp_path / "two.md").exists()

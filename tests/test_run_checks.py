@@ -75,6 +75,21 @@ def keypoint_run(tmp_path_factory, synthetic) -> Path:
     return folder / "run"
 
 
+@pytest.mark.parametrize(("pairs", "task", "message"), [
+    ([[0, 3]], "keypoints", "data.flip_pairs: point 3 does not exist: the data has 3 points (indices 0 to 2)"),
+    ([[0, 1], [1, 2]], "keypoints", "data.flip_pairs: point 1 is in more than one pair"),
+    ([[0, 1]], "multiclass", "data.flip_pairs: task multiclass has no points to swap"),
+])
+def test_flip_pairs_are_checked_against_the_data(pairs, task, message, synthetic, make_recipe, tmp_path) -> None:
+    from conftest import one_line_error
+
+    recipe = make_recipe(tmp_path, synthetic(task), augment=[{"RandomHorizontalFlip": {"p": 1.0}}],
+                         data={"flip_pairs": pairs}, train={"epochs": 1, "device": "cpu", "max_batches": 2})
+    line = one_line_error(CliRunner().invoke(app, ["train", str(recipe), "--out", str(tmp_path / "run"), "--quiet"]))
+    assert line.startswith(f"cvtool: {message}"), line
+    assert not (tmp_path / "run").exists()
+
+
 def test_tta_gain_is_positive_when_a_lower_is_better_metric_falls(keypoint_run) -> None:
     from cvtool.evaluation.tta import compare_tta
 
@@ -96,15 +111,41 @@ def test_resume_with_more_epochs_needs_extend_and_keeps_tuned_thresholds(synthet
     assert (f"--resume {run}: train.epochs is 4, the run was planned for 2 (finished); pass --extend"
             in text(refused))
     assert (run / "recipe.yaml").read_text() == before
+    tuned_on = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"]
     extended = cli("train", "--resume", run, "--set", "train.epochs=4", "--extend", "--quiet")
     assert extended.exit_code == 0, extended.output
+    assert f"tuned on epoch {tuned_on}'s weights" in text(extended)  # said once, at the resume
     with (run / "metrics.csv").open() as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3", "4"]
     for name in ("best", "last"):
-        meta = torch.load(run / "checkpoints" / f"{name}.pt", weights_only=True)["meta"]
-        assert meta["thresholds"] == pytest.approx([0.3])
+        payload = torch.load(run / "checkpoints" / f"{name}.pt", weights_only=True)
+        assert payload["meta"]["thresholds"] == pytest.approx([0.3])
+        # kept, marked with the epoch they were tuned on: stale for any other epoch's weights
+        assert payload["meta"].get("thresholds_epoch", payload["epoch"]) == tuned_on
+    stale = cli("evaluate", run, "--checkpoint", "last", "--split", "val")
+    assert stale.exit_code == 0 and f"thresholds tuned on epoch {tuned_on}'s" in text(stale), text(stale)
+    assert cli("evaluate", run, "--checkpoint", "last", "--split", "val", "--tune-thresholds").exit_code == 0
+    retuned = cli("evaluate", run, "--checkpoint", "last", "--split", "val")
+    assert "stale" not in text(retuned)
     fewer = cli("train", "--resume", run, "--set", "train.epochs=3", "--extend", "--quiet")
     assert fewer.exit_code == 2 and "adds no epoch to the 4" in text(fewer)
+
+
+def test_a_finished_sweep_extends_every_point_or_refuses(synthetic, make_recipe, tmp_path) -> None:
+    recipe = make_recipe(tmp_path, synthetic("multiclass"), sweep={"optim.lr": [0.01, 0.1]},
+                         train={"epochs": 1, "device": "cpu", "max_batches": 1})
+    run = tmp_path / "sweep"
+    assert cli("train", recipe, "--out", run, "--quiet").exit_code == 0
+    before = (run / "recipe.yaml").read_bytes()
+    refused = cli("train", "--resume", run, "--set", "train.epochs=2", "--quiet")
+    assert refused.exit_code == 2 and "pass --extend" in text(refused)  # was: exit 0, nothing trained
+    assert (run / "recipe.yaml").read_bytes() == before
+    assert cli("train", "--resume", run, "--set", "train.epochs=2", "--extend", "--quiet").exit_code == 0
+    points = [p for p in run.iterdir() if (p / "metrics.csv").is_file()]
+    assert len(points) == 2
+    for point in points:
+        with (point / "metrics.csv").open() as handle:
+            assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
 
 
 def test_resnet_below_32_px_is_refused_with_the_size_it_needs() -> None:

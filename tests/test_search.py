@@ -129,3 +129,16 @@ def test_two_workers_share_one_journal(make_recipe, tmp_path, digits_dir) -> Non
         [f"trial_{n:03d}" for n in sorted(numbers)]
     ran = [sum(line.startswith("trial ") and "->" in line for line in text.splitlines()) for text in outputs]
     assert sum(ran) == 5, outputs
+
+
+def test_grid_search_runs_every_point_and_writes_its_table(make_recipe, tmp_path, digits_dir) -> None:
+    # Optuna's GridSampler calls study.stop() after the last grid point, which raises outside optimize()
+    recipe = search_recipe(make_recipe, tmp_path, digits_dir, 1, batches=1, trials=5, sampler="grid",
+                           space={"optim.lr": [0.001, 0.01]})
+    out = tmp_path / "grid"
+    result = runner.invoke(app, ["train", str(recipe), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    trials = json.loads((out / "search.json").read_text())["trials"]
+    assert sorted(row["optim.lr"] for row in trials) == [0.001, 0.01]  # each point once, no surplus trial
+    assert [row["state"] for row in trials] == ["complete", "complete"]
+    assert len((out / "search.csv").read_text().splitlines()) == 3

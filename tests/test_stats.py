@@ -232,18 +232,62 @@ def test_auto_reuses_what_cvtool_stats_wrote(tmp_path: Path, make_recipe, monkey
 
 
 def test_stats_fit_checks_what_the_file_was_computed_for(synthetic) -> None:
+    from cvtool.data.formats import read_dataset
+
     cfg = DataConfig(**{**synthetic("multiclass", "csv")["data"], "image_size": 10})
     result = compute_stats(cfg, "multiclass", 0, 10, False, splits=("train",))
-    n = result["computed_for"]["train_images"]
-    assert stats_fit(result, cfg, "multiclass", 0, n)
-    assert not stats_fit(result, cfg, "multiclass", 0, n + 1)
+    train = read_dataset(cfg, "multiclass", 0).splits["train"]
+    assert stats_fit(result, cfg, "multiclass", 0, train)
+    assert not stats_fit(result, cfg, "multiclass", 0, train.subset(np.arange(len(train) - 1), "train"))
     for change in ({"channels": 1}, {"image_size": 12}, {"train": "val"}, {"val_fraction": 0.2},
                    {"images_dir": "other"}):
-        assert not stats_fit(result, cfg.model_copy(update=change), "multiclass", 0, n)
+        assert not stats_fit(result, cfg.model_copy(update=change), "multiclass", 0, train)
     split = cfg.model_copy(update={"val": None, "val_fraction": 0.2})
     seeded = compute_stats(split, "multiclass", 1, 10, False, splits=("train",))
-    n = seeded["computed_for"]["train_images"]
-    assert stats_fit(seeded, split, "multiclass", 1, n) and not stats_fit(seeded, split, "multiclass", 2, n)
+    drawn = read_dataset(split, "multiclass", 1).splits["train"]
+    assert stats_fit(seeded, split, "multiclass", 1, drawn) and not stats_fit(seeded, split, "multiclass", 2, drawn)
+
+
+def test_auto_recomputes_when_images_change_but_their_count_does_not(tmp_path: Path) -> None:
+    import os
+
+    info = write_synthetic(tmp_path / "data", "multiclass", n=40, size=12)
+    cfg = DataConfig(**{**info["data"], "normalize": "auto", "image_size": 12})
+    first, _ = resolve_normalization(cfg, "multiclass", 0)
+    paths = read_train_paths(cfg)
+    for path in paths[: len(paths) // 2]:  # same names, same count, other pixels
+        Image.new("RGB", (12, 12), (255, 255, 255)).save(path)
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a clock too coarse: still newer
+    mean, std = resolve_normalization(cfg, "multiclass", 0)
+    expected_mean, expected_std = numpy_stats(paths, "RGB")
+    np.testing.assert_allclose(mean, expected_mean, atol=1e-4)
+    np.testing.assert_allclose(std, expected_std, atol=1e-4)
+    assert not np.allclose(mean, first, atol=1e-3)
+
+
+def test_a_fold_run_normalizes_with_its_own_training_part(tmp_path: Path, make_recipe) -> None:
+    """The held-out fold must not leak into the statistics the fold run is normalized with."""
+    import torch
+
+    from cvtool.data.folds import assign_folds
+    from cvtool.data.formats import read_dataset
+
+    info = write_synthetic(tmp_path / "data", "multiclass", n=60, size=12)
+    recipe = make_recipe(tmp_path, info, data={"normalize": "auto", "image_size": 12, "folds": {"k": 3}},
+                         train={"epochs": 1, "device": "cpu", "max_batches": 1})
+    result = runner.invoke(app, ["train", str(recipe), "--fold", "1", "--out", str(tmp_path / "folds"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    cfg = load_recipe(recipe).data
+    train = read_dataset(cfg, "multiclass", 0).splits["train"]
+    kept = [p for p, fold in zip(train.paths, assign_folds(train, cfg, "multiclass", 0), strict=True) if fold != 1]
+    expected_mean, expected_std = numpy_stats(kept, "RGB")
+    meta = torch.load(tmp_path / "folds" / "fold_1" / "checkpoints" / "best.pt", weights_only=True)["meta"]
+    np.testing.assert_allclose(meta["mean"], expected_mean, atol=1e-4)
+    np.testing.assert_allclose(meta["std"], expected_std, atol=1e-4)
+    whole, _ = numpy_stats(list(train.paths), "RGB")
+    assert not np.allclose(meta["mean"], whole, atol=1e-5)  # the test can tell the two apart
+    assert (tmp_path / "data" / "cvtool-stats.fold1.json").is_file()
 
 
 @pytest.mark.parametrize("normalize, channels, expected", [

@@ -93,6 +93,22 @@ def test_not_cached_is_one_line_and_a_file_put_there_loads(hf_home: Path) -> Non
     assert all(torch.equal(loaded[key], state[key]) for key in CHECKED[:-1])
 
 
+@pytest.mark.parametrize(("pretrained", "command"), [
+    ("r160_in1k", "cvtool weights fetch timm/test_resnet --weights r160_in1k"),
+    ("hf-hub:someone/test-resnet-finetuned",
+     "cvtool weights fetch timm/test_resnet --weights hf-hub:someone/test-resnet-finetuned"),
+])
+def test_the_offline_hint_names_the_weights_asked_for(hf_home: Path, pretrained: str, command: str) -> None:
+    with pytest.raises(CvtoolError) as error:
+        build(pretrained=pretrained)
+    assert str(error.value).endswith(f"(or run `{command}` where there is network)")
+    from cvtool.models.pretrained import resolve_weights
+
+    given = resolve_weights(ModelConfig(arch="timm/test_resnet", pretrained=pretrained))
+    fetched = resolve_weights(ModelConfig(arch="timm/test_resnet", pretrained=command.split("--weights ")[1]))
+    assert fetched == given  # the command resolves to the same repo and file
+
+
 def test_hf_hub_repo_and_local_files(hf_home: Path, tmp_path: Path) -> None:
     state = timm_state(seed=6)
     put_in_hub_cache(hf_home, "someone/test-resnet-finetuned", state)

@@ -124,7 +124,34 @@ def test_no_network_is_one_line_naming_the_cache_path(torch_home: Path) -> None:
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith("model.pretrained: cannot download resnet18 IMAGENET1K_V1 weights (network is unreachable")
-    assert message.endswith(f"download {RESNET18_URL} and put it at {torch_home}/hub/checkpoints/resnet18-f37072fd.pth")
+    assert message.endswith(f"download {RESNET18_URL} and put it at {torch_home}/hub/checkpoints/resnet18-f37072fd.pth "
+                            "(or run `cvtool weights fetch resnet18` where there is network)")
+
+
+@pytest.mark.parametrize("variable", ["CVTOOL_OFFLINE", None])
+def test_the_fetch_hint_fetches_the_very_weights_the_recipe_names(
+        variable: str | None, torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # resnet50's default is IMAGENET1K_V2: the hint for V1 must name V1, or it fetches another file
+    if variable:
+        monkeypatch.setenv(variable, "1")
+    with pytest.raises(CvtoolError) as error:
+        build("IMAGENET1K_V1", arch="resnet50")
+    message = str(error.value)
+    url, path, command = re.search(r"download (\S+) and put it at (\S+) \(or run `([^`]+)`", message).groups()
+    assert url == torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
+    assert command == "cvtool weights fetch resnet50 --weights IMAGENET1K_V1"
+    fetched: list[tuple[str, str]] = []
+
+    def download(url: str, dst: str, hash_prefix: str | None, progress: bool) -> None:
+        fetched.append((url, dst))
+        Path(dst).write_bytes(b"weights")
+
+    monkeypatch.delenv("CVTOOL_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: socket.socket())
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    result = CliRunner().invoke(app, command.split()[1:])
+    assert result.exit_code == 0, result.output
+    assert fetched == [(url, path)]
 
 
 def test_a_wrong_weights_name_is_refused_with_the_valid_ones(torch_home: Path, tmp_path: Path) -> None:

@@ -44,6 +44,8 @@ def bench_train(recipe: Recipe, *, steps: int = 10, warmup: int = 2, rounds: int
 
     if steps < 1 or warmup < 1 or rounds < 1:
         raise CvtoolError("--steps, --warmup and --rounds need at least 1")
+    if not 0 < target <= 1:  # a ratio of two throughputs; nan would pass or miss every comparison silently
+        raise CvtoolError(f"--target {target}: a ratio above 0 and at most 1")
     session = build_session(recipe, quiet=True)
     defer = augment_on_device(session.device, recipe.data.num_workers, recipe.data.on_device)
     train_set = train_dataset(session.bundle, session.task, recipe.augment, recipe.seed, recipe.data.flip_pairs,

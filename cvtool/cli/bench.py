@@ -29,9 +29,13 @@ def train(
     """Training images/s through the recipe's real loader vs the pure-compute ceiling (CUDA: also peak memory)."""
     from cvtool.bench.report import write_report
     from cvtool.bench.train import bench_train
+    from cvtool.runs.outputs import check_file
     from cvtool.runs.recipes import load_recipe
 
-    report = bench_train(load_recipe(recipe, set_ or []), steps=steps, warmup=warmup, rounds=rounds, target=target)
+    loaded = load_recipe(recipe, set_ or [])
+    if json_out is not None:
+        check_file("--json", json_out, {"the recipe": recipe}, loaded.data, purpose="bench")
+    report = bench_train(loaded, steps=steps, warmup=warmup, rounds=rounds, target=target)
     render(report)
     if json_out is not None:
         write_report(report, json_out)

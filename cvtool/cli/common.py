@@ -68,17 +68,24 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def handle_errors(fn: F) -> F:
-    """Turn CvtoolError (and bad-input OS errors) into one red line and exit code 2."""
+    """Turn CvtoolError (and bad-input OS errors) into one red line and exit code 2; the run
+    folders the command locked are released when it ends."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cvtool.runs.lock import scope
+
         try:
-            return fn(*args, **kwargs)
+            with scope():
+                return fn(*args, **kwargs)
         except CvtoolError as exc:
             fail(_escape(str(exc)), exc.exit_code)
         except OSError as exc:  # a missing file, a read-only folder or a full disk outside cvtool.fileio
             name = exc.filename or ""
             fail(_escape(f"{name}: {exc.strerror or exc}"))
+        except MemoryError:  # an allocation larger than the host's memory: a size the input asked for
+            fail("out of host memory (an allocation failed): smaller sizes help, e.g. data.batch_size, "
+                 "data.image_size, data.cache: disk")
         except KeyboardInterrupt:
             err_console.print("[red]cvtool: interrupted[/]")
             raise typer.Exit(130) from None

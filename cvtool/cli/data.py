@@ -23,6 +23,7 @@ def digits(out_dir: DirArg, seed: SeedOpt = 0) -> None:
     """scikit-learn's 1797 real 8x8 handwritten digits as a `folder` dataset (train/val/test)."""
     from cvtool.data.generate import write_digits
 
+    _check_out(out_dir)
     _report(write_digits(out_dir, seed=seed))
 
 
@@ -39,7 +40,17 @@ def synthetic(
     """A small learnable dataset in the task's real layout, to see (and test) each format."""
     from cvtool.data.generate import write_synthetic
 
+    _check_out(out_dir)
     _report(write_synthetic(out_dir, task, n=n, size=size, seed=seed, format=fmt))
+
+
+def _check_out(out_dir: Path) -> None:
+    """A dataset is never written inside a cvtool run (it would be replaced with the run)."""
+    from cvtool.errors import CvtoolError
+    from cvtool.runs.lock import owner_of
+
+    if (holder := owner_of(out_dir)) is not None:
+        raise CvtoolError(f"{out_dir}: lies inside the cvtool run {holder}; keep data outside run folders")
 
 
 def _report(info: dict[str, Any]) -> None:

@@ -33,8 +33,9 @@ def explain(
     from rich.table import Table
 
     from cvtool.evaluation.explain import explain_images
+    from cvtool.runs.layout import EXPLAIN
 
-    folder = out or (model if model.is_dir() else model.parent) / "explain"
+    folder = out or (model if model.is_dir() else model.parent) / EXPLAIN
     found = explain_images(model, images, folder, class_name, checkpoint, layer)
     table = Table("image", "class", "probability", "heat centre (x, y)", "overlay", title=f"Grad-CAM of {model}",
                   title_justify="left")

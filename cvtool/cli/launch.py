@@ -18,6 +18,7 @@ from cvtool.engine.signals import stop_on_signals
 from cvtool.errors import CvtoolError
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.layout import RunDir
+from cvtool.runs.lock import scope
 from cvtool.runs.sweep import new_run, run_sweep
 from cvtool.runs.train import fit
 
@@ -55,7 +56,16 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, fold: str | None = None, resume
                recipe_file: Path | None = None) -> dict[str, Any]:
     """Train `recipe` into `run_dir`: its search's trials, the folds asked for (`fold`: all or N;
     a resumed fold set too), every point of its sweep, or one run. Returns the summary (a fold
-    set's, sweep's or search's table for those; empty on ranks other than 0)."""
+    set's, sweep's or search's table for those; empty on ranks other than 0). The run folder
+    stays locked until it returns."""
+    with scope():
+        return _run_recipe(recipe, run_dir, fold=fold, resume=resume, overwrite=overwrite, quiet=quiet, stop=stop,
+                           dist=dist, extend=extend, search_worker=search_worker, recipe_file=recipe_file)
+
+
+def _run_recipe(recipe: Recipe, run_dir: Path, *, fold: str | None, resume: bool, overwrite: bool, quiet: bool,
+                stop: Callable[[], bool] | None, dist: Dist | None, extend: bool, search_worker: bool,
+                recipe_file: Path | None) -> dict[str, Any]:
     if recipe.search or search_worker:
         from cvtool.search.run import start_search
 
@@ -66,7 +76,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, fold: str | None = None, resume
 
         if dist is not None:
             raise CvtoolError("--fold trains its folds one after the other in one process (no torchrun)")
-        return run_folds(recipe, run_dir, fold or "all", resume=resume, overwrite=overwrite, quiet=quiet, stop=stop)
+        return run_folds(recipe, run_dir, fold or "all", resume=resume, overwrite=overwrite, quiet=quiet, stop=stop,
+                         extend=extend)
     if recipe.sweep:
         return run_sweep(recipe, run_dir, resume=resume, overwrite=overwrite, quiet=quiet, stop=stop, dist=dist,
                          extend=extend, recipe_file=recipe_file)

@@ -8,6 +8,7 @@ from cvtool import __version__
 from cvtool.cli import (
     bench,
     cache,
+    collect,
     data,
     doctor,
     evaluate,
@@ -18,6 +19,7 @@ from cvtool.cli import (
     recipe,
     report,
     stats,
+    status,
     train,
     tta,
     weights,
@@ -49,6 +51,8 @@ app.add_typer(data.app, name="data", help="Write example datasets: real digits, 
 app.add_typer(stats.app)
 app.add_typer(doctor.app)
 app.add_typer(train.app)
+app.add_typer(status.app)
+app.add_typer(collect.app)
 app.add_typer(lr_find.app)
 app.add_typer(evaluate.app)
 app.add_typer(tta.app)

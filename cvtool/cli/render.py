@@ -51,9 +51,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
         if failed:
             table.caption = Text("failed: " + "; ".join(failed))  # plain text: no markup in messages
         return table
+    smoothed = "" if summary["smoothed_best_epoch"] is None else (
+        f" (smoothed {fmt_cell(summary['smoothed_best_value'])} at epoch {summary['smoothed_best_epoch']})")
     title = (f"{summary['name']}: best {summary['monitor']} {fmt_cell(summary['best_value'])} at epoch "
-             f"{summary['best_epoch']} (smoothed {fmt_cell(summary['smoothed_best_value'])} at epoch "
-             f"{summary['smoothed_best_epoch']})")
+             f"{summary['best_epoch']}{smoothed}")
     return metrics_table(title, {"val (best epoch)": summary["val"], "test (best checkpoint)": summary["test"]})
 
 
@@ -71,9 +72,12 @@ def search_table(summary: dict[str, Any]) -> Table:
 
 
 def fmt_cell(value: Any) -> str:
-    """A table cell: 4 decimals for floats, '-' for a missing value."""
+    """A table cell: 4 decimals for floats, '-' for a missing value, 'undefined' for NaN (what
+    summary.json writes as null: AUC of a split with one class)."""
     if value is None:
         return "-"
+    if isinstance(value, float) and value != value:
+        return "undefined"
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)

@@ -32,10 +32,12 @@ def stats(
 ) -> None:
     """Dataset statistics as rich tables and a JSON file (used by `normalize: auto`)."""
     from cvtool.data.stats import STATS_FILE, compute_stats
+    from cvtool.runs.outputs import check_file
 
     cfg, task_name, seed, size = _config(data, recipe, fmt, task, image_size, channels)
-    result = compute_stats(cfg, task_name, seed, size, progress=not quiet and is_tty())
     target = out or data / STATS_FILE
+    check_file("--out", target, {"the recipe": recipe}, cfg, purpose="stats")
+    result = compute_stats(cfg, task_name, seed, size, progress=not quiet and is_tty())
     try:
         write_json(target, result)
     except WriteError as exc:  # a read-only data root

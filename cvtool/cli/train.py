@@ -31,6 +31,12 @@ def train(
     search_worker: Annotated[bool, typer.Option(
         "--search-worker", help="Join the recipe's search in --out DIR (or its storage) as one more worker.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Draw no plots/ (they are drawn beside the test evaluation).")] = False,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="local, or slurm: one job per fold, sweep point or search worker (submitit; docs/cluster.md).")] = "local",
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", min=1, help="Members at once: local subprocesses (a GPU each), slurm's array limit, a search's workers.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="--executor slurm: follow the jobs with a live table.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="--executor slurm: print the sbatch script, submit nothing.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a recipe; writes recipe.yaml, metrics.csv, summary.json, checkpoints/ and plots/."""
@@ -45,6 +51,13 @@ def train(
     source = RunDir(resume).recipe if resume is not None and recipe is None else recipe
     resolved = load_recipe(source, set_ or [], stored=recipe is None)  # None: the run dir's own recipe.yaml
     run_dir = resume or out or default_run_dir(resolved)
+    if executor != "local" or (jobs or 1) > 1 or dry_run:
+        from cvtool.cli.jobs import train_as_jobs
+
+        train_as_jobs(resolved, run_dir, executor=executor, fold=fold, jobs=jobs, wait=wait, dry_run=dry_run,
+                      resume=resume is not None, overwrite=overwrite, recipe_file=source, quiet=quiet,
+                      refused="--search-worker" if search_worker else "--extend" if extend else None)
+        return
     try:
         with launched(resolved.train.device, run_dir, detect_anomaly) as (dist, stop), plotting.skipped(no_plots):
             summary = run_recipe(resolved, run_dir, fold=fold, resume=resume is not None, overwrite=overwrite,

@@ -7,6 +7,7 @@ float32 keypoint coordinates in original-image pixels, x/y alternating (keypoint
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cvtool.data import tables
-from cvtool.data.images import is_image_file
+from cvtool.data.images import image_files
 from cvtool.errors import CvtoolError
 from cvtool.fileio import read_csv_rows
 from cvtool.recipe.schema import DataConfig
@@ -79,6 +80,20 @@ def read_dataset(cfg: DataConfig, task: str, seed: int) -> DatasetInfo:
         if len(split) == 0:
             raise CvtoolError(f"data: split '{split.name}' has no images under {root}")
     return info
+
+
+def data_files(cfg: DataConfig) -> list[Path]:
+    """The files besides images that the data config reads: label CSVs, Tiny ImageNet's lists,
+    the exclude list. An output that is one of them is refused."""
+    files = [cfg.exclude] if cfg.exclude is not None else []
+    splits = [s for s in (cfg.train, cfg.val, cfg.test) if s is not None]
+    if cfg.format == "csv":
+        files += [cfg.root / (s if s.endswith(".csv") else f"{s}.csv") for s in splits]
+    elif cfg.format == "tinyimagenet":
+        files += [cfg.root / "wnids.txt", cfg.root / "words.txt"]
+        files += [cfg.root / s / f"{s}_annotations.txt" for s in splits]
+        files += sorted((cfg.root / cfg.train).glob("*/*_boxes.txt")) if cfg.train else []
+    return files
 
 
 def excluded_paths(cfg: DataConfig) -> set[Path]:
@@ -154,10 +169,9 @@ def read_folder(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], lis
         raise CvtoolError(f"data.{_key(cfg, split)}: {base} has no class folders (<class>/<image>)")
     paths, labels = [], []
     for name in classes:
-        for path in sorted((base / name).rglob("*")):
-            if path.is_file() and is_image_file(path):
-                paths.append(path)
-                labels.append(name)
+        for path in image_files(base / name):
+            paths.append(path)
+            labels.append(name)
     return paths, labels, get_task(task).classes_of(labels) if labels else classes
 
 
@@ -208,11 +222,13 @@ def keypoint_columns(cfg: DataConfig, columns: list[str], source: Path) -> list[
 
 
 def safe_join(root: Path, relative: str, source: Path) -> Path:
-    """root/relative, refusing absolute paths and '..' that leave the data root."""
-    candidate = (root / relative).resolve()
-    if not candidate.is_relative_to(root.resolve()):
+    """root/relative, refusing absolute paths and '..' that leave the data root. Checked on the
+    path as written: a symlinked folder the user put inside the root is followed."""
+    base = os.path.normpath(os.path.abspath(root))
+    candidate = Path(os.path.normpath(os.path.join(base, relative)))
+    if not candidate.is_relative_to(base):
         raise CvtoolError(f"{source}: image path escapes the data root: {relative}")
-    return candidate
+    return candidate.resolve()
 
 
 def read_tinyimagenet(cfg: DataConfig, split: str, task: str) -> tuple[list[Path], list[str] | None, list[str]]:
@@ -237,12 +253,11 @@ def read_tinyimagenet(cfg: DataConfig, split: str, task: str) -> tuple[list[Path
                 labels.append(by_wnid.get(parts[1], parts[1]))
     elif all((base / w).is_dir() for w in wnids[:1]) and (base / wnids[0]).is_dir():
         for wnid in wnids:
-            for path in sorted((base / wnid).rglob("*")):
-                if path.is_file() and is_image_file(path):
-                    paths.append(path)
-                    labels.append(by_wnid[wnid])
+            for path in image_files(base / wnid):
+                paths.append(path)
+                labels.append(by_wnid[wnid])
     else:
-        paths = sorted(p for p in (base / "images").rglob("*") if is_image_file(p))
+        paths = image_files(base / "images")
         labels = None
     return paths, labels, names
 

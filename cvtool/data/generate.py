@@ -1,16 +1,14 @@
 """Datasets written to disk: scikit-learn's real digits, and small learnable synthetic sets in
 each task's real layout (`cvtool data digits|synthetic`, the demo and the tests).
 
-A dataset is built in a temp folder beside DIR and published with one rename, so DIR is never
-half-written; rewriting a folder that cvtool generated replaces it, any other non-empty folder
-is refused. Same arguments and seed -> the same files.
+A dataset is built in a temp folder beside DIR and published with one rename (publish.py), so
+DIR is never half-written; rewriting a folder that cvtool generated replaces what it generated
+(your own files at its top are kept), any other non-empty folder is refused. Same arguments and
+seed -> the same files.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cvtool.data.publish import MARKER as MARKER  # the marker of a generated dataset, named here too
+from cvtool.data.publish import publish
 from cvtool.errors import CvtoolError
-from cvtool.fileio import write_csv, write_json, write_text
+from cvtool.fileio import write_csv, write_text
+from cvtool.recipe.fields import MAX_IMAGE_SIDE
 from cvtool.tasks import TASKS
 
-MARKER = "cvtool-dataset.json"
 SPLITS = ("train", "val", "test")
 # Each class has its own shape and colour, so a small CNN separates them within a few epochs.
 SHAPES = {"circle": (230, 40, 40), "square": (40, 200, 60), "triangle": (50, 90, 235),
@@ -61,7 +61,7 @@ def write_digits(out_dir: str | Path, seed: int = 0) -> dict[str, Any]:
         return _info("digits", "multiclass", "folder", splits, [str(d) for d in range(10)],
                      {"image_size": 8, "channels": 1})
 
-    return _publish(Path(out_dir), build)
+    return publish(Path(out_dir), build)
 
 
 def write_synthetic(out_dir: str | Path, task: str, n: int = 120, size: int = 32, seed: int = 0,
@@ -74,8 +74,8 @@ def write_synthetic(out_dir: str | Path, task: str, n: int = 120, size: int = 32
     fmt = format or formats[0]
     if fmt not in formats:
         raise CvtoolError(f"data synthetic: task {task} comes in format {', '.join(formats)}, not {fmt}")
-    if n < 20 or size < 8:
-        raise CvtoolError("data synthetic: needs --n of at least 20 images and --size of at least 8 pixels")
+    if n < 20 or not 8 <= size <= MAX_IMAGE_SIDE:
+        raise CvtoolError(f"data synthetic: needs --n of at least 20 images and --size of 8 to {MAX_IMAGE_SIDE} pixels")
     if not 2 <= num_classes <= len(SHAPES):
         raise CvtoolError(f"data synthetic: num_classes must be between 2 and {len(SHAPES)}")
     rng = np.random.default_rng(seed)
@@ -83,35 +83,7 @@ def write_synthetic(out_dir: str | Path, task: str, n: int = 120, size: int = 32
                 "binary": lambda root: _binary(root, n, size, rng),
                 "multilabel": lambda root: _multilabel(root, n, size, rng),
                 "keypoints": lambda root: _keypoints(root, n, size, rng)}
-    return _publish(Path(out_dir), builders[task])
-
-
-def _publish(out_dir: Path, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """Build into a temp folder beside out_dir, then rename it into place."""
-    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / MARKER).is_file())):
-        raise CvtoolError(f"{out_dir}: exists and is not a dataset cvtool generated; choose another folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        os.chmod(tmp, 0o755)
-        info = {"root": str(out_dir), **build(tmp)}
-        info["data"] = {"format": info["format"], "root": str(out_dir), **info["data"]}
-        write_json(tmp / MARKER, info)
-        if out_dir.exists():
-            old = tmp.with_name(tmp.name + ".old")
-            os.replace(out_dir, old)
-            try:
-                os.replace(tmp, out_dir)
-            except BaseException:
-                os.replace(old, out_dir)  # put the previous dataset back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return info
+    return publish(Path(out_dir), builders[task])
 
 
 def _info(name: str, task: str, fmt: str, splits: np.ndarray, classes: list[str],

@@ -5,13 +5,14 @@ The ONNX predict path uses this module too, so it must stay importable without t
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
-from cvtool.errors import BadImageError
+from cvtool.errors import BadImageError, CvtoolError
 from cvtool.tasks.frame import frame_box
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -22,6 +23,38 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every file below `folder` named like an image, sorted; symlinked folders are followed (a
+    loop is one line naming the link), and a broken link is listed: it fails, or is skipped and
+    counted, as the unreadable image it is. Nothing is left out without a word."""
+    found: list[Path] = []
+    real = Path(os.path.realpath(folder))
+    _walk(Path(folder), frozenset(_key(p) for p in (real, *real.parents)), found)
+    return sorted(found)
+
+
+def _key(folder: Path) -> tuple[int, int]:
+    info = os.stat(folder)
+    return info.st_dev, info.st_ino
+
+
+def _walk(folder: Path, ancestors: frozenset[tuple[int, int]], found: list[Path]) -> None:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as exc:
+        raise CvtoolError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir():  # through a symlink too
+            key = _key(path)
+            if key in ancestors:
+                raise CvtoolError(f"{path}: a symlink loop (it leads back to {os.path.realpath(path)}); "
+                                  "remove or replace the link")
+            _walk(path, ancestors | {key}, found)
+        elif is_image_file(path) and (entry.is_file() or entry.is_symlink()):
+            found.append(path)
 
 
 def open_image(path: str | Path) -> Image.Image:

@@ -1,4 +1,5 @@
-"""Recipe augmentations: torchvision.transforms.v2 class names with kwargs, built recursively.
+"""Recipe augmentations: torchvision.transforms.v2 class names with kwargs, built recursively,
+plus cvtool's own v2 transforms named the same way (`CVTOOL_TRANSFORMS`: `CLAHE`).
 
 Images stay uint8 (0-255) through augmentation, so value parameters use that scale
 (RandomSolarize threshold 102 is 0.4 of the range). Keypoints ride along as
@@ -26,6 +27,9 @@ CONTAINERS = {"RandomApply", "RandomChoice", "RandomOrder", "Compose"}
 # Policies whose geometric operations (rotate, shear, translate) move the image but not the
 # keypoints riding along: refused for point targets.
 POINT_BLIND = {"RandAugment", "TrivialAugmentWide", "AutoAugment", "AugMix"}
+# cvtool's v2 transforms for what torchvision lacks: name -> module defining the class. Not in
+# `batch_augment.BATCHED`, so they run per sample under the sample's seed.
+CVTOOL_TRANSFORMS = {"CLAHE": "cvtool.data.clahe"}
 
 
 def _v2() -> Any:
@@ -37,8 +41,17 @@ def _v2() -> Any:
 def transform_names() -> list[str]:
     v2 = _v2()
     hidden = {"Transform", "Lambda"}  # arbitrary code has no place in a recipe
-    return sorted(n for n in dir(v2) if n not in hidden and isinstance(getattr(v2, n), type)
-                  and issubclass(getattr(v2, n), v2.Transform))
+    return sorted({n for n in dir(v2) if n not in hidden and isinstance(getattr(v2, n), type)
+                   and issubclass(getattr(v2, n), v2.Transform)} | set(CVTOOL_TRANSFORMS))
+
+
+def transform_class(name: str) -> type:
+    """The class a recipe's transform name stands for (a v2 class, or one of cvtool's)."""
+    if name in CVTOOL_TRANSFORMS:
+        import importlib
+
+        return getattr(importlib.import_module(CVTOOL_TRANSFORMS[name]), name)
+    return getattr(_v2(), name)
 
 
 def build_transform(spec: Any, where: str) -> Any:
@@ -62,7 +75,7 @@ def build_transform(spec: Any, where: str) -> Any:
     if isinstance(kwargs.get("interpolation"), str):
         kwargs["interpolation"] = _interpolation(kwargs["interpolation"], f"{where}.{name}.interpolation")
     try:
-        return getattr(_v2(), name)(**kwargs)
+        return transform_class(name)(**kwargs)
     except (TypeError, ValueError) as exc:
         raise CvtoolError(f"{where}.{name}: {str(exc).splitlines()[0]}") from None
 
@@ -84,7 +97,7 @@ def _check_args(name: str, kwargs: dict[str, Any], where: str) -> None:
     than a Python TypeError."""
     import inspect
 
-    params = inspect.signature(getattr(_v2(), name)).parameters
+    params = inspect.signature(transform_class(name)).parameters
     named = {key: p for key, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         for arg in kwargs:

@@ -23,6 +23,7 @@ from cvtool.doctor.report import Section, thumbnail, write_documents
 from cvtool.doctor.scan import Scan, scan_dataset
 from cvtool.errors import CvtoolError
 from cvtool.recipe.schema import Recipe
+from cvtool.runs.outputs import check_folder
 
 FILES = "doctor_files"
 
@@ -57,6 +58,7 @@ def run_doctor(recipe: Recipe, data_root: Path, out: Path, oof: Path | None = No
     if not 0 <= distance <= 32:
         raise CvtoolError(f"--distance {distance}: give a number of bits from 0 to 32 (of the 64-bit pHash)")
     cfg = recipe.data.model_copy(update={"root": Path(data_root), "fold": None})
+    check_folder("--out", Path(out), {"--oof": oof}, {"the data root": cfg.root}, purpose="doctor")  # thumbnails, --fix's CSV
     info = read_dataset(cfg, recipe.task, recipe.seed)
     scan = scan_dataset(info, cfg.root, progress)
     labels = rank_label_issues(oof, recipe.task, info.class_names) if oof is not None else None

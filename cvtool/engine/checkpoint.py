@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +15,7 @@ import torch
 
 from cvtool import __version__
 from cvtool.errors import CvtoolError
-from cvtool.fileio import atomic_open
+from cvtool.fileio import atomic_path
 
 if TYPE_CHECKING:
     from cvtool.engine.ema import WeightEMA
@@ -25,10 +27,15 @@ FORMAT = "cvtool-checkpoint/1"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """torch.save into a temp file beside `path`, fsync, rename: never a half-written file."""
+    """torch.save into a temp file beside `path`, fsync, rename: never a half-written file.
+
+    torch.save gets a path, not a Python file: its zip writer then does its own I/O. Given a file
+    object it writes through Python callbacks, and an exception raised between them (submitit's
+    SIGUSR2 handler exits the process from within whatever runs) left the C++ writer to flush into a
+    closed file from its destructor: std::terminate, and a preempted job that never requeued."""
     payload = {"format": FORMAT, "cvtool_version": __version__, **payload}
-    with atomic_open(path, "wb") as handle:
-        torch.save(payload, handle)
+    with atomic_path(path) as tmp:
+        torch.save(payload, str(tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -36,9 +43,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CvtoolError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_weights_only(path)
     except pickle.UnpicklingError as exc:
-        raise CvtoolError(f"{path}: refused: not a plain-weights checkpoint ({_first_line(exc, 'unsupported content')})") from None
+        raise CvtoolError(f"{path}: refused: not a plain-weights checkpoint ({refusal(exc)})") from None
     except Exception as exc:  # empty, truncated or not a checkpoint: torch's reader and unpickler raise anything
         raise CvtoolError(f"{path}: not a readable checkpoint ({_reason(path, exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -50,6 +57,24 @@ def _first_line(exc: BaseException, default: str) -> str:
     """The first non-empty line of an exception's message (some have none at all)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return (lines[0] if lines else default)[:160]
+
+
+def load_weights_only(path: Path) -> Any:
+    """torch.load(weights_only=True) on the CPU, without torch's warnings (e.g. "Detected pickle
+    protocol 4" before a refusal): the caller's one line says what went wrong."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def refusal(exc: BaseException) -> str:
+    """What the weights-only unpickler refused, from torch's many-line message."""
+    text = str(exc)
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"it would import {found.group(1)}"
+    if found := re.search(r"Unsupported operand (\d+)", text):
+        return f"pickle opcode {found.group(1)} is not allowed"
+    return "unsupported content"
 
 
 def _reason(path: Path, exc: Exception) -> str:
@@ -86,13 +111,19 @@ def _tuples(value: Any) -> Any:
 
 
 def training_payload(step: Step, state: TrainState, rngs: list[dict[str, Any]], **run: Any) -> dict[str, Any]:
-    """Everything a resume continues from: the weights (the EMA's under "model" when on: that is
-    what evaluate / TTA / export / predict load), optimizer, schedule, GradScaler, EMA, every
+    """Everything a resume continues from: the weights, optimizer, schedule, GradScaler, EMA, every
     rank's random generators (`rngs[rank]`) and the run's progress; `run` adds the recipe, the
-    model card and the like."""
+    model card and the like. "model" holds what evaluate / TTA / export / predict load: with EMA
+    the average or the raw weights, whichever validated better this epoch ("weights" says which);
+    both stay in the file under "ema_model" and "raw_model" (one copy each: torch.save stores a
+    tensor shared by two keys once)."""
     raw = step.module.state_dict()
-    weights = {"model": raw, "weights": "raw"} if step.ema is None else {
-        "model": step.ema.module.state_dict(), "weights": "ema", "raw_model": raw, "ema": step.ema.state_dict()}
+    weights: dict[str, Any] = {"model": raw, "weights": "raw"}
+    if step.ema is not None:
+        average = step.ema.module.state_dict()
+        kept = state.weights or "ema"
+        weights = {"model": average if kept == "ema" else raw, "weights": kept, "raw_model": raw,
+                   "ema_model": average, "ema": step.ema.state_dict()}
     return {**run, "epoch": state.epoch, **weights, "optimizer": step.optimizer.state_dict(),
             "scheduler": step.schedule.state_dict(),
             "scaler": step.scaler.state_dict() if step.scaler is not None else None,
@@ -106,8 +137,8 @@ def restore_training(payload: dict[str, Any], *, module: torch.nn.Module, optimi
     which sets the lr of the update the run continues with. `schedule` None: a fresh schedule
     (`--extend`) keeps its own start."""
     module.load_state_dict(payload.get("raw_model", payload["model"]))
-    if ema is not None:
-        ema.load(payload["model"], payload["ema"])
+    if ema is not None:  # checkpoints before "ema_model" held the average under "model"
+        ema.load(payload.get("ema_model", payload["model"]), payload["ema"])
     optimizer.load_state_dict(payload["optimizer"])
     if schedule is not None:
         schedule.load_state_dict(payload["scheduler"])

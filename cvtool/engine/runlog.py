@@ -24,16 +24,20 @@ class RunLog:
         self.console = console or Console(highlight=False)
         self.loggers = loggers
 
-    def add(self, row: dict[str, float], monitor: str, is_best: bool, history: list[dict[str, float]]) -> None:
-        """Report an epoch's row; `history` is the run's (TrainState's), this row included."""
+    def add(self, row: dict[str, float], monitor: str, is_best: bool, history: list[dict[str, float]],
+            weights: str | None = None) -> None:
+        """Report an epoch's row; `history` is the run's (TrainState's), this row included;
+        `weights`: with EMA, which weights the epoch kept (its val/ metrics are theirs)."""
         if self.loggers is not None:
             self.loggers.log_epoch(row, history)
-        self._print_row(row, monitor, is_best)
+        self._print_row(row, monitor, is_best, weights)
 
-    def _print_row(self, row: dict[str, float], monitor: str, is_best: bool) -> None:
+    def _print_row(self, row: dict[str, float], monitor: str, is_best: bool, weights: str | None = None) -> None:
         shown = ["train/loss", "val/loss", monitor]
         cells = [f"epoch {int(row['epoch']):>3}", f"lr {row['lr']:.2e}", f"{row['seconds']:.1f}s"]
         cells += [f"{k} {row[k]:.4f}" for k in dict.fromkeys(shown) if k in row]
+        if weights is not None:
+            cells.append(f"({weights} weights)")
         text = "  ".join(cells) + ("  *best*" if is_best else "")
         if self.quiet:
             print(text, flush=True)

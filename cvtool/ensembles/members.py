@@ -5,6 +5,8 @@ OOF-tuned thresholds are found. Torch-free (the .onnx predict path uses it)."""
 from __future__ import annotations
 
 import json
+import math
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -37,28 +39,49 @@ def fold_set_thresholds(models: str | Path | Sequence[str | Path]) -> list[float
     items = [models] if isinstance(models, (str, Path)) else list(models)
     if len(items) != 1 or not RunDir(Path(items[0])).folds.is_file():
         return None
-    return json.loads(RunDir(Path(items[0])).folds.read_text(encoding="utf-8")).get("thresholds")
+    summary = json.loads(RunDir(Path(items[0])).folds.read_text(encoding="utf-8"))
+    if summary.get("thresholds") is not None and summary.get("thresholds_stale"):
+        print(f"cvtool: {items[0]}: its thresholds were tuned on out-of-fold outputs the folds have changed since "
+              f"(stale): rerun cvtool evaluate {items[0]} --oof --tune-thresholds", file=sys.stderr)
+    return summary.get("thresholds")
 
 
 def parse_weights(text: str | None) -> list[float] | None:
-    """--weights 2,1,1 -> [2.0, 1.0, 1.0]."""
+    """--weights 2,1,1 -> [2.0, 1.0, 1.0]; nan, inf and numbers beyond a float are refused."""
     if text is None or not text.strip():
         return None
     try:
-        return [float(part) for part in text.split(",")]
+        weights = [float(part) for part in text.split(",")]
     except ValueError:
         raise CvtoolError(f"--weights: expected comma-separated numbers, got {text!r}") from None
+    _check_finite(weights)
+    return weights
+
+
+def _check_finite(weights: Sequence[float]) -> None:
+    bad = next((w for w in weights if not math.isfinite(w)), None)
+    if bad is not None:  # float("1e400") is inf: say so rather than print "inf" for what was typed
+        raise CvtoolError(f"--weights: every weight must be a finite number, got {bad} (a value beyond "
+                          f"{sys.float_info.max:.3g} reads as inf)")
 
 
 def normalized_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
+    """Weights summing to 1 (none: equal); refuses non-finite, negative or all-zero weights and a
+    sum that overflows (1e308,1e308), each of which would turn every score into nan."""
     if weights is None or len(weights) == 0:
         return np.full(count, 1.0 / count)
     if len(weights) != count:
         raise CvtoolError(f"--weights: {len(weights)} weights for {count} models")
+    _check_finite(weights)
     array = np.asarray(weights, np.float64)
-    if (array < 0).any() or array.sum() <= 0:
+    if (array < 0).any() or not (array > 0).any():
         raise CvtoolError("--weights: weights must be non-negative with a positive sum")
-    return array / array.sum()
+    with np.errstate(over="ignore"):
+        total = array.sum()
+    if not math.isfinite(total):  # 1e308,1e308: the same proportions with a sum that fits a float
+        array = array / array.max()
+        total = array.sum()
+    return array / total
 
 
 def check_agreement(cards: Sequence[ModelCard]) -> None:

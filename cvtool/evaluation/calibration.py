@@ -21,12 +21,12 @@ from cvtool.engine.checkpoint import update_meta
 from cvtool.errors import CvtoolError
 from cvtool.evaluation.results import Calibration, EvalResult
 from cvtool.fileio import write_json
-from cvtool.runs.layout import RunDir
+from cvtool.runs.layout import CALIBRATION, RunDir
 from cvtool.runs.model import LoadedModel, set_temperature
 from cvtool.tasks import Task
 
 DIAGRAM = "reliability.png"
-RECORD = "calibration.json"
+RECORD = CALIBRATION
 
 
 def check_calibratable(task: Task) -> None:

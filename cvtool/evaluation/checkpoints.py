@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from cvtool.errors import CvtoolError
-from cvtool.fileio import write_csv, write_json
+from cvtool.fileio import refuse_inside, write_csv, write_json
 from cvtool.runs.layout import CHECKPOINT_METRICS, CHECKPOINT_TABLE, RunDir
+from cvtool.runs.lock import hold_for_writing
 
 
 @dataclass
@@ -38,10 +39,13 @@ def evaluate_checkpoints(target: str | Path, split: str = "test", data_root: str
     paths = run.kept_checkpoints()
     if not paths:
         raise CvtoolError(f"{run.checkpoints}: no checkpoints")
+    folder = Path(out_dir) if out_dir is not None else run.eval_dir(split, "all")
     device, bundle, records = select_device("auto"), None, []
     for path in paths:
         loaded = load_model(path, device=device)
-        if bundle is None:
+        if bundle is None:  # before the first decoding: the folder outside the data, the run's lock
+            refuse_inside("--out", folder, {"the data root": data_root or loaded.recipe.data.root})
+            hold_for_writing([folder], "evaluate")
             bundle = load_splits(loaded, (split,), data_root, progress)
             require_split(bundle, split)
         result = evaluate_split(loaded, split, bundle=bundle)
@@ -49,7 +53,6 @@ def evaluate_checkpoints(target: str | Path, split: str = "test", data_root: str
                         "loss": result.loss, **result.metrics})
     header = list(dict.fromkeys(key for record in records for key in record))
     rows = [[record.get(key) for key in header] for record in records]
-    folder = Path(out_dir) if out_dir is not None else run.eval_dir(split, "all")
     write_csv(folder / CHECKPOINT_TABLE, header, rows)
     write_json(folder / CHECKPOINT_METRICS, {"split": split, "checkpoints": records})
     return CheckpointTable(split, header, rows, [folder / CHECKPOINT_TABLE, folder / CHECKPOINT_METRICS])

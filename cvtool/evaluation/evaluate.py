@@ -25,7 +25,9 @@ from cvtool.evaluation.results import EvalReport, EvalResult, Tuning
 from cvtool.evaluation.thresholds import check_tunable, score, tune_thresholds
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.layout import RunDir
+from cvtool.runs.lock import hold_for_writing
 from cvtool.runs.model import load_model
+from cvtool.runs.outputs import check_file, check_folder
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +60,10 @@ def load_splits(loaded: LoadedModel, splits: tuple[str, ...], data_root: str | P
         check_split(split)
     meta = loaded.meta
     recipe = recipe_for(loaded, data_root)
-    bundle = prepare_data(recipe.data, loaded.task, recipe.seed, splits, progress, normalization=(meta.mean, meta.std))
+    # only the splits asked for are read (train always: it fixes the class order), so a --data root
+    # without test/ still evaluates val
+    data = recipe.data.model_copy(update={name: None for name in ("val", "test") if name not in splits})
+    bundle = prepare_data(data, loaded.task, recipe.seed, splits, progress, normalization=(meta.mean, meta.std))
     names = list(bundle.info.target_names or bundle.info.class_names)
     expected = list(meta.target_names or meta.class_names)
     if names != expected:
@@ -128,9 +133,22 @@ def tune_and_store(loaded: LoadedModel, val: EvalResult, test: EvalResult | None
                        (("default", tuned.default), ("global", tuned.global_threshold),
                         ("per_class", tuned.per_class))}
     thresholds = [float(t) for t in tuned.per_class]
-    update_meta(loaded.path, thresholds=thresholds)
-    loaded.meta = dataclasses.replace(loaded.meta, thresholds=thresholds)
+    update_meta(loaded.path, thresholds=thresholds, thresholds_epoch=loaded.epoch)
+    loaded.meta = dataclasses.replace(loaded.meta, thresholds=thresholds, thresholds_epoch=loaded.epoch)
     return Tuning(tuned, test_scores, loaded.path)
+
+
+def check_outputs(loaded: LoadedModel, folder: Path, predictions_csv: str | Path | None,
+                  data_root: str | Path | None, updates_checkpoint: bool) -> None:
+    """Before any work: the report folder outside the data, the predictions CSV none of the
+    inputs, and the lock of every run written into (its checkpoint, when it is updated)."""
+    data = recipe_for(loaded, data_root).data
+    check_folder("--out", folder, {"the checkpoint": loaded.path}, {"the data root": data.root}, purpose="evaluate")
+    if predictions_csv is not None:
+        check_file("--save-predictions", Path(predictions_csv), {"the checkpoint": loaded.path}, data,
+                   purpose="evaluate")
+    if updates_checkpoint:
+        hold_for_writing([loaded.path], "evaluate")
 
 
 def default_out_dir(checkpoint: Path, split: str) -> Path:
@@ -152,10 +170,11 @@ def run_evaluation(target: str | Path, split: str = "test", which: str = "best",
         check_tunable(loaded.task, loaded.recipe.evaluate.tune_metric)
     if calibrate:
         check_calibratable(loaded.task)
+    folder = Path(out_dir) if out_dir is not None else default_out_dir(loaded.path, split)
+    check_outputs(loaded, folder, predictions_csv, data_root, tune or calibrate)
     wanted = tuple(dict.fromkeys((split, "val", "test") if tune else (split, "val") if calibrate else (split,)))
     bundle = load_splits(loaded, wanted, data_root, progress)
     require_split(bundle, split)
-    folder = Path(out_dir) if out_dir is not None else default_out_dir(loaded.path, split)
     calibration = None
     if calibrate:  # fitted on the raw model's val outputs; `loaded` is calibrated from here on
         require_split(bundle, "val")

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cvtool.data.images import decode, is_image_file, normalize_batch
+from cvtool.data.images import decode, image_files, normalize_batch
 from cvtool.errors import CvtoolError
 from cvtool.fileio import atomic_open, write_csv
 from cvtool.runs.model import LoadedModel, load_model
+from cvtool.runs.outputs import check_folder
 
 INSTALL = 'cvtool explain needs the explain extra: pip install "cvtool[explain]"'
 DISPLAY = 224  # overlays are drawn at least this large (small models see 16 px images)
@@ -57,7 +58,7 @@ def image_paths(items: Sequence[Path]) -> list[Path]:
     found: list[Path] = []
     for item in map(Path, items):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            found += image_files(item)
         elif item.is_file():
             found.append(item)
         else:
@@ -174,6 +175,9 @@ def explain_images(target: str | Path, images: Sequence[Path], out: Path, class_
         raise CvtoolError(f"--class {class_name}: not a class of this model ({', '.join(names[:10])})")
     index = None if class_name is None else names.index(class_name)
     paths = image_paths(images)
+    given = {f"IMAGES {item}": item for item in images}
+    check_folder("--out", out, {"the checkpoint": loaded.path}, {"the data root": loaded.recipe.data.root, **given},
+                 purpose="explain")
     found: list[Explanation] = []
     for start in range(0, len(paths), 32):  # bounded memory: activations and gradients of 32 images
         found += grad_cam(loaded, paths[start:start + 32], index, layer)

@@ -1,6 +1,7 @@
 """Test-time augmentation: N stochastic passes of the recipe's `tta.transforms` (default: the
-geometric part of `augment`), aggregated by the Task (majority vote or mean probability;
-keypoints: median or mean of the coordinates mapped back to the original frame).
+geometric part of `augment`; pixel transforms such as GaussianBlur or CLAHE work there too, per
+image), aggregated by the Task (majority vote or mean probability; keypoints: median or mean of
+the coordinates mapped back to the original frame).
 
 Each batch is decoded once and augmented per pass, so the cost is about N plain passes.
 Pass p of sample i is seeded from (seed, p, i) like SampleDataset seeds (epoch, index): the

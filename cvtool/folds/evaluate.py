@@ -18,6 +18,7 @@ from cvtool.evaluation.thresholds import TunedThresholds, check_tunable, tune_th
 from cvtool.fileio import write_json
 from cvtool.folds.oof import read_oof
 from cvtool.runs.layout import RunDir
+from cvtool.runs.lock import hold_for_writing
 from cvtool.runs.recipes import load_recipe
 from cvtool.tasks import get_task
 
@@ -39,6 +40,8 @@ def evaluate_oof(fold_set: str | Path, tune: bool = False, calibrate: bool = Fal
     run = RunDir(Path(fold_set))
     if not run.is_fold_set():
         raise CvtoolError(f"--oof: {fold_set} is not a fold set (train one with cvtool train --fold all)")
+    if tune or calibrate:  # they update folds.json and every fold's best.pt
+        hold_for_writing([run.path], "evaluate")
     recipe = load_recipe(run.recipe, stored=True)
     task = get_task(recipe.task)
     oof = read_oof(run.oof)
@@ -67,4 +70,5 @@ def store_thresholds(run: RunDir, thresholds: list[float]) -> None:
         raise CvtoolError(f"{run.path}: no {run.folds.name} (not every fold has finished)")
     summary = json.loads(run.folds.read_text(encoding="utf-8"))
     summary["thresholds"] = thresholds
+    summary.pop("thresholds_stale", None)
     write_json(run.folds, summary)

@@ -9,6 +9,8 @@ A resumed set skips finished folds and continues the interrupted one from its la
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,12 @@ from cvtool.data.folds import assign_folds
 from cvtool.data.formats import DatasetInfo, read_dataset
 from cvtool.errors import CvtoolError
 from cvtool.fileio import read_csv_rows, write_csv, write_json, write_text
-from cvtool.folds.oof import OofPredictions, write_oof
+from cvtool.folds.oof import OofPredictions, read_oof, write_oof
 from cvtool.recipe.load import recipe_to_yaml
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.layout import RunDir
 from cvtool.runs.plotting import load_predictions
-from cvtool.runs.sweep import new_run, prepare_now
+from cvtool.runs.sweep import changed_epochs, check_epochs, new_run, prepare_now
 from cvtool.runs.train import fit
 from cvtool.tasks import get_task
 
@@ -43,9 +45,29 @@ def parse_fold(value: str, k: int) -> list[int]:
 
 
 def run_folds(recipe: Recipe, run_dir: Path, fold: str = "all", *, resume: bool = False, overwrite: bool = False,
-              quiet: bool = False, stop: Any = None) -> dict[str, Any]:
+              quiet: bool = False, stop: Any = None, extend: bool = False) -> dict[str, Any]:
     """Train the folds asked for into run_dir; returns folds.json's content once all are done
     (else the summaries so far, with "complete": False)."""
+    folds = start_fold_set(recipe, run_dir, fold, resume=resume, overwrite=overwrite, extend=extend)
+    for index in folds.wanted:
+        train_fold(fold_recipe(folds.recipe, index), RunDir(run_dir).fold(index), quiet=quiet, stop=stop,
+                   extend=extend)
+    return collect_folds(folds.recipe, folds.info, folds.fold_of, RunDir(run_dir))
+
+
+@dataclass(frozen=True)
+class FoldSet:
+    """A fold set's recipe (data.fold unset), dataset, fold of every training image, folds asked for."""
+
+    recipe: Recipe
+    info: DatasetInfo
+    fold_of: np.ndarray
+    wanted: list[int]
+
+
+def start_fold_set(recipe: Recipe, run_dir: Path, fold: str = "all", *, resume: bool, overwrite: bool,
+                   extend: bool = False) -> FoldSet:
+    """The fold set's folder with its recipe.yaml and folds.csv (checked against it on a resume)."""
     if recipe.data.folds is None:
         raise CvtoolError("--fold: the recipe has no data.folds (e.g. data: {folds: {k: 5}})")
     if recipe.sweep:
@@ -55,16 +77,21 @@ def run_folds(recipe: Recipe, run_dir: Path, fold: str = "all", *, resume: bool 
     prepare_now(run_dir, resume, overwrite, recipe)
     info = read_dataset(recipe.data, recipe.task, recipe.seed)
     fold_of = fixed_assignment(recipe, info, RunDir(run_dir), resume)
+    for index in wanted if resume else ():  # a changed train.epochs needs --extend: refused before any write
+        check_epochs(fold_recipe(recipe, index), RunDir(RunDir(run_dir).fold(index)), extend)
     write_text(RunDir(run_dir).recipe, recipe_to_yaml(recipe))
-    for index in wanted:
-        fold_dir = RunDir(RunDir(run_dir).fold(index))
-        if fold_dir.summary.is_file():
-            continue
-        started = fold_dir.checkpoint("last").is_file()
-        point = fold_recipe(recipe, index)
-        with new_run(point, fold_dir.path, resume=started, overwrite=True) as (work, moved):
-            fit(point, work, resume=started, quiet=quiet, stop=stop, started=moved)
-    return collect_folds(recipe, info, fold_of, RunDir(run_dir))
+    return FoldSet(recipe, info, fold_of, wanted)
+
+
+def train_fold(point: Recipe, fold_dir: Path, *, quiet: bool = False, stop: Any = None, extend: bool = False) -> None:
+    """One fold run (`fold_recipe`) into fold_dir: skipped once finished (unless train.epochs
+    changed: then --extend trains it on, checked in start_fold_set), else continued from its last.pt."""
+    run = RunDir(fold_dir)
+    if run.summary.is_file() and not changed_epochs(run, point):
+        return
+    started = run.checkpoint("last").is_file()
+    with new_run(point, run.path, resume=started, overwrite=True, extend=extend) as (work, moved):
+        fit(point, work, resume=started, extend=extend, quiet=quiet, stop=stop, started=moved)
 
 
 def fixed_assignment(recipe: Recipe, info: DatasetInfo, run: RunDir, resume: bool) -> np.ndarray:
@@ -105,11 +132,31 @@ def collect_folds(recipe: Recipe, info: DatasetInfo, fold_of: np.ndarray, run: R
         return result
     result.update(mean_std(rows))
     oof = gather_oof(recipe, info, fold_of, run)
+    result["thresholds"] = _stored_thresholds(run)  # tuned on this OOF before a later resume: kept
+    if result["thresholds"] is not None and (_stale_flag(run) or _outputs_changed(run, oof)):
+        result["thresholds_stale"] = True  # the folds were trained on after the tuning (--resume --extend)
+        print(f"cvtool: {run.folds}: the thresholds were tuned on out-of-fold outputs that have changed since; "
+              f"kept, marked stale: rerun cvtool evaluate {run.path} --oof --tune-thresholds", file=sys.stderr)
     write_oof(run.oof, oof)
     result["oof"] = task.metrics(oof.targets, oof.outputs, recipe.evaluate.threshold, oof.sizes)
-    result["thresholds"] = _stored_thresholds(run)  # tuned on this OOF before a later resume: kept
     write_json(run.folds, result)
     return result
+
+
+def _outputs_changed(run: RunDir, oof: OofPredictions) -> bool:
+    """Whether the out-of-fold outputs differ from those in the oof.csv written before."""
+    try:
+        before = read_oof(run.oof)
+    except CvtoolError:
+        return True
+    return not np.array_equal(before.outputs, oof.outputs.astype(np.float32))
+
+
+def _stale_flag(run: RunDir) -> bool:
+    try:
+        return bool(json.loads(run.folds.read_text(encoding="utf-8")).get("thresholds_stale"))
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def _stored_thresholds(run: RunDir) -> list[float] | None:
@@ -154,4 +201,6 @@ def gather_oof(recipe: Recipe, info: DatasetInfo, fold_of: np.ndarray, run: RunD
     output_names = list(info.target_names) or list(info.class_names)[-outputs.shape[1]:]
     target_names = list(info.target_names) or list(info.class_names)
     names = [relative_name(p, recipe.data.root) for p in train.paths]
-    return OofPredictions(names, fold_of, sizes, targets, outputs, target_names, output_names)
+    threshold = np.asarray(_stored_thresholds(run) or recipe.evaluate.threshold, np.float32)
+    predicted = get_task(recipe.task).predicted_labels(outputs, list(info.class_names), threshold)
+    return OofPredictions(names, fold_of, sizes, targets, outputs, target_names, output_names, predicted)

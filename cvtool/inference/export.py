@@ -12,6 +12,7 @@ atomically (temp file beside it, then a rename) only when the check passes.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from cvtool.inference.input_models import RawInputModel, ResizedInputModel
 from cvtool.inference.onnx_export import opset_of, to_onnx
 from cvtool.inference.onnx_runtime import create_session
 from cvtool.model_card import INPUT_NAME, OUTPUT_NAME, ModelCard, card_from_checkpoint
+from cvtool.recipe.fields import MAX_IMAGE_SIDE
+from cvtool.runs.lock import hold_for_writing
 from cvtool.runs.model import load_model
 
 PARITY_BATCHES = (1, 7)
@@ -133,11 +136,28 @@ def _check_export_size(loaded: Any, image_size: int) -> None:
 
 
 def check_options(out: str | Path, tolerance: float, image_size: int | None, opset: int | None) -> Path:
-    """The output path, once the options are known to be usable."""
+    """The output path, once the options are known to be usable (inside a run: its lock held)."""
     out = _check_out(out)
     if tolerance <= 0 or (image_size is not None and image_size < 1) or (opset is not None and opset < 1):
         raise CvtoolError("--tolerance, --image-size and --opset must be positive")
+    if not math.isfinite(tolerance):  # nan fails every comparison, inf passes any: neither checks parity
+        raise CvtoolError(f"--tolerance {tolerance}: the parity check needs a finite tolerance")
+    if image_size is not None and image_size > MAX_IMAGE_SIDE:
+        raise CvtoolError(f"--image-size {image_size}: at most {MAX_IMAGE_SIDE} px")
+    if opset is not None and (onnx := _onnx()) is not None:
+        if opset > onnx.defs.onnx_opset_version():
+            raise CvtoolError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to "
+                              f"{onnx.defs.onnx_opset_version()}")
+    hold_for_writing([out], "export")
     return out
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:  # the export itself says how to install it
+        return None
+    return onnx
 
 
 def _check_out(out: str | Path) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 
 from cvtool.data.images import decode, normalize_batch
 from cvtool.errors import BadImageError, CvtoolError
-from cvtool.fileio import write_csv
+from cvtool.fileio import same_path, write_csv
 from cvtool.inference.submission import (
     ImageInput,
     check_out,
@@ -28,6 +28,7 @@ from cvtool.inference.submission import (
     submission_header,
 )
 from cvtool.model_card import ModelCard, card_from_checkpoint
+from cvtool.runs.outputs import check_file
 from cvtool.tasks import get_task
 from cvtool.tasks.frame import frame_boxes
 
@@ -116,6 +117,9 @@ def predict(model: str | Path | Sequence[str | Path], images: str | Path, out: s
     several models (or a fold set) predict as their `weights`-weighted mean."""
     _check_options(batch_size, tta, on_bad_image)
     check_out(out)
+    models = [model] if isinstance(model, str | Path) else list(model)
+    check_file("--out", Path(out), {"IMAGES": images, "--images-dir": images_dir, **{f"MODEL {m}": m for m in models}},
+               purpose="predict")
     predictor = open_predictor(model, which, weights)
     card, task = predictor.card, get_task(predictor.card.task)
     if probs and (problem := task.check_probabilities()):
@@ -124,6 +128,8 @@ def predict(model: str | Path | Sequence[str | Path], images: str | Path, out: s
         raise CvtoolError("--tta needs the PyTorch model (run dir or .pt): TTA applies the recipe's torch "
                           "transforms; an .onnx file predicts without TTA")
     inputs = read_images(images, image_column, images_dir, card.image_extension, card.image_column, card.images_dir)
+    if any(item.path.name == Path(out).name and same_path(item.path, out) for item in inputs.items):
+        raise CvtoolError(f"--out {out}: is one of the images to predict; choose another path")
     labels = replace(card.labels(), class_names=class_labels(card.class_names, card.class_ids, label_style))
     rename = parse_columns(columns) if isinstance(columns, str) or columns is None else list(columns)
     header = submission_header(inputs.column, task.header(labels, probs), rename)

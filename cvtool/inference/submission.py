@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cvtool.data.formats import safe_join
-from cvtool.data.images import is_image_file
+from cvtool.data.images import image_files
 from cvtool.errors import CvtoolError
 from cvtool.fileio import read_csv_rows
 from cvtool.registry import suggest
@@ -59,9 +59,9 @@ def _from_folder(folder: Path, extension: str = "") -> ImageList:
     """Keys are paths relative to the folder, without the recipe's `image_extension` (Planet's
     image_name column holds 'test_0' for test_0.jpg)."""
     found = []
-    for path in folder.rglob("*"):
+    for path in image_files(folder):
         relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not is_image_file(path) or not path.is_file():
+        if any(part.startswith(".") for part in relative.parts):
             continue
         key = relative.as_posix()
         if extension and key.lower().endswith(extension.lower()):

@@ -27,8 +27,9 @@ def set_trainable(model: nn.Module, cfg: FreezeConfig | None, epoch: int) -> Non
 
     With `backbone: true` only the head (recorded by build_model) and the last `unfreeze_last`
     backbone layers train; from `unfreeze_at_epoch` on, and without a freeze config, everything
-    trains. Frozen BatchNorm layers still update their running statistics in train mode: call
-    `frozen_batchnorm_eval(model)` right after every `model.train()`.
+    trains. Frozen BatchNorm layers still update their running statistics in train mode: with
+    `batchnorm: eval` (the default) the training step calls `frozen_batchnorm_eval(model)` right
+    after every `model.train()`; `batchnorm: train` leaves them in train mode.
     """
     unfrozen = cfg is not None and cfg.unfreeze_at_epoch is not None and epoch >= cfg.unfreeze_at_epoch
     if cfg is None or not cfg.backbone or unfrozen:

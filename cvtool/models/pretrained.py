@@ -7,6 +7,7 @@ Downloads and caches are `weights.py`'s; the resolved weights are recorded on th
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cvtool.engine.checkpoint import load_weights_only, refusal
 from cvtool.errors import CvtoolError
 from cvtool.models.timm import is_timm, timm_weights
 from cvtool.models.torchvision import torchvision_weights
@@ -36,11 +38,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             loaded: Any = _load_safetensors(path)
         else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = load_weights_only(path)
     except CvtoolError:
         raise
     except Exception as exc:  # any unreadable or unsafe file is the user's input problem
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = (f"refused: {refusal(exc)}" if isinstance(exc, pickle.UnpicklingError)
+                  else str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise CvtoolError(f"model.pretrained: cannot read {path}: {reason}") from None
     for key in ("state_dict", "model"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):

@@ -16,12 +16,14 @@ from torch import nn
 
 from cvtool.errors import CvtoolError
 from cvtool.models.simplenet import SimpleNet
-from cvtool.recipe.model_config import ShakeDropConfig
+from cvtool.recipe.model_config import ShakeDropBlock, ShakeDropConfig
 
 SHAKEDROP_FAMILIES = "ResNet, ResNeXt, WideResNet, EfficientNet, EfficientNetV2, simplenet with skip: true"
 
 # A residual block and the attribute at the end of its residual branch (just before the addition).
 BranchEnd = tuple[nn.Module, str]
+# A block of a stage and that attribute, None for a block without a residual connection.
+Block = tuple[nn.Module, str | None]
 
 
 class ShakeDropFunction(torch.autograd.Function):
@@ -62,29 +64,32 @@ class ShakeDrop(nn.Module):
         return f"p={self.p}"
 
 
-def _resnet_stages(model: nn.Module) -> list[list[BranchEnd]]:
+def _resnet_stages(model: nn.Module) -> list[list[Block]]:
     from torchvision.models.resnet import Bottleneck
 
     stages = (model.layer1, model.layer2, model.layer3, model.layer4)
     return [[(block, "bn3" if isinstance(block, Bottleneck) else "bn2") for block in stage] for stage in stages]
 
 
-def _efficientnet_stages(model: nn.Module) -> list[list[BranchEnd]]:
+def _efficientnet_stages(model: nn.Module) -> list[list[Block]]:
     stages = list(model.features)[1:-1]  # features[0] is the stem conv, features[-1] the 1x1 head conv
-    return [[(block, "stochastic_depth") for block in stage if getattr(block, "use_res_connect", False)] for stage in stages]
+    # a block that changes resolution or width has no residual connection
+    return [[(block, "stochastic_depth" if getattr(block, "use_res_connect", False) else None) for block in stage]
+            for stage in stages]
 
 
-def _simplenet_stages(model: nn.Module) -> list[list[BranchEnd]]:
+def _simplenet_stages(model: nn.Module) -> list[list[Block]]:
     if not model.skip:
         raise CvtoolError("model.shakedrop: simplenet needs model.skip: true (ShakeDrop acts on residual branches)")
     return [[(block, "branch_end")] for block in model.blocks]
 
 
-def residual_stages(model: nn.Module, arch: str) -> list[list[BranchEnd]]:
-    """The residual blocks of each stage, as (block, attribute ending the residual branch)."""
+def residual_stages(model: nn.Module, arch: str) -> list[list[Block]]:
+    """Every block of each stage, as (block, attribute ending its residual branch; None for a block
+    without a residual connection)."""
     from torchvision.models import EfficientNet, ResNet
 
-    finders: tuple[tuple[type, Callable[[nn.Module], list[list[BranchEnd]]]], ...] = (
+    finders: tuple[tuple[type, Callable[[nn.Module], list[list[Block]]]], ...] = (
         (ResNet, _resnet_stages),
         (EfficientNet, _efficientnet_stages),
         (SimpleNet, _simplenet_stages),
@@ -95,23 +100,46 @@ def residual_stages(model: nn.Module, arch: str) -> list[list[BranchEnd]]:
     raise CvtoolError(f"model.shakedrop: not supported for {arch} (supported: {SHAKEDROP_FAMILIES})")
 
 
-def apply_shakedrop(model: nn.Module, cfg: ShakeDropConfig, arch: str) -> list[ShakeDrop]:
-    """Insert ShakeDrop at the end of residual branches; return the inserted modules in order.
+def _one_block(model: nn.Module, stages: list[list[Block]], at: ShakeDropBlock, arch: str) -> BranchEnd:
+    """The residual block `at` names, or a one-line error listing the ones there are."""
+    if at.stage >= len(stages):
+        raise CvtoolError(f"model.shakedrop.at.stage: {arch} has stages 0-{len(stages) - 1}, not {at.stage}")
+    stage = stages[at.stage]
+    residual = ", ".join(str(index) for index, (_, attr) in enumerate(stage) if attr is not None) or "none"
+    if at.block >= len(stage):
+        raise CvtoolError(f"model.shakedrop.at.block: {arch} stage {at.stage} has blocks 0-{len(stage) - 1}, "
+                          f"not {at.block} (residual: {residual})")
+    block, attr = stage[at.block]
+    if attr is None:
+        name = next(name for name, module in model.named_modules() if module is block)
+        raise CvtoolError(f"model.shakedrop.at.block: {arch} {name} (stage {at.stage}, block {at.block}) has no "
+                          f"residual branch; residual blocks of stage {at.stage}: {residual}")
+    return block, attr
 
-    `at: middle` puts ShakeDrop(p) on every residual block of the middle stage; `at: all` on
-    every residual block, with the paper's linear decay p_l = p · l / L (l = 1..L).
-    """
+
+def shakedrop_sites(model: nn.Module, cfg: ShakeDropConfig, arch: str) -> list[tuple[BranchEnd, float]]:
+    """Where `cfg` puts ShakeDrop and with which p, before anything is inserted.
+
+    `at: middle`: ShakeDrop(p) on every residual block of the middle stage; `at: all`: on every
+    residual block, with the paper's linear decay p_l = p · l / L (l = 1..L); `at: {stage, block}`:
+    ShakeDrop(p) on that one block."""
     stages = residual_stages(model, arch)
-    if cfg.at == "middle":
-        ends = stages[len(stages) // 2]
-        probs = [cfg.p] * len(ends)
-    else:
-        ends = [end for stage in stages for end in stage]
-        probs = [cfg.p * (index + 1) / len(ends) for index in range(len(ends))]
+    if isinstance(cfg.at, ShakeDropBlock):
+        return [(_one_block(model, stages, cfg.at, arch), cfg.p)]
+    chosen = stages[len(stages) // 2] if cfg.at == "middle" else [block for stage in stages for block in stage]
+    ends: list[BranchEnd] = [(block, attr) for block, attr in chosen if attr is not None]
     if not ends:
         raise CvtoolError(f"model.shakedrop: {arch} has no residual blocks at '{cfg.at}'")
+    if cfg.at == "middle":
+        return [(end, cfg.p) for end in ends]
+    return [(end, cfg.p * (index + 1) / len(ends)) for index, end in enumerate(ends)]
+
+
+def apply_shakedrop(model: nn.Module, cfg: ShakeDropConfig, arch: str) -> list[ShakeDrop]:
+    """Insert ShakeDrop at the end of residual branches (`shakedrop_sites`); return the inserted
+    modules in order."""
     inserted = []
-    for (block, attr), prob in zip(ends, probs, strict=True):
+    for (block, attr), prob in shakedrop_sites(model, cfg, arch):
         shakedrop = ShakeDrop(prob)
         setattr(block, attr, nn.Sequential(getattr(block, attr), shakedrop))
         inserted.append(shakedrop)

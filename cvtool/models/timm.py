@@ -76,12 +76,13 @@ def timm_weights(arch: str, pretrained: str | bool) -> WeightsSpec:
     else:
         repo, label = cfg.hf_hub_id, f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
     mean, std = tuple(cfg.mean or ()) or None, tuple(cfg.std or ()) or None
+    selector = str(pretrained) if hub or tag else None  # what `cvtool weights fetch --weights` takes
     if repo:
         file = hub_cached(repo) or hub_manual_file(repo)
-        return WeightsSpec("timm", arch, label, file, hub_url(repo), repo=repo, mean=mean, std=std)
+        return WeightsSpec("timm", arch, label, file, hub_url(repo), repo=repo, mean=mean, std=std, selector=selector)
     if not cfg.url:
         raise CvtoolError(f"model.pretrained: timm publishes no weights file for {label}")
-    return WeightsSpec("timm", arch, label, url_file(cfg.url), cfg.url, mean=mean, std=std)
+    return WeightsSpec("timm", arch, label, url_file(cfg.url), cfg.url, mean=mean, std=std, selector=selector)
 
 
 def build_timm(arch: str, weights_file: Path | None, spec: WeightsSpec | None = None) -> nn.Module:

@@ -60,7 +60,8 @@ def torchvision_weights(arch: str, name: str | bool) -> WeightsSpec:
     transform = weights.transforms()
     mean, std = getattr(transform, "mean", None), getattr(transform, "std", None)
     return WeightsSpec("torchvision", arch, weights.name, url_file(weights.url), weights.url, hash_prefix=match,
-                       mean=tuple(mean) if mean else None, std=tuple(std) if std else None)
+                       mean=tuple(mean) if mean else None, std=tuple(std) if std else None,
+                       selector=None if weights == enum.DEFAULT else weights.name)
 
 
 def torch_hub_hash(url: str) -> str | None:

@@ -39,11 +39,16 @@ class WeightsSpec:
     hash_prefix: str | None = None  # torch.hub's check of the downloaded file
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    selector: str | None = None  # `cvtool weights fetch ARCH --weights <this>`; None: the arch's default
 
     def label(self) -> str:
         if self.source == "timm":
             return self.name if self.name.startswith("hf-hub:") else f"timm/{self.name}"
         return f"{self.arch} {self.name}" if self.source != "file" else str(self.file)
+
+    def fetch_command(self) -> str:
+        """The `cvtool weights fetch` command that caches exactly these weights."""
+        return f"cvtool weights fetch {self.arch}" + (f" --weights {self.selector}" if self.selector else "")
 
     def record(self) -> dict[str, Any]:
         """What a checkpoint stores about the weights a run started from."""
@@ -110,7 +115,7 @@ def bounded_network() -> Iterator[None]:
 
 
 def _where(spec: WeightsSpec) -> str:
-    return f"download {spec.url} and put it at {spec.file}"
+    return f"download {spec.url} and put it at {spec.file} (or run `{spec.fetch_command()}` where there is network)"
 
 
 def ensure_cached(spec: WeightsSpec) -> Path:
@@ -122,7 +127,7 @@ def ensure_cached(spec: WeightsSpec) -> Path:
     variable = offline_variable()
     if variable:
         raise CvtoolError(f"model.pretrained: {spec.label()} weights are not cached and {variable} is set: "
-                          f"{_where(spec)} (or run `cvtool weights fetch {spec.arch}` where there is network)")
+                          f"{_where(spec)}")
     try:
         with bounded_network():
             return _hub_download(spec.repo) if spec.repo else _url_download(spec)

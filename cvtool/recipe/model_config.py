@@ -15,15 +15,29 @@ class SmallInput(Section):
     stride1: NonNegInt = 0
 
 
+class ShakeDropBlock(Section):
+    """One residual block: `stage` counts the architecture's stages from 0 (ResNet `layer1` is 0,
+    EfficientNet `features.1` is 0, simplenet `blocks.0` is 0), `block` the blocks of that stage
+    from 0 (so EfficientNet's `features.4.3` is stage 3, block 3)."""
+
+    stage: NonNegInt
+    block: NonNegInt
+
+
 class ShakeDropConfig(Section):
     p: Probability = 0.5
-    at: Literal["middle", "all"] = "middle"
+    # middle: every residual block of the middle stage; all: every residual block (linear decay);
+    # {stage, block}: that one block
+    at: Literal["middle", "all"] | ShakeDropBlock = "middle"
 
 
 class FreezeConfig(Section):
     backbone: bool = True
     unfreeze_last: NonNegInt = 0
     unfreeze_at_epoch: PosInt | None = None
+    # frozen BatchNorm layers during training: eval keeps their running statistics as loaded;
+    # train lets them follow the new data (what `requires_grad=False` alone does under model.train())
+    batchnorm: Literal["eval", "train"] = "eval"
 
 
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")

@@ -18,8 +18,11 @@ from pydantic import (
     model_validator,
 )
 
+from cvtool.recipe.executor import ExecutorConfig
 from cvtool.recipe.experiments import LoggerName, MlflowConfig, SearchConfig
 from cvtool.recipe.fields import (
+    BatchSize,
+    ImageSide,
     NoBool,
     NonNegFloat,
     NonNegInt,
@@ -27,7 +30,9 @@ from cvtool.recipe.fields import (
     PosInt,
     Probability,
     Section,
+    Seed,
     TaskName,
+    Workers,
 )
 from cvtool.recipe.model_config import ModelConfig
 from cvtool.recipe.training_config import (  # the optim / schedule / loss unions live there
@@ -64,7 +69,7 @@ class FoldsConfig(Section):
 
     k: Annotated[int, Field(ge=2), NoBool] = 5
     stratify: Literal["auto", "none"] = "auto"  # auto: by class / by tags, as the task says
-    seed: Annotated[int, NoBool] | None = None  # default: the recipe's seed
+    seed: Seed | None = None  # default: the recipe's seed
     group_column: str | None = None  # format csv: images sharing a value stay in one fold (GroupKFold)
 
 
@@ -75,12 +80,12 @@ class DataConfig(Section):
     val: str | None = "val"
     test: str | None = None
     val_fraction: Annotated[float, Field(gt=0, lt=1), NoBool] | None = None
-    image_size: PosInt = 64
+    image_size: ImageSide = 64
     resize: Literal["squash", "crop", "pad"] = "squash"  # to image_size x image_size (cvtool.tasks.frame)
     channels: Literal[1, 3] = 3
-    batch_size: PosInt = 32
-    eval_batch_size: PosInt | None = None
-    num_workers: NonNegInt = 0
+    batch_size: BatchSize = 32
+    eval_batch_size: BatchSize | None = None
+    num_workers: Workers = 0
     normalize: Literal["auto", "imagenet", "none"] | NormStats = "auto"
     # format: csv
     images_dir: str = "images"
@@ -95,7 +100,7 @@ class DataConfig(Section):
     # decoded-image cache (uint8, at decode_size; default image_size): the device resizes to image_size.
     # auto: kept for later runs in ~/.cache/cvtool (CVTOOL_CACHE_DIR), which cache_max_gb bounds
     # (data/cache.py); memory: this run only; disk: kept whatever its size
-    decode_size: PosInt | None = None
+    decode_size: ImageSide | None = None
     cache: Literal["auto", "memory", "disk"] = "auto"
     cache_max_gb: PosFloat = 4.0
     on_bad_image: Literal["fail", "skip"] = "fail"
@@ -136,6 +141,9 @@ class EmaConfig(Section):
     decay: Annotated[float, Field(gt=0, lt=1), NoBool] = 0.9998
     warmup_epochs: NonNegInt = 0  # the average follows the raw weights until this epoch is done
     every: PosInt = 1  # update every N optimizer steps
+    # the decay ramps up over the first updates, min(decay, 1 - (1 + n)^(-2/3)) at the n-th averaged
+    # update (timm's ModelEmaV3 warm-up), so a short run's average is not stuck near its first weights
+    ramp: bool = True
 
 
 class MixArgs(Section):
@@ -207,7 +215,7 @@ class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     task: TaskName = "multiclass"
-    seed: Annotated[int, NoBool] = 42
+    seed: Seed = 42
     data: DataConfig
     augment: list[TransformSpec] = []
     augment_batch: list[BatchMixSpec] = []  # MixUp / CutMix on whole training batches
@@ -221,6 +229,7 @@ class Recipe(Section):
     tta: TTAConfig = TTAConfig()
     sweep: dict[str, list[Any]] | None = None
     search: SearchConfig | None = None
+    executor: ExecutorConfig | None = None  # `cvtool train --executor slurm`: the jobs' size (recipe/executor.py)
     # a sweep's or search's recipe.yaml as cvtool stored it (recipe.load.keep_written): its points
     # and trials are built from that mapping, each read as a stored recipe
     _written: dict[str, Any] | None = PrivateAttr(default=None)

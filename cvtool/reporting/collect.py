@@ -156,7 +156,9 @@ def read_fold_set(path: Path) -> Run:
                 values.setdefault(f"{split}/{key}", []).append(float(value))
     full = {k: v for k, v in values.items() if len(v) == len(folds)}
     mean = lambda key: float(np.mean([f.summary[key] for f in folds]))  # noqa: E731
-    summary = {"name": first.get("name"), "monitor": first.get("monitor"), "folds": len(folds),
+    tasks = {f.summary.get("task") for f in folds}
+    summary = {"name": first.get("name"), "task": tasks.pop() if len(tasks) == 1 else None,
+               "monitor": first.get("monitor"), "folds": len(folds),
                "best_epoch": None, "best_value": mean("best_value"), "smoothed_best_epoch": None,
                "smoothed_best_value": mean("smoothed_best_value"),
                "epochs_run": max(int(f.summary.get("epochs_run") or 0) for f in folds),

@@ -19,12 +19,13 @@ from typing import Any
 
 from cvtool import plots
 from cvtool.errors import CvtoolError
-from cvtool.fileio import atomic_open, write_text
+from cvtool.fileio import atomic_open, refuse_inside, write_text
 from cvtool.plots import smooth_curve
 from cvtool.registry import suggest
 from cvtool.reporting.collect import Figure, Report, Row, Run, collect_runs
 from cvtool.reporting.render import render_html, render_markdown
 from cvtool.runs.layout import RunDir
+from cvtool.runs.lock import hold_for_writing
 from cvtool.tasks import higher_is_better
 
 IGNORED_KEYS = ("name", "description", "sweep")  # differ between runs without changing the experiment
@@ -38,6 +39,8 @@ def write_report(run_dirs: Sequence[Path], out: Path, metric: str | None = None)
     metric = _metric_name(metric or runs[0].summary.get("monitor") or "val/loss", runs)
     markdown, html = out.with_suffix(".md"), out.with_suffix(".html")
     files_dir = out.parent / f"{out.stem}_files"
+    refuse_inside("--out", files_dir, {f"the data root of {run.path}": run.settings.get("data.root") for run in runs})
+    hold_for_writing([markdown, html, files_dir], "report")
     report = Report(metric, higher_is_better(metric), [Path(p) for p in run_dirs], rank_runs(runs, metric),
                     varying_keys(runs), runs[0].label, runs[0].smoothing, markdown, html, files_dir)
     report.figures = draw_figures(runs, metric, files_dir)
@@ -54,7 +57,7 @@ def _check_one_task(runs: list[Run]) -> None:
         groups.setdefault(str(run.summary.get("task", "?")), []).append(str(run.path))
     if len(groups) > 1:
         listed = "; ".join(f"{task}: {' '.join(paths)}" for task, paths in groups.items())
-        raise CvtoolError(f"cvtool report: the runs are of {len(groups)} tasks, which share no metric to rank by; "
+        raise CvtoolError(f"report: the runs are of {len(groups)} tasks, which share no metric to rank by; "
                           f"report each task on its own ({listed})")
 
 

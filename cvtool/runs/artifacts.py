@@ -87,17 +87,19 @@ def build_summary(session: Session, state: TrainState, test: dict[str, float] | 
     monitor = session.monitor
     values = [row[monitor] for row in state.history]
     smoothed = smooth_curve(values, session.recipe.train.smoothing)
-    pick = np.nanargmax if higher_is_better(monitor) else np.nanargmin
+    defined = [i for i, value in enumerate(smoothed) if np.isfinite(value)]  # undefined epochs: never picked
+    pick = max if higher_is_better(monitor) else min
     best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
-    s_index = int(pick(smoothed)) if smoothed else 0
+    s_index = pick(defined, key=lambda i: smoothed[i]) if defined else None
     return {
         "name": session.recipe.name,
         "task": session.task.name,
         "monitor": monitor,
         "best_epoch": state.best_epoch,
         "best_value": state.best_value,
-        "smoothed_best_epoch": state.history[s_index]["epoch"] if smoothed else None,
-        "smoothed_best_value": smoothed[s_index] if smoothed else None,
+        "weights": state.best_weights or "raw",  # train.ema: "ema" or "raw", what best.pt's "model" holds
+        "smoothed_best_epoch": state.history[s_index]["epoch"] if s_index is not None else None,
+        "smoothed_best_value": smoothed[s_index] if s_index is not None else None,
         "epochs_run": state.epoch,
         "val": {k.removeprefix("val/"): v for k, v in best_row.items() if k.startswith("val/")},
         "test": test,

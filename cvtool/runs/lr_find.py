@@ -23,8 +23,9 @@ from cvtool.engine.accel import autocast
 from cvtool.engine.cpu import with_cpu_runtime
 from cvtool.engine.loop import update
 from cvtool.errors import CvtoolError
-from cvtool.fileio import write_csv
+from cvtool.fileio import refuse_inside, write_csv
 from cvtool.recipe.schema import Recipe
+from cvtool.runs.lock import hold_for_writing
 from cvtool.runs.step import build_session, build_step
 
 SMOOTHING = 0.98
@@ -45,10 +46,12 @@ class RangeTest:
 
 @with_cpu_runtime
 def lr_find(recipe: Recipe, out: Path, start: float = 1e-7, end: float = 1.0, steps: int = 100) -> RangeTest:
-    if not 0 < start < end:
-        raise CvtoolError(f"--start {start:g} / --end {end:g}: need 0 < start < end")
+    if not 0 < start < end < math.inf:  # float("1e400") is inf: an lr no optimizer can take
+        raise CvtoolError(f"--start {start:g} / --end {end:g}: need 0 < start < end, both finite")
     if steps < 10:
         raise CvtoolError(f"--steps {steps}: the range test needs at least 10 steps")
+    refuse_inside("--out", out, {"the data root (data.root)": recipe.data.root})  # lr_find.png would be read as data
+    hold_for_writing([out], "lr-find")
     session = build_session(recipe, quiet=True)
     train_set = train_dataset(session.bundle, session.task, recipe.augment, recipe.seed, recipe.data.flip_pairs)
     sampler = EpochSampler(len(train_set), recipe.seed, True)

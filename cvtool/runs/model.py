@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +51,10 @@ def load_model(target: str | Path, which: str = "best", device: str | torch.devi
     payload = load_checkpoint(path)
     recipe = recipe_from_dict(payload["recipe"], f"{path} (recipe)")
     meta = ModelMeta(**payload["meta"])
+    epoch = int(payload.get("epoch", 0))
+    if meta.thresholds is not None and meta.thresholds_epoch not in (None, epoch):
+        print(f"cvtool: {path} (epoch {epoch}) holds decision thresholds tuned on epoch {meta.thresholds_epoch}'s "
+              f"weights (stale after a resumed run): rerun cvtool evaluate --tune-thresholds", file=sys.stderr)
     cfg = recipe.model.model_copy(update={"pretrained": None})
     model = build_model(cfg, meta.num_outputs, meta.channels, meta.image_size)
     try:
@@ -63,7 +68,7 @@ def load_model(target: str | Path, which: str = "best", device: str | torch.devi
     device = torch.device(device)
     channels_last = device.type == "cuda" if recipe.train.channels_last == "auto" else bool(recipe.train.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
-    return LoadedModel(model, recipe, get_task(meta.task), meta, path, int(payload.get("epoch", 0)),
+    return LoadedModel(model, recipe, get_task(meta.task), meta, path, epoch,
                        amp_dtype(device, recipe.train.amp), channels_last)
 
 

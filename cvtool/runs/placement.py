@@ -3,14 +3,18 @@
 A new run (or sweep) is written into a hidden folder beside its target and moved into place
 once it has started: its data read, its model built and its first checkpoint written. Until
 then a run that already lives at the target is untouched, and a run that fails leaves nothing
-behind. Only a folder cvtool created (it holds the RunDir marker) or an empty one is replaced,
-and never one that holds the current folder, the recipe, the data or the home folder.
+behind. Only a folder cvtool created (it holds the RunDir marker) or an empty one is replaced, and only
+what cvtool wrote in it: the user's own files in it move into the new run (ownership.py). Never
+one that holds the current folder, the recipe, the data or the home folder. The caller holds the
+target's lock (lock.py): staging folders beside the target that are left by a process that died
+(`kill -9`) are cleaned on the next run into it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +23,9 @@ from pathlib import Path
 from cvtool.errors import CvtoolError, WriteError
 from cvtool.fileio import make_dirs, write_text
 from cvtool.runs.layout import MARKER, RunDir
+from cvtool.runs.ownership import reclaim, remove_cvtools
+
+STAGING = re.compile(r"\.(?P<name>.+)\.cvtool-(?P<kind>new|old)-(?P<pid>\d+)")
 
 
 @dataclass
@@ -48,13 +55,14 @@ class Placement:
         if self.work != self.final:
             shutil.rmtree(self.work, ignore_errors=True)
             return
-        for child in list(self.work.iterdir()):  # the folder was empty: everything in it is ours
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        remove_cvtools(self.work)  # the folder was empty: a file of the user's put there since stays
 
 
 def place_run(final: Path, kind: str, *, overwrite: bool, protected: Iterable[Path] = ()) -> Placement:
-    """Decide where a new run goes; refuse when that could lose files that are not cvtool's."""
-    final = Path(final)
+    """Decide where a new run goes; refuse when that could lose files that are not cvtool's.
+    A symlink to a folder is followed: the run replaces the folder it points to."""
+    final = Path(os.path.realpath(final)) if Path(final).is_symlink() else Path(final)
+    clean_stale(final)
     if final.exists() and not final.is_dir():
         raise CvtoolError(f"{final}: exists and is not a folder; choose another --out")
     if final.is_dir() and any(final.iterdir()):
@@ -88,6 +96,38 @@ def mark(folder: Path, kind: str) -> None:
     write_text(make_dirs(folder) / MARKER, f"cvtool {kind}\n")
 
 
+def clean_stale(final: Path) -> None:
+    """Staging folders of `final` left by processes that are gone: a new run that never started
+    is removed, an old run renamed aside is put back (or its user files moved into `final`)."""
+    if not final.parent.is_dir():
+        return
+    found = [(m, final.parent / m.group(0)) for m in map(STAGING.fullmatch, os.listdir(final.parent))
+             if m is not None and m.group("name") == final.name and not _alive(int(m.group("pid")))]
+    for match, path in sorted(found, key=lambda item: item[0].group("kind") != "old"):
+        if match.group("kind") == "old" and not os.path.lexists(final):
+            os.rename(path, final)  # killed between the two renames of a swap: the old run goes back
+        elif match.group("kind") == "old":
+            reclaim(path, final)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    """A process of another cvtool holds it (this process's own leftovers are stale)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _staged(final: Path, kind: str) -> Placement:
     work = final.parent / f".{final.name}.cvtool-new-{os.getpid()}"
     if work.is_dir() and RunDir(work).is_marked():  # left by a process that was killed
@@ -113,4 +153,4 @@ def _swap(work: Path, final: Path) -> None:
                 os.rename(old, final)
         raise WriteError(final, exc) from None
     if moved:
-        shutil.rmtree(old, ignore_errors=True)
+        reclaim(old, final)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,21 @@ def check_resume(recipe: Recipe, payload: dict[str, Any], extend: bool, run_dir:
 
 
 def carry_thresholds(session: Session, run: RunDir, payload: dict[str, Any]) -> Session:
-    """Tuned thresholds live in best.pt (or the checkpoint tuned); later saves keep them."""
+    """Tuned thresholds live in best.pt (or the checkpoint tuned); later saves keep them, marked
+    with the epoch whose weights they were tuned on (stale for every later epoch's weights), and
+    the run says so once."""
     best = run.checkpoint("best")
-    stored = load_checkpoint(best)["meta"].get("thresholds") if best.is_file() else None
-    stored = stored if stored is not None else payload["meta"].get("thresholds")
+    source = load_checkpoint(best) if best.is_file() else payload
+    if source["meta"].get("thresholds") is None:
+        source = payload
+    stored = source["meta"].get("thresholds")
     if stored is None:
         return session
-    return dataclasses.replace(session, meta=dataclasses.replace(session.meta, thresholds=[float(t) for t in stored]))
+    tuned_on = source["meta"].get("thresholds_epoch")
+    tuned_on = int(source["epoch"]) if tuned_on is None else int(tuned_on)
+    if session.lead:
+        print(f"cvtool: the decision thresholds in {run.path.name}/checkpoints were tuned on epoch {tuned_on}'s "
+              f"weights: the checkpoints saved from here keep them marked stale (thresholds_epoch {tuned_on}); "
+              f"rerun cvtool evaluate {run.path} --tune-thresholds after training", file=sys.stderr)
+    meta = dataclasses.replace(session.meta, thresholds=[float(t) for t in stored], thresholds_epoch=tuned_on)
+    return dataclasses.replace(session, meta=meta)

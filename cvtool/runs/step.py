@@ -33,6 +33,7 @@ from cvtool.errors import CvtoolError
 from cvtool.model_card import ModelMeta
 from cvtool.models import build_model, frozen_batchnorm_eval
 from cvtool.models.pretrained import ensure_weights, record_weights
+from cvtool.recipe.model_config import FreezeConfig
 from cvtool.recipe.schema import LossConfig, Recipe
 from cvtool.runs.normalization import normalization_line, normalization_source
 from cvtool.runs.session import Session
@@ -64,6 +65,8 @@ def build_session(recipe: Recipe, *, quiet: bool, dist: Dist | None = None, resu
     if not quiet and lead:
         print(normalization_line(origin, bundle.mean, bundle.std), file=sys.stderr)
     info, cfg = bundle.info, recipe.data
+    if problem := task.check_flip_pairs(list(cfg.flip_pairs), list(info.target_names)):
+        raise CvtoolError(f"data.flip_pairs: {problem}")
     weights, positive = _loss_weights(recipe.loss, task, bundle)
     meta = ModelMeta(task.name, list(info.class_names), list(info.target_names), bundle.mean, bundle.std,
                      cfg.image_size, cfg.channels, info.num_outputs, None, [list(p) for p in cfg.flip_pairs] or None,
@@ -117,7 +120,8 @@ def build_step(session: Session, *, steps: int, batch: int, augment: BatchAugmen
     return Step(model, module, model if forward is None else forward, Normalize(meta.mean, meta.std, data.image_size).to(device),
                 loss_fn, optimizer, schedule, device, dtype, scaler, channels_last, ema, augment,
                 build_mixer(recipe.augment_batch, recipe.seed, session.task, meta.num_outputs, dist.rank if dist else 0),
-                train.accumulate, train.grad_clip, train.max_batches, _train_mode, stop or _never)
+                train.accumulate, train.grad_clip, train.max_batches, _train_mode_for(recipe.model.freeze),
+                stop or _never)
 
 
 def phase_step(step: Step, session: Session, epoch: int, steps: int) -> Step:
@@ -146,6 +150,16 @@ def _train_mode(model: torch.nn.Module) -> None:
     """Training mode, with BatchNorm layers whose parameters are all frozen kept in eval mode."""
     model.train()
     frozen_batchnorm_eval(model)
+
+
+def _all_train_mode(model: torch.nn.Module) -> None:
+    """Training mode for every layer: frozen BatchNorm layers still update their running statistics."""
+    model.train()
+
+
+def _train_mode_for(freeze: FreezeConfig | None) -> Callable[[torch.nn.Module], None]:
+    """`model.freeze.batchnorm`: eval keeps frozen BatchNorm layers in eval mode, train does not."""
+    return _all_train_mode if freeze is not None and freeze.batchnorm == "train" else _train_mode
 
 
 def _never() -> bool:

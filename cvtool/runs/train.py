@@ -4,6 +4,7 @@ finishes the run. The step itself, from the batch to `backward()` and the update
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,16 +97,16 @@ def fit(recipe: Recipe, run_dir: Path | None, *, resume: bool = False, extend: b
                 sampler.set_epoch(epoch)
                 lr, start = current_lr(step.optimizer), time.perf_counter()
                 result = train_one_epoch(step, loader, epoch, meter, log.progress(epoch, recipe.train.epochs, len(sizes)))
-                val = split_metrics(session, step, val_set, "val", model=_evaluated(step, session),
-                                    keep_outputs=session.lead, epoch=epoch, loader=val_loader)
+                val, state.weights, both = _validate(session, step, val_set, val_loader, epoch)
                 row = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - start, 3),
                        "train/loss": result.loss, "val/loss": val["loss"],
                        **{f"train/{k}": v for k, v in result.metrics.items()},
-                       **{f"val/{k}": v for k, v in val["metrics"].items()}, **_raw_val_metrics(session, step, val_set, val_loader)}
+                       **{f"val/{k}": v for k, v in val["metrics"].items()}, **both}
+                _warn_undefined(session, row, state.history)
                 if epoch == first_epoch:
                     filler.finish()  # every image decoded (and cached) after the first epoch; a bad one stops here
                 is_best = _end_epoch(session, step, state, row)
-                log.add(row, session.monitor, is_best, state.history)
+                log.add(row, session.monitor, is_best, state.history, state.weights)
                 _save(session, step, state, run, "best" if is_best else None, val)
                 if session.lead and run is not None:
                     record_sampling(sampler, session, run.path, epoch)
@@ -152,23 +153,41 @@ def _training_data(session: Session) -> tuple[Any, Any, Any]:
     return train_set, sampler, loader
 
 
-def _evaluated(step: Step, session: Session) -> torch.nn.Module:
-    """The model validation and checkpoints use: the EMA weights when on. Under DDP the plain
-    module on every rank (its shard; no wrapper, which would broadcast rank 0's BatchNorm
-    statistics), with BatchNorm statistics averaged over the ranks first."""
+def _validate(session: Session, step: Step, val_set: Any, val_loader: Any,
+              epoch: int) -> tuple[dict[str, Any], str | None, dict[str, float]]:
+    """The epoch's validation: (the kept weights' result, which weights the epoch keeps, both sets'
+    metrics as val_ema/... and val_raw/...). With EMA both the average and the raw weights are
+    validated and the better by the monitored metric is kept (a tie keeps the average): early in
+    a run, or with a slow decay, the average lags the raw weights. Under DDP the plain module on
+    every rank (its shard; no wrapper, which would broadcast rank 0's BatchNorm statistics), with
+    BatchNorm statistics averaged over the ranks first."""
     if session.dist is not None:
         session.dist.average_buffers(step.module)
         if step.ema is not None:
             session.dist.average_buffers(step.ema.module)
-    return step.module if step.ema is None else step.ema.module
-
-
-def _raw_val_metrics(session: Session, step: Step, val_set: Any, val_loader: Any) -> dict[str, float]:
-    """With EMA, the raw weights' validation loss and metrics beside the EMA's (val_raw/...)."""
+    evaluate = lambda model: split_metrics(session, step, val_set, "val", model=model,  # noqa: E731
+                                           keep_outputs=session.lead, epoch=epoch, loader=val_loader)
     if step.ema is None:
-        return {}
-    raw = split_metrics(session, step, val_set, "val", model=step.module, keep_outputs=False, loader=val_loader)
-    return {"val_raw/loss": raw["loss"], **{f"val_raw/{k}": v for k, v in raw["metrics"].items()}}
+        return evaluate(step.module), None, {}
+    results = {"ema": evaluate(step.ema.module), "raw": evaluate(step.module)}
+    kept = "raw" if _better(session.monitor, results["raw"], results["ema"]) else "ema"
+    both = {f"val_{name}/{key}": value for name, result in results.items()
+            for key, value in {"loss": result["loss"], **result["metrics"]}.items()}
+    return results[kept], kept, both
+
+
+def _better(monitor: str, result: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether `result` is strictly better than `other` by the monitored val metric (a metric
+    undefined in one of them: the defined one is better; not a val metric: neither)."""
+    if not monitor.startswith("val/"):
+        return False
+    name = monitor.removeprefix("val/")
+    mine, theirs = ({"loss": r["loss"], **r["metrics"]}.get(name) for r in (result, other))
+    if mine is None or theirs is None or not math.isfinite(mine):
+        return False
+    if not math.isfinite(theirs):
+        return True
+    return mine > theirs if higher_is_better(monitor) else mine < theirs
 
 
 def _end_epoch(session: Session, step: Step, state: TrainState, row: dict[str, float]) -> bool:
@@ -187,13 +206,27 @@ def _end_epoch(session: Session, step: Step, state: TrainState, row: dict[str, f
                               f"{', '.join(k for k in row if k.startswith(('val/', 'train/')))})")
         tiebreak = (train.monitor_tiebreak, row[train.monitor_tiebreak], higher_is_better(train.monitor_tiebreak))
     min_delta = train.early_stop.min_delta if train.early_stop else 0.0
-    is_best = state.improved(value, higher_is_better(session.monitor), min_delta, tiebreak)
+    fallback = ("val/loss", row["val/loss"], False) if "val/loss" in row else None  # an undefined monitor
+    is_best = state.improved(value, higher_is_better(session.monitor), min_delta, tiebreak, fallback)
     state.bad_epochs = 0 if is_best else state.bad_epochs + 1
     if is_best:
-        state.best_value, state.best_epoch = value, int(row["epoch"])
+        state.best_value, state.best_epoch, state.best_weights = value, int(row["epoch"]), state.weights
     state.epoch = int(row["epoch"])
     state.history.append(row)
     return is_best
+
+
+def _warn_undefined(session: Session, row: dict[str, float], history: list[dict[str, float]]) -> None:
+    """One line the first epoch a val metric is undefined (NaN: AUC on a val split of one class)."""
+    if not session.lead:
+        return
+    for key, value in row.items():
+        if key.startswith("val/") and not math.isfinite(value) and all(math.isfinite(r.get(key, 0.0)) for r in history):
+            choice = "; the best epoch goes by val/loss while it is" if key == session.monitor else ""
+            Console(stderr=True, highlight=False).print(
+                f"[yellow]cvtool: {key} is undefined from epoch {int(row['epoch'])} on the val split (it lacks "
+                f"what the metric needs, e.g. both classes for an AUC): null in summary.json{choice}[/]",
+                soft_wrap=True)
 
 
 def _save(session: Session, step: Step, state: TrainState, run: RunDir | None, best: str | None,

@@ -20,7 +20,7 @@ from cvtool.recipe.load import recipe_to_yaml
 from cvtool.recipe.schema import Recipe
 from cvtool.recipe.search_space import trial_recipe
 from cvtool.runs.layout import RunDir
-from cvtool.search.space import grid_space, need_optuna, suggest
+from cvtool.search.space import grid_sampler, grid_space, need_optuna, suggest
 from cvtool.search.table import rank_search, storage_of
 from cvtool.tasks import get_task, higher_is_better
 
@@ -36,7 +36,7 @@ def open_study(recipe: Recipe, search_dir: Path, seed: int | None) -> Any:
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(cfg.startup_trials, 1)),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "grid": lambda: optuna.samplers.GridSampler(grid_space(cfg), seed=seed),
+        "grid": lambda: grid_sampler(cfg, seed),
     }
     # steps are 1-based epochs: n_warmup_steps = W + 1 keeps the first W epochs unpruned
     pruners = {
@@ -142,9 +142,17 @@ def run_trial(recipe: Recipe, search_dir: Path, study: Any, trial: Any, quiet: b
 
 
 def run_search(recipe: Recipe, search_dir: Path, *, resume: bool = False, worker: bool = False,
-               quiet: bool = False, stop: Any = None) -> dict[str, Any]:
+               quiet: bool = False, stop: Any = None, requeue: bool | None = None) -> dict[str, Any]:
     """Run trials until `search.trials` are claimed (by this process and any other worker);
-    returns the ranked table (also in search.json / search.csv and plots/)."""
+    returns the ranked table (also in search.json / search.csv and plots/). `requeue` (default:
+    a resumed first process) voids the trials an interrupted process left running."""
+    study = run_trials(recipe, search_dir, resume=resume, worker=worker, quiet=quiet, stop=stop, requeue=requeue)
+    return rank_search(recipe, search_dir, study)
+
+
+def run_trials(recipe: Recipe, search_dir: Path, *, resume: bool = False, worker: bool = False,
+               quiet: bool = False, stop: Any = None, requeue: bool | None = None) -> Any:
+    """Claim and train trials until `search.trials` are claimed; returns the study."""
     run = RunDir(search_dir)
     if not worker or not run.recipe.is_file():
         write_text(run.recipe, recipe_to_yaml(recipe))
@@ -152,27 +160,55 @@ def run_search(recipe: Recipe, search_dir: Path, *, resume: bool = False, worker
     # a resumed or extra worker must not replay the first process's random draws
     seed = None if worker else recipe.seed + len(probe.get_trials(deepcopy=False))
     study = open_study(recipe, search_dir, seed)
-    if resume and not worker:
+    if (resume and not worker) if requeue is None else requeue:
         requeue_stale(study)
     limit = target_trials(recipe)
     while (trial := claim_trial(study, limit)) is not None:
         run_trial(recipe, search_dir, study, trial, quiet, stop)
-    return rank_search(recipe, search_dir, study)
+    return study
 
 
 def start_search(recipe: Recipe, search_dir: Path, *, resume: bool, worker: bool, overwrite: bool = False,
                  quiet: bool, stop: Any, dist: Any, recipe_file: Path | None = None) -> dict[str, Any]:
-    """`cvtool train` of a recipe with `search:`: the first process (its folder prepared here), a
-    resumed one or a worker."""
-    from cvtool.runs.sweep import prepare_now
+    """`cvtool train` of a recipe with `search:`: the first process, a resumed one or a worker.
+    The processes of one search share its folder's lock; whichever comes first creates and marks
+    the folder while the others wait, so processes started together work in any order."""
+    from cvtool.runs.lock import join, owner_of
 
     if recipe.search is None:
         raise CvtoolError("--search-worker: the recipe has no search: section")
     if dist is not None:
         raise CvtoolError("search: trials run one process each (start more --search-worker processes "
                           "instead of torchrun)")
-    if worker:  # joins a search that another process may have started in search_dir
-        search_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        prepare_now(search_dir, resume, overwrite, recipe, recipe_file)
-    return run_search(recipe, search_dir, resume=resume, worker=worker, quiet=quiet, stop=stop)
+    alone: list[bool] = []
+
+    def setup(first: bool) -> None:
+        alone.append(first)
+        if first:
+            _set_up(recipe, search_dir, resume, worker, overwrite, recipe_file)
+        elif overwrite:
+            raise CvtoolError(f"{search_dir}: --overwrite refused: other processes of this search are running in it")
+
+    join(owner_of(search_dir) or search_dir, setup)
+    return run_search(recipe, search_dir, resume=resume, worker=worker, quiet=quiet, stop=stop,
+                      requeue=resume and not worker and alone[0])
+
+
+def _set_up(recipe: Recipe, search_dir: Path, resume: bool, worker: bool, overwrite: bool,
+            recipe_file: Path | None) -> None:
+    """The first process of a search (others wait): the folder prepared like a run's (a worker
+    only creates and marks it, and joins a search folder that is there)."""
+    from cvtool.runs.placement import clean_stale, mark
+    from cvtool.runs.sweep import check_run_paths, prepare_now
+
+    if not worker:
+        return prepare_now(search_dir, resume, overwrite, recipe, recipe_file)
+    check_run_paths(search_dir, False, recipe, recipe_file)
+    clean_stale(search_dir)
+    folder = RunDir(search_dir)
+    if not search_dir.is_dir() or not any(search_dir.iterdir()):
+        mark(search_dir, "search")
+    elif not folder.is_marked():
+        raise CvtoolError(f"{search_dir}: holds files that are not a cvtool run; choose a new or empty --out")
+    elif folder.is_run():
+        raise CvtoolError(f"{search_dir}: holds a cvtool run, not a search; choose another --out")

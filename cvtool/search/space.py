@@ -34,3 +34,16 @@ def suggest(trial: Any, space: SearchConfig) -> dict[str, Any]:
 
 def grid_space(space: SearchConfig) -> dict[str, list[Any]]:
     return {key: list(values) for key, values in space.space.items() if isinstance(values, list)}
+
+
+def grid_sampler(space: SearchConfig, seed: int | None) -> Any:
+    """Optuna's GridSampler without its study.stop() after the last point: that call raises outside
+    `study.optimize`, and trials here are asked and told one by one; `target_trials` caps the
+    search at the grid's size instead."""
+    optuna = need_optuna()
+
+    class AskTellGrid(optuna.samplers.GridSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return AskTellGrid(grid_space(space), seed=seed)

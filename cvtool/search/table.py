@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from cvtool.errors import CvtoolError
 from cvtool.fileio import write_csv, write_json
 from cvtool.recipe.schema import Recipe
 from cvtool.runs.layout import RunDir
@@ -18,14 +19,37 @@ STATE_ORDER = {"complete": 0, "pruned": 1, "fail": 2, "running": 3, "waiting": 4
 
 
 def storage_of(recipe: Recipe, search_dir: Path) -> Any:
-    """The search's Optuna storage: `search.storage`, else a journal file in the search dir
-    (file-locked, so processes on one machine can share it)."""
+    """The search's Optuna storage: `search.storage` (a database URL: workers on many machines),
+    else a journal file in the search dir (file-locked, so processes on one machine can share it)."""
     if recipe.search.storage:
-        return recipe.search.storage
+        return database(recipe.search.storage)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     return JournalStorage(JournalFileBackend(str(RunDir(search_dir).search_journal)))
+
+
+def database(url: str) -> Any:
+    """Optuna's RDBStorage for a SQLAlchemy URL (postgresql://, mysql+pymysql://, sqlite:///)."""
+    from optuna.storages import RDBStorage
+
+    # SQLite locks the whole file per write; its default 5 s wait fails a busy worker's tell
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        return RDBStorage(url, engine_kwargs=engine)
+    except Exception as exc:  # noqa: BLE001 (SQLAlchemy's and the drivers' errors: a bad URL, no driver, no server)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CvtoolError(f"search.storage {_shown(url)}: {reason}") from None
+
+
+def _shown(url: str) -> str:
+    """The URL without its password (error lines end up in job logs)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 (not even a URL: nothing to hide)
+        return url
 
 
 def trial_rows(study: Any, keys: list[str], higher: bool) -> list[dict[str, Any]]:

@@ -235,6 +235,12 @@ class Task(ABC):
             return None
         return f"folder holds one label per image; task {self.name} needs format csv"
 
+    def check_flip_pairs(self, pairs: list[tuple[int, int]], target_names: list[str]) -> str | None:
+        """What is wrong with `data.flip_pairs` for the data's targets, or None."""
+        if pairs and not self.point_targets:
+            return f"task {self.name} has no points to swap"
+        return None
+
     def check_point_blind(self, transforms: list[str]) -> str | None:
         """What is wrong with `transforms`, which move the pixels but not point targets, or None."""
         return None

@@ -69,6 +69,15 @@ class Keypoints(Task):
         assert image_size is not None, "keypoint losses need the model's input size (loss.beta is in pixels)"
         return point_loss(cfg, self.default_loss, image_size)
 
+    def check_flip_pairs(self, pairs, target_names):
+        points = len(target_names) // 2  # x and y columns per point
+        named = [index for pair in pairs for index in pair]
+        if beyond := [index for index in named if index >= points]:
+            return f"point {beyond[0]} does not exist: the data has {points} points (indices 0 to {points - 1})"
+        if twice := sorted({index for index in named if named.count(index) > 1}):
+            return f"point {twice[0]} is in more than one pair (a flip swaps each point with one other)"
+        return None
+
     def check_point_blind(self, transforms):
         if not transforms:
             return None

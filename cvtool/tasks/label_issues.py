@@ -38,8 +38,16 @@ def multi_label_issues(targets: np.ndarray, probs: np.ndarray) -> tuple[np.ndarr
     from cleanlab.multilabel_classification.filter import find_label_issues
     from cleanlab.multilabel_classification.rank import get_label_quality_scores
 
-    labels = [list(np.flatnonzero(row > 0.5)) for row in np.asarray(targets)]
-    probs = np.clip(np.asarray(probs, np.float64), 0.0, 1.0)
+    truth = np.asarray(targets) > 0.5
+    # A tag on every image (or on none) gives confident learning no second class to compare with
+    # (cleanlab raises): such tags are left out; with none left, no image can be ranked by its tags.
+    varied = truth.any(axis=0) & ~truth.all(axis=0)
+    if not varied.any():
+        return np.ones(len(truth)), np.zeros(len(truth), bool)
+    probs = np.clip(np.asarray(probs, np.float64)[:, varied], 0.0, 1.0)
+    if varied.sum() == 1:  # one tag left: a yes/no label (cleanlab's multi-label code needs two columns)
+        return single_label_issues(truth[:, varied][:, 0], np.hstack([1.0 - probs, probs]))
+    labels = [list(np.flatnonzero(row)) for row in truth[:, varied]]
     scores = get_label_quality_scores(labels, probs)
     flagged = find_label_issues(labels, probs, n_jobs=1)
     return np.asarray(scores, np.float64), np.asarray(flagged, bool)
