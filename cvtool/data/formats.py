@@ -1,8 +1,7 @@
 """Data formats -> sample tables: image paths, targets and class / target names per split.
 
-Formats are a table of reader functions (`READERS`); none of them decodes an image.
-Targets: int64 class index (multiclass, binary), float32 multi-hot (multilabel) or
-float32 keypoint coordinates in original-image pixels, x/y alternating (keypoints).
+Formats: a table of reader functions (`READERS`), none of which decodes. Targets: int64 class index
+(multiclass, binary), float32 multi-hot (multilabel), float32 x/y pairs in image pixels (keypoints).
 """
 
 from __future__ import annotations
@@ -27,8 +26,7 @@ class Split:
     name: str
     paths: list[Path]
     targets: np.ndarray | None  # None: a split without labels (e.g. a competition test set)
-    # a subset's whole split and its rows there: a fold's or a drawn val split's images are
-    # decoded and cached with the whole split they were cut from (data.cache), shared by every cut
+    # a cut's whole split and its rows there (a fold, a drawn val split): decoded and cached with it
     source: Split | None = field(default=None, compare=False, repr=False)
     rows: np.ndarray | None = field(default=None, compare=False, repr=False)
 
@@ -37,8 +35,8 @@ class Split:
 
     def subset(self, index: np.ndarray | list[int], name: str | None = None) -> Split:
         idx = np.asarray(index, dtype=np.int64)
-        targets = None if self.targets is None else self.targets[idx]
         source, rows = (self, idx) if self.source is None else (self.source, self.rows[idx])
+        targets = None if self.targets is None else self.targets[idx]
         return Split(name or self.name, [self.paths[i] for i in idx], targets, source, rows)
 
 
