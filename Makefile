@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CVTOOL := $(VENV)/bin/cvtool
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test lint bench clean gpu-check gpu-wheels
+.PHONY: install demo test test-slow test-all lint bench clean gpu-check gpu-wheels
 
 install: $(VENV)/.installed
 
@@ -23,8 +23,15 @@ demo: install
 	$(CVTOOL) predict $(DEMO_DIR)/digits.onnx data/digits/test --out $(DEMO_DIR)/submission.csv --quiet
 	head -4 $(DEMO_DIR)/submission.csv
 
+# The suite without the end-to-end tests marked slow (a few minutes on 2 cores); test-all adds
+# them (CI runs both).
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+test-all: test test-slow
 
 lint: install
 	$(VENV)/bin/ruff check cvtool tests

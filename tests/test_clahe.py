@@ -15,6 +15,8 @@ from PIL import Image
 from cvtool.data.batch_augment import BatchAugment
 from cvtool.data.cache import DecodedSplit
 from cvtool.data.clahe import CLAHE, equalize, equalize_image, equalize_rgb, lightness_levels
+from cvtool.data.decoding import DECODED, Decoded
+from cvtool.data.formats import Split
 from cvtool.data.loaders import SampleDataset, sample_seed
 from cvtool.data.transforms import apply_with_points, build_pipeline, build_transform, transform_names
 from cvtool.errors import CvtoolError
@@ -115,7 +117,10 @@ def test_recipe_name_runs_per_sample_under_the_sample_seed() -> None:
     pipeline = build_pipeline(specs)
     assert not BatchAugment.supports(pipeline)  # per sample, with its seed
     images = np.stack([photo(name, size=(24, 24)) for name in PHOTOS])
-    split = DecodedSplit("train", [Path(name) for name in PHOTOS], images, np.full((3, 2), 24), np.array([0, 1, 2]))
+    decoded = Decoded(Split("train", [Path(name) for name in PHOTOS], np.array([0, 1, 2])), "clahe", images, None,
+                      24, 3, "squash")
+    decoded.sizes[:], decoded.state[:] = 24, DECODED  # decoded already: the photos above
+    split = DecodedSplit("train", decoded, None, np.array([0, 1, 2]))
     dataset = SampleDataset(split, get_task("multiclass"), pipeline, seed=5)
     batch, _, _ = dataset.__getitems__([(2, 0), (2, 1), (2, 2)])
     for index in range(3):

@@ -33,7 +33,12 @@ def test_plots_are_drawn_by_the_run_and_none_with_no_plots(synthetic, make_recip
     assert drawn == ["accuracy.png", "confusion_best.png", "confusion_epoch_001.png", "f1_macro.png", "loss.png",
                      "lr.png"]
     assert all((tmp_path / "a" / "plots" / name).read_bytes()[:4] == b"\x89PNG" for name in drawn)
-    assert json.loads((tmp_path / "a" / "summary.json").read_text())["test"]["accuracy"] >= 0
+    # the test evaluation that ran beside the plots is the same as evaluating best.pt afterwards
+    evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "a"), "--split", "test", "--out",
+                                    str(tmp_path / "eval"), "--quiet"])
+    assert evaluated.exit_code == 0, evaluated.output
+    test = json.loads((tmp_path / "a" / "summary.json").read_text())["test"]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["accuracy"] == test["accuracy"]
     train(recipe, tmp_path / "b", "--no-plots")
     assert not (tmp_path / "b" / "plots").exists() or not any((tmp_path / "b" / "plots").iterdir())
     assert (tmp_path / "b" / "summary.json").is_file()
