@@ -33,6 +33,9 @@ SETUP_WAIT_S = 120.0
 # A cluster job's process (and torchrun's under it) shares its set's lock with the driver and the
 # other jobs: the lock file of that set, named here by the job (cluster/job.py).
 SHARED_ENV = "CVTOOL_SHARED_LOCK"
+# A child process its holder waits for (the tracker's ONNX export of the run) writes under the
+# holder's lock: the lock file named here (`for_child`).
+INHERITED_ENV = "CVTOOL_INHERITED_LOCK"
 
 
 @dataclass
@@ -73,6 +76,8 @@ def hold(folder: Path, purpose: str) -> None:
     key = lock_path(folder)
     if _reenter(key):
         return
+    if os.environ.get(INHERITED_ENV) == str(key):
+        return
     if os.environ.get(SHARED_ENV) == str(key):
         return join(folder, lambda alone: None, purpose=purpose)
     fd, is_file, locked = _lock(key, folder, fcntl.LOCK_EX)
@@ -81,6 +86,12 @@ def hold(folder: Path, purpose: str) -> None:
         raise CvtoolError(f"{folder}: in use by {_holder(key)}; wait until it ends, or write elsewhere")
     if fd is not None:
         _register(key, fd, is_file, purpose)
+
+
+def for_child(folder: Path) -> dict[str, str]:
+    """The environment of a child process that this process waits for while it holds the lock of
+    the run holding `folder`: the child writes there under that lock."""
+    return {**os.environ, INHERITED_ENV: str(lock_path(owner_of(folder) or folder))}
 
 
 def hold_for_writing(paths: list[Path | None], purpose: str) -> None:

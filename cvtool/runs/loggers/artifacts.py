@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cvtool.runs.layout import RunDir
+from cvtool.runs.lock import for_child
 from cvtool.runs.loggers.base import LogContext
 
 EXPORT_TIMEOUT_S = 600
@@ -32,7 +33,8 @@ def export_best(run: RunDir, warn: Callable[[str], None]) -> Path | None:
     layer's job (which itself loads runs), and a failed export must not end the run."""
     command = [sys.executable, "-m", "cvtool", "export", str(run.path), "--onnx", str(run.exported)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, check=False,
+                              env=for_child(run.path))  # it writes into the run this process holds
     except (OSError, subprocess.TimeoutExpired) as exc:
         warn(f"log_checkpoints: export of {run.path} failed ({exc}); logging best.pt only")
         return None
