@@ -59,28 +59,21 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, fold: str | None = None, resume
     set's, sweep's or search's table for those; empty on ranks other than 0). The run folder
     stays locked until it returns."""
     with scope():
-        return _run_recipe(recipe, run_dir, fold=fold, resume=resume, overwrite=overwrite, quiet=quiet, stop=stop,
-                           dist=dist, extend=extend, search_worker=search_worker, recipe_file=recipe_file)
+        if recipe.search or search_worker:
+            from cvtool.search.run import start_search
 
+            return start_search(recipe, run_dir, resume=resume, worker=search_worker, overwrite=overwrite, quiet=quiet,
+                                stop=stop, dist=dist, recipe_file=recipe_file)
+        if fold is not None or (resume and RunDir(run_dir).is_fold_set()):
+            from cvtool.folds.run import run_folds
 
-def _run_recipe(recipe: Recipe, run_dir: Path, *, fold: str | None, resume: bool, overwrite: bool, quiet: bool,
-                stop: Callable[[], bool] | None, dist: Dist | None, extend: bool, search_worker: bool,
-                recipe_file: Path | None) -> dict[str, Any]:
-    if recipe.search or search_worker:
-        from cvtool.search.run import start_search
-
-        return start_search(recipe, run_dir, resume=resume, worker=search_worker, overwrite=overwrite, quiet=quiet,
-                            stop=stop, dist=dist, recipe_file=recipe_file)
-    if fold is not None or (resume and RunDir(run_dir).is_fold_set()):
-        from cvtool.folds.run import run_folds
-
-        if dist is not None:
-            raise CvtoolError("--fold trains its folds one after the other in one process (no torchrun)")
-        return run_folds(recipe, run_dir, fold or "all", resume=resume, overwrite=overwrite, quiet=quiet, stop=stop,
-                         extend=extend)
-    if recipe.sweep:
-        return run_sweep(recipe, run_dir, resume=resume, overwrite=overwrite, quiet=quiet, stop=stop, dist=dist,
-                         extend=extend, recipe_file=recipe_file)
-    with new_run(recipe, run_dir, resume=resume, overwrite=overwrite, dist=dist, extend=extend,
-                 recipe_file=recipe_file) as (work, started):
-        return fit(recipe, work, resume=resume, extend=extend, quiet=quiet, stop=stop, dist=dist, started=started)
+            if dist is not None:
+                raise CvtoolError("--fold trains its folds one after the other in one process (no torchrun)")
+            return run_folds(recipe, run_dir, fold or "all", resume=resume, overwrite=overwrite, quiet=quiet, stop=stop,
+                             extend=extend)
+        if recipe.sweep:
+            return run_sweep(recipe, run_dir, resume=resume, overwrite=overwrite, quiet=quiet, stop=stop, dist=dist,
+                             extend=extend, recipe_file=recipe_file)
+        with new_run(recipe, run_dir, resume=resume, overwrite=overwrite, dist=dist, extend=extend,
+                     recipe_file=recipe_file) as (work, started):
+            return fit(recipe, work, resume=resume, extend=extend, quiet=quiet, stop=stop, dist=dist, started=started)
