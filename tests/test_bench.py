@@ -54,6 +54,7 @@ def test_bench_train_refuses_a_warmup_longer_than_an_epoch(synthetic, make_recip
     assert result.exit_code == 2 and "leaves none to time" in result.output
 
 
+@pytest.mark.slow
 def test_bench_predict_prints_every_inference_figure(tmp_path_factory: pytest.TempPathFactory,
                                                      synthetic: Callable[..., dict]) -> None:
     model = onnx_file(tmp_path_factory, synthetic, "multiclass")

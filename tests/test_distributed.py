@@ -117,6 +117,7 @@ def ddp_run(dataset: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
 
 
 @needs_torchrun
+@pytest.mark.slow
 def test_two_ranks_write_one_run(ddp_run: dict[str, Any]) -> None:
     run = ddp_run["run"]
     assert [p.name for p in run.parent.iterdir()] == ["ddp"]  # one run dir, nothing else
@@ -161,6 +162,7 @@ def test_ranks_train_on_disjoint_shards_of_each_epoch(ddp_run: dict[str, Any]) -
 
 
 @needs_torchrun
+@pytest.mark.slow
 def test_a_failure_on_one_rank_stops_both_with_one_message(dataset: dict[str, Any], tmp_path: Path) -> None:
     result, seconds = torchrun(tmp_path, write_recipe(tmp_path, dataset), tmp_path / "run", fail="1:2")
     output = result.stdout + result.stderr
@@ -174,6 +176,7 @@ def test_a_failure_on_one_rank_stops_both_with_one_message(dataset: dict[str, An
 
 
 @needs_torchrun
+@pytest.mark.slow
 def test_the_same_error_on_every_rank_is_reported_once(dataset: dict[str, Any], tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, dataset, root=str(tmp_path / "missing"))
     result, _ = torchrun(tmp_path, recipe, tmp_path / "run")

@@ -36,6 +36,7 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_mid_run_then_resume_equals_uninterrupted(signum, code, synthetic, make_recipe, tmp_path) -> None:
     data = synthetic("multiclass", n=80, size=16)
@@ -74,6 +75,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_checkpoint_save_never_leaves_a_broken_file(tmp_path: Path) -> None:
     target = tmp_path / "last.pt"
     save_checkpoint(target, {"epoch": 0, "model": {"w": torch.zeros(400_000)}})
@@ -101,6 +103,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_an_exit_raised_by_a_signal_handler_during_a_save_ends_the_process_cleanly(tmp_path: Path) -> None:
     """submitit raises SystemExit from its SIGUSR2 handler wherever the job is; inside torch.save
     to a Python file object that aborted the interpreter (std::terminate) before the requeue."""

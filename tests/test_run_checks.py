@@ -98,6 +98,7 @@ def test_tta_gain_is_positive_when_a_lower_is_better_metric_falls(keypoint_run) 
         assert result.gain[name] == pytest.approx(result.plain[name] - result.tta[name])
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_needs_extend_and_keeps_tuned_thresholds(synthetic, make_recipe, tmp_path) -> None:
     info = synthetic("binary")
     recipe = make_recipe(tmp_path, info, train={"epochs": 2, "device": "cpu", "max_batches": 1},
@@ -131,6 +132,7 @@ def test_resume_with_more_epochs_needs_extend_and_keeps_tuned_thresholds(synthet
     assert fewer.exit_code == 2 and "adds no epoch to the 4" in text(fewer)
 
 
+@pytest.mark.slow
 def test_a_finished_sweep_extends_every_point_or_refuses(synthetic, make_recipe, tmp_path) -> None:
     recipe = make_recipe(tmp_path, synthetic("multiclass"), sweep={"optim.lr": [0.01, 0.1]},
                          train={"epochs": 1, "device": "cpu", "max_batches": 1})

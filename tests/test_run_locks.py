@@ -235,6 +235,7 @@ def test_overwrite_keeps_the_users_files_and_says_so(finished, tmp_path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+@pytest.mark.slow
 def test_overwrite_of_a_sweep_keeps_the_users_files(synthetic, make_recipe, tmp_path) -> None:
     recipe = make_recipe(tmp_path, synthetic("multiclass", n=40, size=16), train=FAST, sweep={"optim.lr": [0.1, 0.01]})
     sweep = tmp_path / "sweep"
